@@ -1,0 +1,106 @@
+"""Reading sensor recordings (CSV) the same way for `train`, `score` and `replay`."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from model.errors import DataError
+
+DEFAULT_IGNORE = ("anomaly", "changepoint")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One CSV file: a time column, numeric channels (NaN where a cell is empty)."""
+
+    path: Path
+    timestamps: list[str]
+    channels: list[str]
+    values: np.ndarray  # (N, C) float64, NaN for missing cells
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def head(self, rows: int | None) -> Recording:
+        """The first `rows` rows (all when None): the training slice of a run."""
+        if rows is None:
+            return self
+        return Recording(self.path, self.timestamps[:rows], self.channels, self.values[:rows])
+
+
+def read_recording(
+    path: str | Path,
+    *,
+    time_column: str | None = None,
+    ignore_columns: tuple[str, ...] | list[str] = DEFAULT_IGNORE,
+) -> Recording:
+    """Read a `,` or `;` separated CSV with a header; the first column is time unless named."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise DataError(f"{path}: empty file, expected a CSV header")
+    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    rows = list(csv.reader(lines, delimiter=delimiter))
+    header = [name.strip() for name in rows[0]]
+    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
+    time_index = _time_index(path, header, time_column)
+    ignored = {name.strip() for name in ignore_columns if name.strip()}
+    keep = [i for i, name in enumerate(header) if i != time_index and name not in ignored]
+    if not keep:
+        raise DataError(f"{path}: no channel columns left after the time and ignored columns")
+    values = np.empty((len(body), len(keep)), dtype=np.float64)
+    for r, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}:{r}: {len(row)} fields, the header has {len(header)}")
+        for j, i in enumerate(keep):
+            values[r - 2, j] = _number(path, r, header[i], row[i])
+    timestamps = [row[time_index].strip() for row in body]
+    return Recording(path, timestamps, [header[i] for i in keep], values)
+
+
+def _time_index(path: Path, header: list[str], time_column: str | None) -> int:
+    if time_column is None:
+        return 0
+    if time_column not in header:
+        raise DataError(f"{path}: no time column {time_column!r} in the header")
+    return header.index(time_column)
+
+
+def _number(path: Path, line: int, column: str, cell: str) -> float:
+    cell = cell.strip()
+    if not cell or cell.lower() in ("nan", "na", "null"):
+        return math.nan
+    try:
+        return float(cell.replace(",", "."))  # `;` files often use a decimal comma
+    except ValueError:
+        raise DataError(
+            f"{path}:{line}: column {column!r} is not numeric ({cell!r}); "
+            "drop label or text columns with --ignore-columns"
+        ) from None
+
+
+def to_rfc3339(timestamp: str) -> str:
+    """A recording's time cell as RFC 3339 UTC (naive times are taken as UTC)."""
+    text = timestamp.strip()
+    try:
+        moment = datetime.fromtimestamp(float(text), tz=UTC)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise DataError(f"timestamp {timestamp!r} is neither RFC 3339 nor epoch seconds")
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
