@@ -1,0 +1,34 @@
+# One-command developer loop: `make demo` and `make test` build the environment themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install lint format test demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check model worker tests benchmarks
+	$(BIN)/ruff format --check model worker tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix model worker tests benchmarks
+	$(BIN)/ruff format model worker tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/faultwatch demo
+
+bench: install
+	$(BIN)/python benchmarks/skab.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

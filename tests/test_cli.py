@@ -1,0 +1,110 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model import artifact as artifact_io
+from model.preprocessing import sliding_windows
+from model.scoring import Scorer
+from tests.synthetic import CHANNELS, normal_values, tiny_model, write_csv
+from worker.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    artifact_io.save(tiny_model().artifact, path)
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_writes_model_report_and_summary(tmp_path, capsys):
+    data = write_csv(tmp_path / "normal.csv", normal_values(300), delimiter=";")
+    out = tmp_path / "m.pt"
+    code, stdout, _ = run_cli(capsys, "train", data, "--out", out, "--window", 10,
+                              "--epochs", 2, "--quiet")
+    assert code == 0
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    assert "windows=" in stdout and "threshold=" in stdout
+    assert artifact_io.load(out).summary()["input_dim"] == 10 * len(CHANNELS)
+
+
+def test_window_125_on_8_channels_is_the_specified_1000_input_model(tmp_path, capsys):
+    values = np.tile(normal_values(160), (1, 2))
+    data = write_csv(tmp_path / "wide.csv", values, [f"c{i}" for i in range(8)])
+    out = tmp_path / "m.pt"
+    code, _, _ = run_cli(capsys, "train", data, "--out", out, "--window", 125, "--epochs", 1,
+                         "--quiet")
+    assert code == 0
+    code, stdout, _ = run_cli(capsys, "inspect", out, "--json")
+    info = json.loads(stdout)
+    assert (info["input_dim"], info["parameters"], info["window"]) == (1000, 1_058_824, 125)
+    assert {"threshold", "version", "channels"} <= info.keys()
+
+
+def test_score_writes_one_row_per_window_from_row(tmp_path, capsys, model_path):
+    values = normal_values(50, seed=9)
+    data = write_csv(tmp_path / "d.csv", values)
+    out = tmp_path / "s.csv"
+    code, _, _ = run_cli(capsys, "score", data, "--model", model_path, "--out", out,
+                         "--from-row", 20)
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["end_row", "timestamp", "score", "threshold", "anomaly"]
+    assert [int(r["end_row"]) for r in rows] == list(range(20, 50))
+    scorer = Scorer.load(model_path)
+    expected = scorer.score(sliding_windows(values, scorer.window)).score[20 - scorer.window + 1:]
+    assert np.allclose([float(r["score"]) for r in rows], expected, rtol=1e-5)
+
+
+def test_inspect_prints_a_readable_summary(capsys, model_path):
+    code, stdout, _ = run_cli(capsys, "inspect", model_path)
+    assert code == 0 and "version" in stdout and "flow, pressure" in stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "no such file"),
+        ("short", "rows, the model's window needs"),
+        ("text", "is not numeric"),
+        ("channels", "differ from the model's"),
+        ("model", "no such model file"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_nonzero(tmp_path, capsys, model_path, case, message):
+    data = tmp_path / "d.csv"
+    model = model_path
+    if case == "short":
+        write_csv(data, normal_values(5))
+    elif case == "text":
+        lines = write_csv(data, normal_values(30)).read_text().splitlines()
+        cells = lines[5].split(",")
+        cells[2] = "open"  # a status column left in by mistake
+        lines[5] = ",".join(cells)
+        data.write_text("\n".join(lines))
+    elif case == "channels":
+        write_csv(data, normal_values(30), ["a", "b", "c", "d"])
+    elif case == "model":
+        write_csv(data, normal_values(30))
+        model = tmp_path / "absent.pt"
+    code, _, err = run_cli(capsys, "score", data, "--model", model, "--out", tmp_path / "s.csv")
+    assert code != 0
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "inspect", str(tmp_path / "nope.pt")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("faultwatch: error:") and "Traceback" not in result.stderr

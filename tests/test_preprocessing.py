@@ -1,0 +1,52 @@
+import numpy as np
+
+from model.preprocessing import (
+    PreprocessConfig,
+    Standardizer,
+    denoise,
+    fill_gaps,
+    model_input,
+    sliding_windows,
+)
+
+
+def test_windows_end_at_the_expected_rows():
+    values = np.arange(12, dtype=float).reshape(6, 2)
+    windows = sliding_windows(values, 3, stride=2)
+    assert windows.shape == (2, 3, 2)
+    assert windows[1, -1, 0] == values[4, 0]  # window b ends at row b*stride + W - 1
+
+
+def test_constant_channel_does_not_divide_by_zero():
+    values = np.column_stack([np.full(50, 7.0), np.linspace(0, 1, 50)])
+    scaler = Standardizer.fit(values)
+    assert np.isfinite(scaler.apply(values)).all()
+    assert scaler.scale[0] == 1.0
+
+
+def test_level_shift_survives_normalisation_with_training_statistics():
+    train = np.random.default_rng(0).normal(0, 1, (500, 2))
+    scaler = Standardizer.fit(train)
+    shifted = np.full((1, 10, 2), 5.0)
+    x = model_input(shifted, PreprocessConfig(denoise="none"), scaler)
+    assert x.mean() > 4  # per-window normalisation would give 0 here
+
+
+def test_short_gaps_are_interpolated_long_gaps_kept():
+    col = np.arange(20, dtype=float)
+    col[3:5] = np.nan  # 2 missing: filled
+    col[10:18] = np.nan  # 8 missing: too long
+    filled, count = fill_gaps(col[:, None], max_gap=3)
+    assert count == 2
+    assert filled[3, 0] == 3.0 and filled[4, 0] == 4.0
+    assert np.isnan(filled[10:18, 0]).all()
+
+
+def test_median_denoising_removes_a_single_spike_and_keeps_shape():
+    window = np.zeros((1, 9, 1))
+    window[0, 4, 0] = 100.0
+    out = denoise(window, PreprocessConfig(denoise="median", kernel=3))
+    assert out.shape == window.shape
+    assert np.abs(out).max() == 0
+    mean = denoise(window, PreprocessConfig(denoise="mean", kernel=3))
+    assert np.isclose(mean[0, 3:6, 0], 100 / 3).all()
