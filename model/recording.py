@@ -100,7 +100,9 @@ def to_rfc3339(timestamp: str) -> str:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            raise DataError(f"timestamp {timestamp!r} is neither RFC 3339 nor epoch seconds")
+            raise DataError(
+                f"timestamp {timestamp!r} is neither RFC 3339 nor epoch seconds"
+            ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -92,7 +92,6 @@ def train(
         "threshold_rule": config.threshold.to_dict(),
         "final_train_loss": losses[-1],
         "best_holdout_mse": min(holdout_mse),
-        "seconds": round(seconds, 1),
     }
     artifact = Artifact(net_config, config.window, channels, config.preprocess, standardizer,
                         threshold, {k: v.clone() for k, v in net.state_dict().items()}, training)
