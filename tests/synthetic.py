@@ -24,8 +24,13 @@ def normal_values(rows: int, seed: int = 0) -> np.ndarray:
     return base + amplitude * np.sin(2 * np.pi * t / period) + rng.normal(0, 0.05, (rows, 4))
 
 
-def write_csv(path: Path, values: np.ndarray, channels: list[str] = CHANNELS,
-              delimiter: str = ",", labels: np.ndarray | None = None) -> Path:
+def write_csv(
+    path: Path,
+    values: np.ndarray,
+    channels: list[str] = CHANNELS,
+    delimiter: str = ",",
+    labels: np.ndarray | None = None,
+) -> Path:
     header = ["datetime", *channels] + (["anomaly"] if labels is not None else [])
     lines = [delimiter.join(header)]
     for i, row in enumerate(values):
@@ -43,8 +48,15 @@ def recording(values: np.ndarray, name: str = "synthetic.csv") -> Recording:
     return Recording(Path(name), stamps, list(CHANNELS), values)
 
 
-TINY = TrainConfig(window=10, epochs=8, seed=1, hidden=32, bottleneck=4, patience=3,
-                   preprocess=PreprocessConfig(denoise="mean", kernel=3))
+TINY = TrainConfig(
+    window=10,
+    epochs=8,
+    seed=1,
+    hidden=32,
+    bottleneck=4,
+    patience=3,
+    preprocess=PreprocessConfig(denoise="mean", kernel=3),
+)
 
 
 @functools.cache

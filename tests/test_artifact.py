@@ -4,8 +4,8 @@ import torch
 
 from model import artifact as artifact_io
 from model.errors import ArtifactError
-from model.scoring import Scorer
 from model.preprocessing import sliding_windows
+from model.scoring import Scorer
 from tests.synthetic import normal_values, tiny_model
 
 
@@ -20,7 +20,9 @@ def test_round_trip_gives_identical_scores_and_version(model_path):
     original = tiny_model().artifact
     loaded = artifact_io.load(model_path)
     windows = sliding_windows(normal_values(80, seed=5), original.window)
-    assert np.array_equal(Scorer(original).score(windows).score, Scorer(loaded).score(windows).score)
+    assert np.array_equal(
+        Scorer(original).score(windows).score, Scorer(loaded).score(windows).score
+    )
     assert loaded.version == original.version
     assert loaded.channels == original.channels and loaded.window == original.window
 

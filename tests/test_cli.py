@@ -29,8 +29,9 @@ def run_cli(capsys, *argv):
 def test_train_writes_model_report_and_summary(tmp_path, capsys):
     data = write_csv(tmp_path / "normal.csv", normal_values(300), delimiter=";")
     out = tmp_path / "m.pt"
-    code, stdout, _ = run_cli(capsys, "train", data, "--out", out, "--window", 10,
-                              "--epochs", 2, "--quiet")
+    code, stdout, _ = run_cli(
+        capsys, "train", data, "--out", out, "--window", 10, "--epochs", 2, "--quiet"
+    )
     assert code == 0
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
     assert "windows=" in stdout and "threshold=" in stdout
@@ -41,8 +42,9 @@ def test_window_125_on_8_channels_is_the_specified_1000_input_model(tmp_path, ca
     values = np.tile(normal_values(160), (1, 2))
     data = write_csv(tmp_path / "wide.csv", values, [f"c{i}" for i in range(8)])
     out = tmp_path / "m.pt"
-    code, _, _ = run_cli(capsys, "train", data, "--out", out, "--window", 125, "--epochs", 1,
-                         "--quiet")
+    code, _, _ = run_cli(
+        capsys, "train", data, "--out", out, "--window", 125, "--epochs", 1, "--quiet"
+    )
     assert code == 0
     code, stdout, _ = run_cli(capsys, "inspect", out, "--json")
     info = json.loads(stdout)
@@ -54,14 +56,15 @@ def test_score_writes_one_row_per_window_from_row(tmp_path, capsys, model_path):
     values = normal_values(50, seed=9)
     data = write_csv(tmp_path / "d.csv", values)
     out = tmp_path / "s.csv"
-    code, _, _ = run_cli(capsys, "score", data, "--model", model_path, "--out", out,
-                         "--from-row", 20)
+    code, _, _ = run_cli(
+        capsys, "score", data, "--model", model_path, "--out", out, "--from-row", 20
+    )
     assert code == 0
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["end_row", "timestamp", "score", "threshold", "anomaly"]
     assert [int(r["end_row"]) for r in rows] == list(range(20, 50))
     scorer = Scorer.load(model_path)
-    expected = scorer.score(sliding_windows(values, scorer.window)).score[20 - scorer.window + 1:]
+    expected = scorer.score(sliding_windows(values, scorer.window)).score[20 - scorer.window + 1 :]
     assert np.allclose([float(r["score"]) for r in rows], expected, rtol=1e-5)
 
 
@@ -104,7 +107,9 @@ def test_user_mistakes_are_one_line_and_nonzero(tmp_path, capsys, model_path, ca
 def test_console_script_reports_errors_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli", "inspect", str(tmp_path / "nope.pt")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert result.stderr.startswith("faultwatch: error:") and "Traceback" not in result.stderr

@@ -18,8 +18,10 @@ def skab_dir() -> Path:
     root = Path(__file__).resolve().parents[1]
     path = Path(os.environ.get("FAULTWATCH_SKAB_DIR", root.parent / "shared" / "data" / "skab"))
     if not (path / "valve1").is_dir():
-        pytest.skip(f"SKAB data not found at {path}: get SKAB v0.9 (Kaggle, DOI "
-                    "10.34740/KAGGLE/DSV/1693952) and set FAULTWATCH_SKAB_DIR")
+        pytest.skip(
+            f"SKAB data not found at {path}: get SKAB v0.9 (Kaggle, DOI "
+            "10.34740/KAGGLE/DSV/1693952) and set FAULTWATCH_SKAB_DIR"
+        )
     return path
 
 
@@ -37,8 +39,10 @@ def test_score_ranks_anomalous_windows_above_normal_ones(skab_dir, tmp_path, cap
     model = tmp_path / "valve1.pt"
     artifact_io.save(train([read_recording(data)], config).artifact, model)
     out = tmp_path / "scores.csv"
-    assert main(["score", str(data), "--model", str(model), "--out", str(out),
-                 "--from-row", "400"]) == 0
+    assert (
+        main(["score", str(data), "--model", str(model), "--out", str(out), "--from-row", "400"])
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     with data.open() as f:
         labels = [int(float(r["anomaly"])) for r in csv.DictReader(f, delimiter=";")]

@@ -19,6 +19,7 @@ from model.errors import FaultwatchError
 from model.preprocessing import PreprocessConfig, fill_gaps, sliding_windows
 from model.recording import read_recording
 from model.scoring import Scorer
+from model.simulator import FAULTS, simulate, write_csv
 from model.training import TrainConfig, summary, train
 
 DEFAULTS = TrainConfig()
@@ -50,8 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=DEFAULTS.epochs)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--l2-lambda", type=float, default=DEFAULTS.l2_lambda)
-    p.add_argument("--denoise", choices=["none", "mean", "median"],
-                   default=DEFAULTS.preprocess.denoise)
+    p.add_argument(
+        "--denoise", choices=["none", "mean", "median"], default=DEFAULTS.preprocess.denoise
+    )
     p.add_argument("--kernel", type=_positive, default=DEFAULTS.preprocess.kernel)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
@@ -68,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, metavar="MODEL")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(handler=_inspect)
+
+    p = commands.add_parser("simulate", help="write a simulated pump-line recording (CSV)")
+    p.add_argument("--out", required=True, type=Path, metavar="DATA.csv")
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--fault", choices=FAULTS, default=None, help="inject a fault half-way")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_simulate)
 
     _add_worker_commands(commands)
     return parser
@@ -86,8 +95,12 @@ def _add_worker_commands(commands: argparse._SubParsersAction) -> None:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-column", default=None, help="default: the first column")
-    p.add_argument("--ignore-columns", default="anomaly,changepoint", type=_names,
-                   help="label columns to drop (comma separated)")
+    p.add_argument(
+        "--ignore-columns",
+        default="anomaly,changepoint",
+        type=_names,
+        help="label columns to drop (comma separated)",
+    )
 
 
 def _names(text: str) -> list[str]:
@@ -150,10 +163,32 @@ def _score(args: argparse.Namespace) -> int:
         writer = csv.writer(out)
         writer.writerow(["end_row", "timestamp", "score", "threshold", "anomaly"])
         for row, score, flag in zip(end_rows[keep], scores.score, scores.anomaly, strict=True):
-            writer.writerow([row, recording.timestamps[row], f"{score:.6g}",
-                             f"{scorer.threshold:.6g}", int(flag)])
-    print(f"{len(scores.score)} windows scored, {int(scores.anomaly.sum())} anomalous, "
-          f"written to {args.out}" + (f"; {gaps} windows skipped over data gaps" if gaps else ""))
+            writer.writerow(
+                [
+                    row,
+                    recording.timestamps[row],
+                    f"{score:.6g}",
+                    f"{scorer.threshold:.6g}",
+                    int(flag),
+                ]
+            )
+    print(
+        f"{len(scores.score)} windows scored, {int(scores.anomaly.sum())} anomalous, "
+        f"written to {args.out}" + (f"; {gaps} windows skipped over data gaps" if gaps else "")
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    rows = int(args.minutes * 60)
+    if rows < 1:
+        raise FaultwatchError("--minutes must give at least one sample (1 per second)")
+    run = simulate(rows, seed=args.seed, fault=args.fault)
+    write_csv(run, args.out)
+    print(
+        f"{rows} rows of {len(run.channels)} channels written to {args.out}"
+        + (f" ({args.fault} from row {rows // 2})" if args.fault else "")
+    )
     return 0
 
 
