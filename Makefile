@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint format test demo bench clean
+.PHONY: install tools lint format test demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Prometheus' server and promtool check the alert rules and the dashboard's queries in tests.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 lint: install
 	$(BIN)/ruff check model worker tests benchmarks
@@ -21,7 +27,7 @@ format: install
 	$(BIN)/ruff check --fix model worker tests benchmarks
 	$(BIN)/ruff format model worker tests benchmarks
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest -q
 
 demo: install
