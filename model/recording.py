@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import DataError
+from model.preprocessing import fill_gaps, sliding_windows
 
 DEFAULT_IGNORE = ("anomaly", "changepoint")
 
@@ -32,6 +33,23 @@ class Recording:
         if rows is None:
             return self
         return Recording(self.path, self.timestamps[:rows], self.channels, self.values[:rows])
+
+    def windows(
+        self, window: int, *, max_gap: int, stride: int = 1, from_row: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """The windows `score` and `replay` both see: short gaps filled, gappy windows dropped.
+
+        Returns (end_rows (B,), windows (B, W, C), windows dropped over gaps); only windows
+        ending at row >= from_row, every `stride` rows from the first full window.
+        """
+        if len(self) < window:
+            raise DataError(f"{self.path}: {len(self)} rows, the window needs {window}")
+        values, _ = fill_gaps(self.values, max_gap)
+        windows = sliding_windows(values, window, stride)
+        end_rows = np.arange(window - 1, len(values), stride)
+        wanted = end_rows >= from_row
+        keep = wanted & ~np.isnan(windows).any(axis=(1, 2))
+        return end_rows[keep], windows[keep], int((wanted & ~keep).sum())
 
 
 def read_recording(

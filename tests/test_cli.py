@@ -77,7 +77,7 @@ def test_inspect_prints_a_readable_summary(capsys, model_path):
     ("case", "message"),
     [
         ("missing", "no such file"),
-        ("short", "rows, the model's window needs"),
+        ("short", "rows, the window needs"),
         ("text", "is not numeric"),
         ("channels", "differ from the model's"),
         ("model", "no such model file"),

@@ -12,11 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from model import artifact as artifact_io
 from model.errors import FaultwatchError
-from model.preprocessing import PreprocessConfig, fill_gaps, sliding_windows
+from model.preprocessing import PreprocessConfig
 from model.recording import read_recording
 from model.scoring import Scorer
 from model.simulator import FAULTS, simulate, write_csv
@@ -149,20 +147,14 @@ def _score(args: argparse.Namespace) -> int:
     scorer = Scorer.load(args.model)
     recording = _read(args.data, args)
     scorer.check_channels(recording.channels, str(args.data))
-    values, _ = fill_gaps(recording.values, scorer.artifact.preprocess.max_gap)
-    if len(values) < scorer.window:
-        raise FaultwatchError(
-            f"{args.data}: {len(values)} rows, the model's window needs {scorer.window}"
-        )
-    windows = sliding_windows(values, scorer.window)  # window b ends at row b + W - 1
-    end_rows = np.arange(scorer.window - 1, len(values))
-    keep = (end_rows >= args.from_row) & ~np.isnan(windows).any(axis=(1, 2))
-    gaps = int(((end_rows >= args.from_row) & ~keep).sum())
-    scores = scorer.score(windows[keep])
+    end_rows, windows, gaps = recording.windows(
+        scorer.window, max_gap=scorer.artifact.preprocess.max_gap, from_row=args.from_row
+    )
+    scores = scorer.score(windows)
     with _open_out(args.out) as out:
         writer = csv.writer(out)
         writer.writerow(["end_row", "timestamp", "score", "threshold", "anomaly"])
-        for row, score, flag in zip(end_rows[keep], scores.score, scores.anomaly, strict=True):
+        for row, score, flag in zip(end_rows, scores.score, scores.anomaly, strict=True):
             writer.writerow(
                 [
                     row,
