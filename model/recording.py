@@ -111,6 +111,11 @@ def _number(path: Path, line: int, column: str, cell: str) -> float:
 
 def to_rfc3339(timestamp: str) -> str:
     """A recording's time cell as RFC 3339 UTC (naive times are taken as UTC)."""
+    return parse_time(timestamp).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(timestamp: str) -> datetime:
+    """RFC 3339 / ISO 8601 text or epoch seconds as an aware UTC datetime."""
     text = timestamp.strip()
     try:
         moment = datetime.fromtimestamp(float(text), tz=UTC)
@@ -123,4 +128,4 @@ def to_rfc3339(timestamp: str) -> str:
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC)

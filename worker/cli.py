@@ -10,12 +10,13 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from model import artifact as artifact_io
 from model.errors import FaultwatchError
 from model.preprocessing import PreprocessConfig
-from model.recording import read_recording
+from model.recording import parse_time, read_recording
 from model.scoring import Scorer
 from model.simulator import FAULTS, simulate, write_csv
 from model.training import TrainConfig, summary, train
@@ -81,6 +82,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_worker_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("replay", help="produce recordings (or a topic range) to a topic")
+    p.add_argument(
+        "data", nargs="*", type=Path, metavar="DATA.csv", help="recordings, one machine each"
+    )
+    p.add_argument("--topic", required=True)
+    p.add_argument(
+        "--bootstrap-servers", default=None, help="default: FAULTWATCH_BOOTSTRAP_SERVERS"
+    )
+    p.add_argument("--machine-id", default=None, help="default: each file's name")
+    p.add_argument("--model", type=Path, default=None, help="take window and channels from it")
+    p.add_argument("--window", type=_positive, default=None, help=f"default {DEFAULTS.window}")
+    p.add_argument("--stride", type=_positive, default=1)
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=None, help="windows per second (all machines)")
+    pace.add_argument(
+        "--speed", type=float, default=None, help="pace by the data's timestamps; 1 = real time"
+    )
+    p.add_argument("--loop", action="store_true", help="start over at the end, until stopped")
+    p.add_argument("--limit", type=_positive, default=None, help="stop after N windows")
+    p.add_argument("--from-topic", default=None, help="copy a range of this topic instead")
+    p.add_argument("--from-offset", type=int, default=None, help="first offset, each partition")
+    p.add_argument("--to-offset", type=int, default=None, help="end offset (exclusive)")
+    p.add_argument("--since", type=_moment, default=None, help="e.g. 2h, 30m or an RFC 3339 time")
+    p.add_argument("--until", type=_moment, default=None, help="e.g. 1h or an RFC 3339 time")
+    _add_data_options(p)
+    p.set_defaults(handler=_replay)
+
     try:  # TEMP until worker.service lands
         from worker import service
     except ImportError:
@@ -169,6 +197,75 @@ def _score(args: argparse.Namespace) -> int:
         f"written to {args.out}" + (f"; {gaps} windows skipped over data gaps" if gaps else "")
     )
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worker import replay, settings
+
+    if bool(args.data) == bool(args.from_topic):
+        raise FaultwatchError("replay needs either DATA.csv files or --from-topic, not both")
+    config = settings.load({"bootstrap_servers": args.bootstrap_servers})
+    streams = [] if args.from_topic else _streams(args)
+    total = None if args.loop or args.from_topic else sum(len(s.end_rows) for s in streams)
+    if args.limit:
+        total = min(total or args.limit, args.limit)
+    producer = replay.make_producer(config)
+    with tqdm(total=total, desc=f"replay to {args.topic}", unit="window") as bar:
+        try:
+            if args.from_topic:
+                span = replay.TopicRange(args.from_offset, args.to_offset, args.since, args.until)
+                sent = replay.copy_topic(
+                    config, args.from_topic, args.topic, span, producer, progress=bar.update
+                )
+            else:
+                sent = replay.replay_recordings(
+                    streams,
+                    args.topic,
+                    producer,
+                    rate=args.rate,
+                    speed=args.speed,
+                    loops=None if args.loop else 1,
+                    limit=args.limit,
+                    progress=bar.update,
+                )
+        finally:
+            producer.close(timeout=10)
+    print(f"{sent} records replayed to {args.topic}")
+    return 0
+
+
+def _streams(args: argparse.Namespace) -> list:
+    from worker.replay import Stream
+
+    window, channels, max_gap = args.window or DEFAULTS.window, None, DEFAULTS.preprocess.max_gap
+    if args.model:
+        scorer = Scorer.load(args.model)
+        window, channels = args.window or scorer.window, scorer.channels
+        max_gap = scorer.artifact.preprocess.max_gap
+    streams = []
+    for i, path in enumerate(args.data):
+        recording = _read(path, args)
+        if channels is not None:
+            scorer.check_channels(recording.channels, str(path))
+        end_rows, windows, _ = recording.windows(window, max_gap=max_gap, stride=args.stride)
+        machine = args.machine_id or path.stem
+        if args.machine_id and len(args.data) > 1:
+            machine = f"{args.machine_id}-{i + 1}"
+        streams.append(Stream(machine, recording, end_rows, windows))
+    return streams
+
+
+def _moment(text: str) -> datetime:
+    """'2h', '30m', '45s', '1d' ago, or an RFC 3339 time."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        return parse_time(text)
+    except FaultwatchError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 2h, 30m or a time") from exc
 
 
 def _simulate(args: argparse.Namespace) -> int:

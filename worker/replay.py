@@ -1,0 +1,232 @@
+"""Replay topics: recordings cut into contract windows, or a recorded range of another topic.
+
+Windows are cut exactly as `faultwatch score` cuts them (Recording.windows), so the worker's
+scores of a replay can be compared row by row with `score`'s CSV. Copying a topic range uses
+its own partition assignment, without a consumer group: production offsets stay untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+from model.recording import Recording, parse_time
+from worker.errors import BrokerError, PublishError
+from worker.publisher import producer_options
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One machine's windows, in time order."""
+
+    machine_id: str
+    recording: Recording
+    end_rows: np.ndarray  # (B,)
+    windows: np.ndarray  # (B, W, C)
+
+    def seconds(self) -> np.ndarray:
+        """Each window's end, in seconds since the recording's first row (for --speed)."""
+        first = parse_time(self.recording.timestamps[0])
+        return np.array(
+            [
+                (parse_time(self.recording.timestamps[r]) - first).total_seconds()
+                for r in self.end_rows
+            ]
+        )
+
+
+def encode_window(
+    machine_id: str, timestamp: str, channels: list[str], values: np.ndarray
+) -> bytes:
+    """One input record's value, per the message contract."""
+    message = {
+        "machine_id": machine_id,
+        "timestamp": timestamp,
+        "channels": channels,
+        "values": values.tolist(),
+    }
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+
+
+def schedule(
+    streams: list[Stream], rate: float | None, speed: float | None, loops: int | None
+) -> Iterator[tuple[float | None, Stream, int, int]]:
+    """(send-at seconds from start or None, stream, window index, loop) in replay order.
+
+    Machines advance side by side: the k-th window of every machine, then the k+1-th.
+    """
+    offsets = [s.seconds() for s in streams] if speed else None
+    span = max((o[-1] for o in offsets if len(o)), default=0.0) + 1 if offsets else 0.0
+    longest = max(len(s.end_rows) for s in streams)
+    sent, loop = 0, 0
+    while loops is None or loop < loops:
+        for k in range(longest):
+            for m, stream in enumerate(streams):
+                if k >= len(stream.end_rows):
+                    continue
+                if speed and offsets is not None:
+                    at = (loop * span + offsets[m][k]) / speed
+                else:
+                    at = sent / rate if rate else None
+                yield at, stream, k, loop
+                sent += 1
+        loop += 1
+
+
+def replay_recordings(
+    streams: list[Stream],
+    topic: str,
+    producer: KafkaProducer,
+    *,
+    rate: float | None = None,
+    speed: float | None = None,
+    loops: int | None = 1,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Produce the windows to `topic`, keyed by machine id; returns how many were acknowledged."""
+    started, futures = clock(), []
+    for at, stream, k, loop in schedule(streams, rate, speed, loops):
+        if limit is not None and len(futures) >= limit:
+            break
+        if at is not None and (wait := started + at - clock()) > 0:
+            sleep(wait)
+        futures.append(
+            producer.send(topic, key=stream.machine_id.encode(), value=_value(stream, k, loop))
+        )
+        if progress:
+            progress(1)
+    producer.flush()
+    failed = [f for f in futures if f.failed()]
+    if failed:
+        raise PublishError(
+            f"{len(failed)} of {len(futures)} windows not acknowledged by "
+            f"{topic}: {failed[0].exception}",
+            retriable=False,
+        )
+    return len(futures)
+
+
+def _value(stream: Stream, k: int, loop: int) -> bytes:
+    row = int(stream.end_rows[k])
+    moment = parse_time(stream.recording.timestamps[row])
+    if loop:  # a looped replay keeps moving forward in time
+        first = parse_time(stream.recording.timestamps[0])
+        last = parse_time(stream.recording.timestamps[-1])
+        moment += loop * (last - first + timedelta(seconds=1))
+    stamp = moment.isoformat().replace("+00:00", "Z")
+    return encode_window(stream.machine_id, stamp, stream.recording.channels, stream.windows[k])
+
+
+@dataclass(frozen=True)
+class TopicRange:
+    """Which part of a source topic to copy: offsets (per partition) or a time span."""
+
+    from_offset: int | None = None
+    to_offset: int | None = None  # exclusive
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def copy_topic(
+    settings: Settings,
+    source: str,
+    target: str,
+    span: TopicRange,
+    producer: KafkaProducer,
+    *,
+    idle: float = 5.0,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Copy records (key, value, headers unchanged) of `source` in `span` to `target`."""
+    consumer = KafkaConsumer(
+        **settings.kafka_options(),
+        group_id=None,
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(idle * 1000),
+    )
+    try:
+        partitions = consumer.partitions_for_topic(source)
+        if not partitions:
+            raise BrokerError(f"topic {source!r} does not exist on {settings.bootstrap_servers}")
+        assigned = [TopicPartition(source, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        _seek_start(consumer, assigned, span)
+        return _copy(consumer, assigned, target, span, producer, progress)
+    finally:
+        consumer.close()
+
+
+def _seek_start(consumer: KafkaConsumer, assigned: list[TopicPartition], span: TopicRange) -> None:
+    if span.since is not None:
+        stamp = int(span.since.timestamp() * 1000)
+        found = consumer.offsets_for_times({tp: stamp for tp in assigned})
+        for tp in assigned:
+            if found.get(tp) is not None:
+                consumer.seek(tp, found[tp].offset)
+            else:  # nothing that recent in this partition: copy none of it
+                consumer.pause(tp)
+        return
+    for tp in assigned:
+        if span.from_offset is not None:
+            consumer.seek(tp, span.from_offset)
+        else:
+            consumer.seek_to_beginning(tp)
+
+
+def _copy(
+    consumer: KafkaConsumer,
+    assigned: list[TopicPartition],
+    target: str,
+    span: TopicRange,
+    producer: KafkaProducer,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Until every partition is past the range's end, or caught up and idle."""
+    until_ms = int(span.until.timestamp() * 1000) if span.until else None
+    done: set[TopicPartition] = {tp for tp in assigned if tp in consumer.paused()}
+    futures = []
+    for record in consumer:  # stops after `idle` seconds without records
+        tp = TopicPartition(record.topic, record.partition)
+        past_offset = span.to_offset is not None and record.offset >= span.to_offset
+        past_time = until_ms is not None and record.timestamp > until_ms
+        if past_offset or past_time:
+            consumer.pause(tp)
+            done.add(tp)
+        else:
+            futures.append(
+                producer.send(
+                    target, key=record.key, value=record.value, headers=list(record.headers or [])
+                )
+            )
+            if progress:
+                progress(1)
+        if len(done) == len(assigned):
+            break
+    producer.flush()
+    failed = [f for f in futures if f.failed()]
+    if failed:
+        raise PublishError(f"{len(failed)} records not acknowledged by {target}", retriable=False)
+    return len(futures)
+
+
+def make_producer(settings: Settings) -> KafkaProducer:
+    try:
+        return KafkaProducer(
+            **settings.kafka_options(), **producer_options(settings.max_request_bytes)
+        )
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
