@@ -1,28 +1,13 @@
 """The scorer contract on real labelled data: anomalies rank above normal operation."""
 
 import csv
-import os
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from model import artifact as artifact_io
 from model.recording import read_recording
 from model.training import TrainConfig, train
 from worker.cli import main
-
-
-@pytest.fixture(scope="module")
-def skab_dir() -> Path:
-    root = Path(__file__).resolve().parents[1]
-    path = Path(os.environ.get("FAULTWATCH_SKAB_DIR", root.parent / "shared" / "data" / "skab"))
-    if not (path / "valve1").is_dir():
-        pytest.skip(
-            f"SKAB data not found at {path}: get SKAB v0.9 (Kaggle, DOI "
-            "10.34740/KAGGLE/DSV/1693952) and set FAULTWATCH_SKAB_DIR"
-        )
-    return path
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
