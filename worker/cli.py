@@ -109,14 +109,15 @@ def _add_worker_commands(commands: argparse._SubParsersAction) -> None:
     _add_data_options(p)
     p.set_defaults(handler=_replay)
 
-    try:  # TEMP until worker.service lands
-        from worker import service
-    except ImportError:
-        return
+    from worker import service
 
     p = commands.add_parser("run", help="run the Kafka worker (settings from FAULTWATCH_*)")
     service.add_arguments(p)
     p.set_defaults(handler=service.main)
+
+    p = commands.add_parser("demo", help="everything on an embedded broker, then a summary")
+    p.add_argument("--keep-running", action="store_true", help="stay up for exploring")
+    p.set_defaults(handler=_demo)
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -266,6 +267,12 @@ def _moment(text: str) -> datetime:
         return parse_time(text)
     except FaultwatchError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 2h, 30m or a time") from exc
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from worker import demo
+
+    return demo.main(keep_running=args.keep_running)
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -1,0 +1,247 @@
+"""`faultwatch demo`: the whole product on one machine, from a broker to a summary.
+
+It starts an embedded broker, trains a model on simulated normal operation, starts a worker
+process, replays five pumps (one healthy, four developing faults) faster than real time,
+prints events as they arrive, and ends with what was detected, when, and what was missed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from kafka import KafkaConsumer
+
+from model import artifact as artifact_io
+from model.recording import Recording, parse_time
+from model.simulator import CHANNELS, Fault, simulate
+from model.training import TrainConfig, train
+from worker import replay
+from worker import settings as settings_io
+from worker.embedded_broker import EmbeddedBroker, create_topics, free_port
+
+TOPICS = {
+    "input": "faultwatch.windows",
+    "events": "faultwatch.events",
+    "scores": "faultwatch.scores",
+    "dlq": "faultwatch.dead-letters",
+}
+MACHINES: list[tuple[str, Fault | None]] = [
+    ("pump-1", None),
+    ("pump-2", "valve_closing"),
+    ("pump-3", "rotor_imbalance"),
+    ("pump-4", "leak"),
+    ("pump-5", "dead_sensor"),
+]
+DEADLINE = 120.0  # seconds the demo waits for the worker after the replay
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The demo's sizes; tests run a shorter one."""
+
+    train_rows: int = 1800  # 30 minutes of normal operation
+    run_rows: int = 900  # 15 minutes per machine ...
+    fault_start: int = 600  # ... with the fault from minute 10
+    speed: float = 30.0  # replay at 30x real time: 15 minutes in 30 seconds
+    epochs: int = 60
+
+
+@dataclass
+class Tally:
+    """What the demo saw on the output topics."""
+
+    fault_at: datetime  # every simulated run starts at the same time
+    scored: Counter[str]
+    events: Counter[str]
+    first_event: dict[str, datetime]
+    false_alarms: Counter[str]
+
+
+def main(keep_running: bool = False, out: TextIO = sys.stdout, plan: Plan = Plan()) -> int:
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="faultwatch-demo-") as tmp, EmbeddedBroker() as broker:
+        say(f"broker      embedded Kafka-compatible broker at {broker.bootstrap}")
+        create_topics(
+            broker.bootstrap,
+            {TOPICS["input"]: 4, TOPICS["events"]: 1, TOPICS["scores"]: 1, TOPICS["dlq"]: 1},
+        )
+        model_path = _train_model(Path(tmp), plan, say)
+        port = free_port()
+        worker = _start_worker(broker.bootstrap, model_path, port, Path(tmp) / "worker.log")
+        say(f"worker      pid {worker.pid}, metrics at http://127.0.0.1:{port}/metrics")
+        try:
+            sent, tally = _replay_and_watch(broker.bootstrap, plan, keep_running, say)
+            _summary(sent, tally, port, say)
+            if sum(tally.scored.values()) < sent:
+                say(
+                    f"error       the worker did not score every window; its log:\n"
+                    f"{_tail(Path(tmp) / 'worker.log')}"
+                )
+                return 1
+            if keep_running:
+                say(
+                    "running     until Ctrl-C (the replay loops; broker "
+                    f"{broker.bootstrap}, topics {', '.join(TOPICS.values())})"
+                )
+                _wait_forever()
+        finally:
+            _stop(worker)
+    return 0
+
+
+def _train_model(folder: Path, plan: Plan, say) -> Path:
+    normal = simulate(plan.train_rows, seed=100)
+    recording = Recording(folder / "normal.csv", normal.timestamps, list(CHANNELS), normal.values)
+    say(f"training    autoencoder on {plan.train_rows // 60} minutes of simulated normal operation")
+    result = train([recording], TrainConfig(epochs=plan.epochs, seed=0))
+    path = folder / "demo.fwm"
+    artifact_io.save(result.artifact, path)
+    say(
+        f"model       {result.artifact.version}: window {result.artifact.window}, "
+        f"{result.windows_train} windows, {len(result.train_loss)} epochs, "
+        f"threshold {result.artifact.threshold:.4g}, {result.seconds:.0f} s"
+    )
+    return path
+
+
+def _start_worker(bootstrap: str, model: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "FAULTWATCH_BOOTSTRAP_SERVERS": bootstrap,
+        "FAULTWATCH_INPUT_TOPIC": TOPICS["input"],
+        "FAULTWATCH_EVENTS_TOPIC": TOPICS["events"],
+        "FAULTWATCH_SCORES_TOPIC": TOPICS["scores"],
+        "FAULTWATCH_DLQ_TOPIC": TOPICS["dlq"],
+        "FAULTWATCH_GROUP_ID": "faultwatch-demo",
+        "FAULTWATCH_MODEL_PATH": str(model),
+        "FAULTWATCH_METRICS_PORT": str(port),
+        "FAULTWATCH_SESSION_TIMEOUT_MS": "6000",  # a quick group join on the embedded broker
+        "FAULTWATCH_HEARTBEAT_INTERVAL_MS": "1000",
+    }
+    command = [sys.executable, "-m", "worker.cli", "run"]
+    with log.open("wb") as sink:
+        return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+
+def _streams(plan: Plan) -> list[replay.Stream]:
+    streams = []
+    for i, (machine, fault) in enumerate(MACHINES):
+        run = simulate(plan.run_rows, seed=i + 1, fault=fault, fault_start=plan.fault_start)
+        recording = Recording(Path(f"{machine}.csv"), run.timestamps, list(CHANNELS), run.values)
+        window = TrainConfig().window
+        end_rows, windows, _ = recording.windows(window, max_gap=0)
+        streams.append(replay.Stream(machine, recording, end_rows, windows))
+    return streams
+
+
+def _replay_and_watch(bootstrap: str, plan: Plan, keep_running: bool, say) -> tuple[int, Tally]:
+    streams = _streams(plan)
+    total = sum(len(s.end_rows) for s in streams)
+    say(
+        f"replay      {len(streams)} pumps, {total} windows at {plan.speed:.0f}x real time; "
+        f"faults start at minute {plan.fault_start // 60}: "
+        + ", ".join(f"{m} {f}" for m, f in MACHINES if f)
+    )
+    settings = settings_io.load({"bootstrap_servers": bootstrap})
+    producer = replay.make_producer(settings)
+    sender = threading.Thread(
+        target=replay.replay_recordings,
+        args=(streams, TOPICS["input"], producer),
+        kwargs={"speed": plan.speed, "loops": None if keep_running else 1},
+        daemon=True,
+    )
+    sender.start()
+    consumer = KafkaConsumer(
+        TOPICS["events"],
+        TOPICS["scores"],
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    fault_at = parse_time(streams[0].recording.timestamps[plan.fault_start])
+    tally = Tally(fault_at, Counter(), Counter(), {}, Counter())
+    deadline = time.monotonic() + plan.run_rows / plan.speed + DEADLINE
+    try:
+        while sum(tally.scored.values()) < total and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    _watch(record, tally, say)
+    finally:
+        consumer.close()
+        if not keep_running:
+            sender.join(timeout=10)
+            producer.close(timeout=5)
+    return total, tally
+
+
+def _watch(record, tally: Tally, say) -> None:
+    doc = json.loads(record.value)
+    machine = doc["machine_id"]
+    if record.topic == TOPICS["scores"]:
+        tally.scored[machine] += 1
+        return
+    tally.events[machine] += 1
+    moment = parse_time(doc["timestamp"])
+    if dict(MACHINES)[machine] is None or moment < tally.fault_at:
+        tally.false_alarms[machine] += 1
+    if machine not in tally.first_event:
+        tally.first_event[machine] = moment
+        top = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in doc["top_channels"])
+        say(
+            f"EVENT       {machine} at {doc['timestamp']}: score {doc['score']:.3g} "
+            f"(threshold {doc['threshold']:.3g}); top channels {top}"
+        )
+
+
+def _summary(sent: int, tally: Tally, port: int, say) -> None:
+    scored = sum(tally.scored.values())
+    say(f"\nsummary     {scored} of {sent} windows scored, {sum(tally.events.values())} anomalous")
+    for machine, fault in MACHINES:
+        events = tally.events[machine]
+        if fault is None:
+            verdict = "no fault injected" + (f", {events} FALSE ALARMS" if events else ", quiet")
+        elif machine in tally.first_event and not tally.false_alarms[machine]:
+            delay = (tally.first_event[machine] - tally.fault_at).total_seconds()
+            verdict = f"{fault} detected {delay:.0f} s after it began ({events} events)"
+        elif machine in tally.first_event:
+            verdict = f"{fault}: {tally.false_alarms[machine]} false alarms before it began"
+        else:
+            verdict = f"{fault} MISSED"
+        say(f"  {machine:<8} {verdict}")
+    say(f"metrics     http://127.0.0.1:{port}/metrics")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_forever() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
