@@ -1,0 +1,102 @@
+"""Metrics and probes in a fresh registry, served over real HTTP on a free port."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.helpers import http_get, metric_samples
+from worker.health import Health, HealthServer
+from worker.messages import REASONS
+from worker.metrics import Metrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_a_committed_batch_counts_once(registry):
+    clock = Clock()
+    metrics = Metrics(registry, clock)
+    clock.now += 42
+    assert value(registry, "faultwatch_seconds_since_last_commit") == 42  # since start
+    metrics.batch_committed([0.1, 0.2, 30.0], 1, Counter(schema=2, too_large=1), seconds=0.05)
+    assert value(registry, "faultwatch_windows_scored_total") == 3
+    assert value(registry, "faultwatch_anomalies_total") == 1
+    assert value(registry, "faultwatch_dead_letters_total", reason="schema") == 2
+    assert value(registry, "faultwatch_dead_letters_total", reason="too_large") == 1
+    assert value(registry, "faultwatch_score_count") == 3
+    assert value(registry, "faultwatch_score_bucket", le="0.2") == 2
+    assert value(registry, "faultwatch_batch_duration_seconds_count") == 1
+    assert value(registry, "faultwatch_seconds_since_last_commit") == 0
+    clock.now += 7.5
+    assert value(registry, "faultwatch_seconds_since_last_commit") == 7.5
+
+
+def test_every_reason_is_a_series_from_the_start(registry):
+    Metrics(registry)
+    for reason in REASONS:
+        assert value(registry, "faultwatch_dead_letters_total", reason=reason) == 0
+
+
+def test_lag_series_follow_the_assignment(registry):
+    metrics = Metrics(registry)
+    metrics.set_lag({("in", 0): 5, ("in", 1): 0})
+    assert value(registry, "faultwatch_consumer_lag", topic="in", partition="0") == 5
+    metrics.forget_lag([("in", 0), ("in", 7)])
+    assert value(registry, "faultwatch_consumer_lag", topic="in", partition="0") is None
+    assert value(registry, "faultwatch_consumer_lag", topic="in", partition="1") == 0
+
+
+def test_model_info_carries_the_version(registry):
+    Metrics(registry).set_model("0123456789ab", 125, 8, 0.75)
+    labels = {"version": "0123456789ab", "window": "125", "channels": "8"}
+    assert value(registry, "faultwatch_model_info", **labels) == 1
+    assert value(registry, "faultwatch_model_threshold") == 0.75
+
+
+def test_health_reports_readiness_and_a_stuck_loop():
+    clock = Clock()
+    health = Health(stall_after=60, clock=clock)
+    assert health.readiness() == (False, "starting")
+    health.set_ready()
+    assert health.readiness() == (True, "ready")
+    health.set_not_ready("retrying a failed batch")
+    assert health.readiness() == (False, "retrying a failed batch")
+    clock.now += 61
+    assert health.liveness()[0] is False
+    health.tick()
+    assert health.liveness() == (True, "alive")
+
+
+def test_one_server_answers_metrics_and_both_probes(registry):
+    metrics, health = Metrics(registry), Health()
+    metrics.batch_committed([0.5], 0, {}, seconds=0.01)
+    server = HealthServer(health, registry, port=0, host="127.0.0.1").start()
+    try:
+        status, body = http_get(server.port, "/metrics")
+        assert status == 200
+        assert metric_samples(body)[("faultwatch_windows_scored_total", ())] == 1
+        assert http_get(server.port, "/healthz") == (200, "alive\n")
+        assert http_get(server.port, "/readyz") == (503, "starting\n")
+        health.set_ready()
+        assert http_get(server.port, "/readyz") == (200, "ready\n")
+        assert http_get(server.port, "/other")[0] == 404
+    finally:
+        server.stop()
+    assert http_get(server.port, "/healthz")[0] == 0  # stopped: nothing answers

@@ -1,0 +1,125 @@
+"""Settings: FAULTWATCH_* variables, flags over them, one-line errors, secrets kept secret."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from worker import settings as settings_io
+from worker.errors import SettingsError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("FAULTWATCH_")]:
+        monkeypatch.delenv(name)
+
+
+def test_defaults_follow_the_design(monkeypatch):
+    s = settings_io.load()
+    assert s.scores_topic == "" and s.auto_offset_reset == "earliest"
+    assert s.torch_threads == 1 and s.security_protocol == "PLAINTEXT"
+    assert s.idle_exit is None
+
+
+def test_variables_are_read_and_flags_win(monkeypatch):
+    monkeypatch.setenv("FAULTWATCH_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("FAULTWATCH_INPUT_TOPIC", "plant.windows")
+    monkeypatch.setenv("FAULTWATCH_METRICS_PORT", "9000")
+    s = settings_io.load({"metrics_port": "9100", "group_id": None})
+    assert s.bootstrap_list == ["kafka-1:9092", "kafka-2:9092"]
+    assert s.input_topic == "plant.windows"
+    assert s.metrics_port == 9100  # the flag
+    assert s.group_id == "faultwatch"  # a flag not given leaves the default
+
+
+def test_settings_are_frozen():
+    s = settings_io.load()
+    with pytest.raises(ValueError):
+        s.input_topic = "other"
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "expected"),
+    [
+        (
+            {"FAULTWATCH_METRICS_PORT": "nine"},
+            {},
+            "FAULTWATCH_METRICS_PORT: Input should be a valid integer",
+        ),
+        (
+            {},
+            {"metrics_port": "70000"},
+            "--metrics-port: Input should be less than or equal to 65535",
+        ),
+        ({"FAULTWATCH_BOOTSTRAP_SERVERS": "kafka"}, {}, "'kafka' is not host:port"),
+        (
+            {"FAULTWATCH_DLQ_TOPIC": "dead letters"},
+            {},
+            "FAULTWATCH_DLQ_TOPIC: 'dead letters' is not",
+        ),
+        ({"FAULTWATCH_AUTO_OFFSET_RESET": "latest-ish"}, {}, "FAULTWATCH_AUTO_OFFSET_RESET"),
+        ({"FAULTWATCH_SCORES_TOPIC": "faultwatch.windows"}, {}, "also an output topic"),
+        (
+            {"FAULTWATCH_HEARTBEAT_INTERVAL_MS": "9000", "FAULTWATCH_SESSION_TIMEOUT_MS": "6000"},
+            {},
+            "HEARTBEAT_INTERVAL_MS must be below",
+        ),
+        ({"FAULTWATCH_SECURITY_PROTOCOL": "SASL_SSL"}, {}, "needs FAULTWATCH_SASL_MECHANISM"),
+        ({"FAULTWATCH_SASL_MECHANISM": "PLAIN"}, {}, "SASL_PLAINTEXT or SASL_SSL"),
+        (
+            {
+                "FAULTWATCH_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "FAULTWATCH_SASL_MECHANISM": "PLAIN",
+            },
+            {},
+            "needs FAULTWATCH_SASL_PLAIN_USERNAME and FAULTWATCH_SASL_PLAIN_PASSWORD",
+        ),
+        ({"FAULTWATCH_SSL_CAFILE": "/no/such/ca.pem"}, {}, "FAULTWATCH_SSL_CAFILE"),
+        ({}, {"idle_exit": "0"}, "--idle-exit: Input should be greater than 0"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_its_variable_or_flag(monkeypatch, env, overrides, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        settings_io.load(overrides)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_security_passes_through_and_the_password_stays_secret(monkeypatch, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("FAULTWATCH_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("FAULTWATCH_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("FAULTWATCH_SASL_PLAIN_USERNAME", "faultwatch")
+    monkeypatch.setenv("FAULTWATCH_SASL_PLAIN_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("FAULTWATCH_SSL_CAFILE", str(ca))
+    s = settings_io.load()
+    options = s.kafka_options()
+    assert options["sasl_plain_password"] == "hunter2-secret"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512" and options["ssl_cafile"] == str(ca)
+    assert options["security_protocol"] == "SASL_SSL"
+    for text in (repr(s), str(s), s.summary(), s.model_dump_json()):
+        assert "hunter2-secret" not in text
+
+
+def test_a_bad_password_value_is_never_echoed():
+    with pytest.raises(SettingsError) as caught:
+        settings_io.load({"sasl_plain_password": 987654321})  # not a string
+    assert "FAULTWATCH_SASL_PLAIN_PASSWORD" in str(caught.value)
+    assert "987654321" not in str(caught.value)
+
+
+def test_plaintext_sends_no_security_options():
+    options = settings_io.load().kafka_options()
+    assert set(options) == {"bootstrap_servers", "client_id", "security_protocol"}
+
+
+def test_misspelt_variables_are_found(monkeypatch):
+    monkeypatch.setenv("FAULTWATCH_BOOTSTRAP_SERVER", "kafka:9092")
+    monkeypatch.setenv("FAULTWATCH_TEST_BOOTSTRAP", "kafka:9092")  # the test suite's own
+    monkeypatch.setenv("FAULTWATCH_GROUP_ID", "g")
+    assert settings_io.unknown_variables() == ["FAULTWATCH_BOOTSTRAP_SERVER"]

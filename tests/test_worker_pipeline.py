@@ -1,0 +1,121 @@
+"""The batch logic without a broker: what each record of a batch turns into."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from model.scoring import Scorer
+from tests.helpers import synthetic_values
+from worker.messages import Decoder
+from worker.pipeline import Pipeline, Topics, event_id
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed record as the pipeline sees it."""
+
+    offset: int
+    value: bytes | None
+    key: bytes | None = b"pump-1"
+    topic: str = "windows"
+    partition: int = 3
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_path) -> Scorer:
+    return Scorer.load(tiny_model_path)
+
+
+def pipeline(scorer: Scorer, scores_topic: str | None = "scores") -> Pipeline:
+    decoder = Decoder(scorer.window, scorer.channels, max_bytes=10_000)
+    return Pipeline(scorer, decoder, Topics("events", "dlq", scores_topic), top_channels=2)
+
+
+def batch(scorer: Scorer) -> list[Record]:
+    normal = synthetic_values(4, scorer.window)
+    shifted = synthetic_values(2, scorer.window, shift=25.0, seed=1)
+    values = [normal[0], b"{", normal[1], shifted[0], None, normal[2], shifted[1], normal[3]]
+    return [Record(offset, value) for offset, value in enumerate(values, start=100)]
+
+
+def test_every_record_becomes_a_score_or_a_dead_letter(scorer):
+    records = batch(scorer)
+    result = pipeline(scorer).process(records)
+    by_topic = {t: [o for o in result.outputs if o.topic == t] for t in ("events", "scores", "dlq")}
+    scored = [json.loads(o.value)["source"]["offset"] for o in by_topic["scores"]]
+    dead = [int(dict(o.headers)["faultwatch.source.offset"]) for o in by_topic["dlq"]]
+    assert sorted(scored + dead) == [r.offset for r in records]
+    assert dead == [101, 104]
+    assert len(result.scores) == 6 and result.dead_letters == {"invalid_json": 2}
+    assert result.anomalies == len(by_topic["events"]) >= 2  # the shifted windows at least
+
+
+def test_a_dead_letter_is_the_original_record_with_headers(scorer):
+    records = [Record(7, b"[1, 2]", key=b"\x00raw key"), Record(8, None, key=None)]
+    dlq = pipeline(scorer).process(records).outputs
+    assert (dlq[0].topic, dlq[0].key, dlq[0].value) == ("dlq", b"\x00raw key", b"[1, 2]")
+    assert dict(dlq[0].headers) == {
+        "faultwatch.error.reason": b"schema",
+        "faultwatch.error.message": b"expected a JSON object",
+        "faultwatch.source.topic": b"windows",
+        "faultwatch.source.partition": b"3",
+        "faultwatch.source.offset": b"7",
+    }
+    assert (dlq[1].key, dlq[1].value) == (None, b"")  # Kafka needs a key or a value
+
+
+def test_events_describe_the_anomaly_and_are_the_same_on_redelivery(scorer):
+    records = batch(scorer)
+    first = pipeline(scorer).process(records).outputs
+    again = pipeline(scorer).process(records).outputs
+    assert first == again  # same ids, same bytes: consumers can drop the duplicates
+    events = [json.loads(o.value) for o in first if o.topic == "events"]
+    for event in events:
+        assert event["event_id"] == event_id("windows", 3, event["source"]["offset"])
+        assert event["machine_id"] == "pump-1" and event["model_version"] == scorer.version
+        assert event["score"] > event["threshold"] == scorer.threshold
+        assert event["timestamp"].endswith("Z")
+        assert len(event["top_channels"]) == 2
+        assert {c["channel"] for c in event["top_channels"]} <= set(scorer.channels)
+    assert len({e["event_id"] for e in events}) == len(events)
+
+
+def test_batch_scores_equal_the_scorer_one_window_at_a_time(scorer):
+    records = batch(scorer)
+    result = pipeline(scorer).process(records)
+    valid = [r for r in records if r.value not in (None, b"{")]
+    one_by_one = [pipeline(scorer).process([r]).scores[0] for r in valid]
+    np.testing.assert_allclose(result.scores, one_by_one, rtol=1e-6)
+
+
+def test_scores_topic_off_means_events_only(scorer):
+    result = pipeline(scorer, scores_topic=None).process(batch(scorer))
+    assert {o.topic for o in result.outputs} == {"events", "dlq"}
+
+
+def test_the_record_key_is_kept_and_the_machine_id_fills_a_missing_one(scorer):
+    value = synthetic_values(1, scorer.window)[0]
+    outputs = pipeline(scorer).process([Record(1, value, key=b"k"), Record(2, value, key=None)])
+    scores = [o for o in outputs.outputs if o.topic == "scores"]
+    assert [o.key for o in scores] == [b"k", b"pump-1"]
+
+
+def test_values_too_large_to_score_are_dead_letters_not_nan_scores(scorer):
+    rows = np.full((scorer.window, len(scorer.channels)), 30.0)
+    rows[3, 1] = 1e300  # finite JSON, but the model overflows on it
+    value = json.dumps({"machine_id": "m", "timestamp": 0, "values": rows.tolist()}).encode()
+    result = pipeline(scorer).process(
+        [Record(1, value), Record(2, synthetic_values(1, scorer.window)[0])]
+    )
+    assert result.dead_letters == {"non_finite": 1} and np.isfinite(result.scores).all()
+    assert [o.topic for o in result.outputs if o.topic != "events"] == ["dlq", "scores"]
+
+
+def test_a_batch_of_only_bad_records_scores_nothing(scorer):
+    result = pipeline(scorer).process([Record(1, b"{"), Record(2, b"")])
+    assert len(result.scores) == 0 and result.anomalies == 0
+    assert [o.topic for o in result.outputs] == ["dlq", "dlq"]

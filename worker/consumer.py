@@ -1,0 +1,289 @@
+"""The loop: poll a batch, score it, publish its outputs, then commit its offsets.
+
+At least once: offsets are committed only after the broker acknowledged every output of the
+batch, and before the next poll. Rebalances happen inside `poll`, so when partitions are
+revoked everything finished is committed already; a commit the group refused is retried
+from the revocation hook. A failed publish or commit rewinds the batch and backs off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from worker.errors import BatchError, BrokerError, CommitError
+from worker.health import Health
+from worker.metrics import Metrics
+from worker.pipeline import Pipeline
+from worker.publisher import Publisher
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 500  # how quickly a stop request or the idle timer is noticed
+COMMIT_TIMEOUT_MS = 30_000
+MAX_BACKOFF = 30.0  # seconds between retries of a failed batch, at most
+
+Polled = dict[TopicPartition, list[Any]]  # kafka-python's poll(): partition -> ConsumerRecords
+
+
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """kafka-python consumer options, apart from the connection's."""
+    return {
+        "group_id": settings.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.auto_offset_reset,
+        "max_poll_records": settings.max_poll_records,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "reconnect_backoff_max_ms": 10_000,
+    }
+
+
+@dataclass
+class Totals:
+    """What this run did, for the shutdown log line."""
+
+    batches: int = 0
+    windows: int = 0
+    anomalies: int = 0
+    dead_letters: int = 0
+    busy_seconds: float = 0.0
+
+    def __str__(self) -> str:
+        rate = self.windows / self.busy_seconds if self.busy_seconds else 0.0
+        return (
+            f"batches={self.batches} windows={self.windows} anomalies={self.anomalies} "
+            f"dead_letters={self.dead_letters} busy_seconds={self.busy_seconds:.2f} "
+            f"windows_per_busy_second={rate:.0f}"
+        )
+
+    def add(self, windows: int, anomalies: int, dead_letters: int, seconds: float) -> None:
+        self.batches += 1
+        self.windows += windows
+        self.anomalies += anomalies
+        self.dead_letters += dead_letters
+        self.busy_seconds += seconds
+
+
+class Loop:
+    """Consumes the input topic until stopped, idle for `idle_exit` seconds, or broken."""
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        publisher: Publisher,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        health: Health,
+        settings: Settings,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.consumer = consumer
+        self.publisher = publisher
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.health = health
+        self.settings = settings
+        self.clock = clock
+        self.totals = Totals()
+        self._stop = stop or threading.Event()  # set by a signal handler, or by request_stop
+        self._stop_reason = ""
+        self._assigned: set[TopicPartition] | None = None  # None while (re)joining the group
+        self._joined = False  # the first join has its deadline: the start-up timeout
+        self._pending: dict[TopicPartition, OffsetAndMetadata] = {}  # published, not committed
+        self._retry: str | None = None  # why the last batch failed, while retrying
+        self._failures = 0
+        self._last_activity = clock()
+        self._next_refresh = clock()
+
+    def request_stop(self, reason: str) -> None:
+        """Finish the batch in hand, commit and return from `run` (signal-handler safe)."""
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def run(self) -> str:
+        """Consume until stopped; returns why it stopped. Raises WorkerError when broken."""
+        self.consumer.subscribe([self.settings.input_topic], listener=_Rebalance(self))
+        started = self.clock()
+        try:
+            while not self._stop.is_set():
+                self.health.tick()
+                polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                if polled:
+                    self._last_activity = self.clock()
+                    self._handle(polled)
+                self._check_timers(started)
+        finally:
+            self.health.set_not_ready("shutting down")
+        return self._stop_reason or "stop requested"
+
+    def _handle(self, polled: Polled) -> None:
+        """One batch end to end; a retriable failure rewinds it and backs off."""
+        started = self.clock()
+        records = [record for batch in polled.values() for record in batch]
+        result = self.pipeline.process(records)
+        try:
+            self.publisher.publish(result.outputs)
+            self._pending = {
+                tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1) for tp, batch in polled.items()
+            }
+            committed = self._commit(self._pending)
+        except BatchError as exc:
+            if not exc.retriable:
+                raise
+            self._rewind(polled, exc)
+            return
+        if not committed:
+            return  # re-delivered to the partitions' next owner: counted then
+        seconds = self.clock() - started
+        self.metrics.batch_committed(result.scores, result.anomalies, result.dead_letters, seconds)
+        self.totals.add(len(result.scores), result.anomalies, result.dead_letters.total(), seconds)
+        if self._retry:
+            log.info("batch retry succeeded after=%d failures", self._failures)
+            self._retry, self._failures = None, 0
+            self._update_readiness()
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
+        """True once committed; False when the group refused it after a rebalance."""
+        try:
+            self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+        except CommitFailedError:
+            # The group moved on: the revocation hook tries again, else the batch is re-delivered.
+            log.warning("commit refused after a rebalance offsets=%s", _describe(offsets))
+            return False
+        except KafkaError as exc:
+            raise CommitError(f"commit failed: {exc}", retriable=exc.retriable) from exc
+        self._pending = {}
+        return True
+
+    def _rewind(self, polled: Polled, exc: BatchError) -> None:
+        """Re-read the failed batch after a backoff: at least once, never lost."""
+        self._pending = {}
+        assigned = self.consumer.assignment()
+        for tp, batch in polled.items():
+            if tp in assigned:
+                self.consumer.seek(tp, batch[0].offset)
+        self._failures += 1
+        self._retry = str(exc)
+        self.metrics.batch_retries.inc()
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** (self._failures - 1))
+        log.warning("batch failed, retrying in=%.1fs error=%s", delay, exc)
+        self._update_readiness()
+        self._stop.wait(delay)
+
+    def _check_timers(self, started: float) -> None:
+        """Idle exit, the first join's deadline, and the periodic lag and readiness refresh."""
+        now = self.clock()
+        if not self._joined and now - started > self.settings.startup_timeout:
+            raise BrokerError(
+                f"no partition assignment from group {self.settings.group_id!r} at "
+                f"{self.settings.bootstrap_servers} within {self.settings.startup_timeout:g} s"
+            )
+        idle = self.settings.idle_exit
+        if idle and self._assigned is not None and now - self._last_activity >= idle:
+            self.request_stop(f"idle for {idle:g} s")
+        if now >= self._next_refresh:
+            self._next_refresh = now + self.settings.lag_interval
+            self._refresh_lag()
+            self._update_readiness()
+
+    def _refresh_lag(self) -> None:
+        """Lag from the last fetch's high watermark (end_offsets is wrong on some brokers)."""
+        lag = {}
+        for tp in self._assigned or ():
+            try:
+                high = self.consumer.highwater(tp)
+                position = self.consumer.position(tp, timeout_ms=1_000)
+            except KafkaError:
+                continue
+            if high is not None and position is not None:
+                lag[(tp.topic, tp.partition)] = max(0, high - position)
+        self.metrics.set_lag(lag)
+
+    def _update_readiness(self) -> None:
+        if self._stop.is_set():
+            self.health.set_not_ready("shutting down")
+        elif self._assigned is None:
+            self.health.set_not_ready("waiting for the consumer group")
+        elif self._retry:
+            self.health.set_not_ready(f"retrying a failed batch: {self._retry}")
+        elif self._heartbeat_late():
+            session = self.settings.session_timeout_ms / 1000
+            self.health.set_not_ready(
+                f"no heartbeat to the group coordinator for over {session:g} s"
+            )
+        else:
+            self.health.set_ready()
+
+    def _heartbeat_late(self) -> bool:
+        """No heartbeat for longer than a session: the broker is gone, or we are cut off."""
+        try:
+            group = self.consumer.metrics()["consumer-coordinator-metrics"]
+            seconds = float(group["last-heartbeat-seconds-ago"])
+        except (KeyError, TypeError, ValueError):  # an unstable kafka-python interface
+            return False
+        return self.settings.session_timeout_ms / 1000 < seconds < math.inf  # inf: none sent yet
+
+    # Rebalance hooks: they run on kafka-python's IO thread, inside our own poll().
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        self._assigned, self._joined = set(partitions), True
+        self._last_activity = self.clock()
+        self.metrics.assigned_partitions.set(len(partitions))
+        log.info("partitions assigned partitions=%s", _describe(partitions) or "none")
+        self._update_readiness()
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        pending = {tp: o for tp, o in self._pending.items() if tp in partitions}
+        if pending:
+            log.info("committing on revocation offsets=%s", _describe(pending))
+            self.consumer.commit_async(pending)  # the IO thread must not block
+        self._forget(partitions)
+        if partitions:
+            log.info("partitions revoked partitions=%s", _describe(partitions))
+
+    def on_lost(self, partitions: set[TopicPartition]) -> None:
+        self._forget(partitions)
+        log.warning("partitions lost partitions=%s", _describe(partitions) or "none")
+
+    def _forget(self, partitions: set[TopicPartition]) -> None:
+        self._pending = {tp: o for tp, o in self._pending.items() if tp not in partitions}
+        self._assigned = None  # until the group's next assignment
+        self.metrics.assigned_partitions.set(0)
+        self.metrics.forget_lag((tp.topic, tp.partition) for tp in partitions)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Forwards kafka-python's rebalance callbacks to the loop."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.loop.on_assigned(assigned)
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.loop.on_revoked(revoked)
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.loop.on_lost(lost)
+
+
+def _describe(partitions: Any) -> str:
+    """topic-partition[@offset] list for a log line."""
+    if isinstance(partitions, dict):
+        return ",".join(
+            f"{tp.topic}-{tp.partition}@{o.offset}" for tp, o in sorted(partitions.items())
+        )
+    return ",".join(f"{tp.topic}-{tp.partition}" for tp in sorted(partitions))

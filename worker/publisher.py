@@ -1,0 +1,71 @@
+"""Sending a batch's outputs and waiting until the broker has acknowledged every one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, MessageSizeTooLargeError
+
+from worker.errors import PublishError
+from worker.pipeline import Output
+
+# Measured on the test broker: 8-13k records/s with these, 2-5k/s with kafka-python's defaults.
+PRODUCER_OPTIONS: dict[str, Any] = {
+    "acks": "all",
+    "linger_ms": 20,
+    "batch_size": 2**20,
+    "delivery_timeout_ms": 120_000,
+    "max_block_ms": 30_000,
+}
+
+
+def producer_options(max_request_bytes: int) -> dict[str, Any]:
+    """kafka-python producer options, apart from the connection's."""
+    return {**PRODUCER_OPTIONS, "max_request_size": max_request_bytes}
+
+
+class Publisher:
+    """Publishes outputs; returns only when all are acknowledged, else raises PublishError."""
+
+    def __init__(self, producer: KafkaProducer, flush_timeout: float = 130.0) -> None:
+        self.producer = producer
+        self.flush_timeout = flush_timeout  # a little over delivery_timeout_ms
+
+    def publish(self, outputs: Sequence[Output]) -> None:
+        """Send everything, flush, then check each acknowledgement."""
+        futures = [(output, self._send(output)) for output in outputs]
+        try:
+            self.producer.flush(timeout=self.flush_timeout)
+        except KafkaError as exc:
+            raise PublishError(f"outputs not acknowledged: {exc}", retriable=True) from exc
+        for output, future in futures:
+            if not future.is_done:
+                raise PublishError(f"no acknowledgement from {output.topic}", retriable=True)
+            if future.failed():
+                exc = future.exception
+                raise PublishError(
+                    f"{output.topic} refused a record: {exc}{_hint(exc)}",
+                    retriable=future.retriable(),
+                ) from exc
+
+    def _send(self, output: Output):
+        try:
+            return self.producer.send(
+                output.topic, key=output.key, value=output.value, headers=output.headers
+            )
+        except KafkaError as exc:
+            raise PublishError(
+                f"cannot send to {output.topic}: {exc}{_hint(exc)}", retriable=exc.retriable
+            ) from exc
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.producer.close(timeout=timeout)
+
+
+def _hint(exc: BaseException) -> str:
+    """What to change when the broker or the client refuses a record's size."""
+    if isinstance(exc, MessageSizeTooLargeError):
+        return " (raise FAULTWATCH_MAX_REQUEST_BYTES and the topic's max.message.bytes)"
+    return ""

@@ -1,0 +1,242 @@
+"""`faultwatch run`: settings, logging, the model, the broker, the loop, and the exit code.
+
+Exit codes: 0 stopped cleanly (SIGTERM, SIGINT or --idle-exit); 1 the model, the broker or
+a batch failed for good (one line on stderr); 2 a setting is invalid (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import torch
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from model.errors import FaultwatchError
+from model.scoring import Scorer
+from worker import settings as settings_io
+from worker.consumer import Loop, consumer_options
+from worker.errors import BrokerError, SettingsError, WorkerError
+from worker.health import Health, HealthServer
+from worker.messages import Decoder
+from worker.metrics import Metrics
+from worker.pipeline import Pipeline, Topics
+from worker.publisher import Publisher, producer_options
+from worker.settings import ENV_PREFIX, FLAGS, Settings
+
+log = logging.getLogger(__name__)
+
+
+METAVARS = {
+    "bootstrap_servers": "HOST:PORT,...",
+    "model_path": "MODEL",
+    "metrics_port": "PORT",
+    "startup_timeout": "SECONDS",
+    "idle_exit": "SECONDS",
+    "log_format": "{text,json}",
+    "log_level": "LEVEL",
+    "group_id": "GROUP",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `run` flags; each one overrides its FAULTWATCH_* variable."""
+    for field, flag in FLAGS.items():
+        info = Settings.model_fields[field]
+        default = "off" if info.default in (None, "") else info.default
+        parser.add_argument(
+            flag,
+            dest=field,
+            default=None,
+            metavar=METAVARS.get(field, "TOPIC"),
+            help=f"{info.description} (env {ENV_PREFIX}{field.upper()}, default {default})",
+        )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the worker until it is told to stop; returns the exit code."""
+    try:
+        settings = settings_io.load({field: getattr(args, field, None) for field in FLAGS})
+    except SettingsError as exc:
+        sys.stderr.write(f"faultwatch run: error: {exc}\n")
+        return 2
+    configure_logging(settings)
+    try:
+        reason = serve(settings)
+    except (FaultwatchError, KafkaError) as exc:
+        log.error("stopped: %s", exc)
+        return 1
+    log.info("stopped reason=%s", reason)
+    return 0
+
+
+def serve(
+    settings: Settings,
+    stop: threading.Event | None = None,
+    registry: CollectorRegistry | None = None,
+) -> str:
+    """Load the model, serve the probes, consume until stopped; returns why it stopped."""
+    stop = stop or threading.Event()
+    torch.set_num_threads(settings.torch_threads)
+    scorer = Scorer.load(settings.model_path)
+    for name in settings_io.unknown_variables():
+        log.warning("unknown variable ignored name=%s", name)
+    log.info("starting model_version=%s %s", scorer.version, settings.summary())
+    registry = registry or process_registry()
+    health, metrics = Health(), Metrics(registry)
+    metrics.set_model(scorer.version, scorer.window, len(scorer.channels), scorer.threshold)
+    metrics.ready.set_function(lambda: float(health.ready))
+    server = _start_server(settings, health, registry)
+    _on_signals(stop, health)
+    try:
+        return _consume(settings, scorer, metrics, health, stop)
+    finally:
+        if server:
+            server.stop()
+
+
+def _consume(
+    settings: Settings, scorer: Scorer, metrics: Metrics, health: Health, stop: threading.Event
+) -> str:
+    consumer, producer = connect(settings)
+    publisher = Publisher(producer)
+    try:
+        check_topics(consumer, settings)
+        pipeline = pipeline_for(scorer, settings)
+        loop = Loop(consumer, publisher, pipeline, metrics, health, settings, stop=stop)
+        reason = loop.run()
+    finally:
+        consumer.close(autocommit=False)
+        publisher.close()
+    log.info("shutdown %s", loop.totals)
+    return reason
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry of its own (so `serve` can run twice in a process) with the process series."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def connect(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
+    """Both clients, or BrokerError naming the bootstrap address after the start-up timeout."""
+    deadline = time.monotonic() + settings.startup_timeout
+    options = settings.kafka_options()
+
+    def left_ms() -> int:
+        return max(1, int((deadline - time.monotonic()) * 1000))
+
+    consumer = None
+    try:
+        consumer = KafkaConsumer(
+            **options, **consumer_options(settings), bootstrap_timeout_ms=left_ms()
+        )
+        producer = KafkaProducer(
+            **options,
+            **producer_options(settings.max_request_bytes),
+            bootstrap_timeout_ms=left_ms(),
+        )
+    except (KafkaError, OSError) as exc:
+        if consumer is not None:
+            consumer.close(autocommit=False)
+        raise BrokerError(
+            f"cannot reach the Kafka broker at {settings.bootstrap_servers} within "
+            f"{settings.startup_timeout:g} s ({type(exc).__name__}: {exc})"
+        ) from exc
+    return consumer, producer
+
+
+def check_topics(consumer: KafkaConsumer, settings: Settings) -> None:
+    """The worker creates no topic: a missing one is a deployment mistake, said at once."""
+    needed = [settings.input_topic, settings.events_topic, settings.dlq_topic]
+    needed += [settings.scores_topic] if settings.scores_topic else []
+    existing = consumer.topics()
+    missing = [topic for topic in needed if topic not in existing]
+    if missing:
+        raise BrokerError(
+            f"topic {', '.join(missing)} not found (or not authorized) at "
+            f"{settings.bootstrap_servers}: create it before starting the worker"
+        )
+
+
+def pipeline_for(scorer: Scorer, settings: Settings) -> Pipeline:
+    """The batch logic for this model and these topics."""
+    decoder = Decoder(scorer.window, scorer.channels, settings.max_record_bytes)
+    topics = Topics(settings.events_topic, settings.dlq_topic, settings.scores_topic or None)
+    return Pipeline(scorer, decoder, topics, settings.top_channels)
+
+
+def _start_server(
+    settings: Settings, health: Health, registry: CollectorRegistry
+) -> HealthServer | None:
+    if not settings.metrics_port:
+        return None
+    try:
+        server = HealthServer(health, registry, settings.metrics_port, settings.metrics_host)
+    except OSError as exc:
+        raise WorkerError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+            f"({exc.strerror})"
+        ) from exc
+    log.info("serving /metrics /healthz /readyz port=%d", server.port)
+    return server.start()
+
+
+def _on_signals(stop: threading.Event, health: Health) -> None:
+    """SIGTERM or SIGINT: finish the batch in hand, commit, exit 0; a second one kills."""
+
+    def handle(signum: int, frame: Any) -> None:
+        log.info("shutdown requested signal=%s", signal.Signals(signum).name)
+        health.set_not_ready("shutting down")
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handle)
+
+
+def configure_logging(settings: Settings) -> None:
+    """One line per record on stderr: key=value text, or one JSON object for log shippers."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    logging.getLogger("kafka").setLevel(settings.kafka_log_level)
+
+
+class JsonFormatter(logging.Formatter):
+    """{"time", "level", "logger", "message"} per line, plus "exception" when there is one."""
+
+    converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)

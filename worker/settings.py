@@ -1,0 +1,211 @@
+"""The worker's one settings object: FAULTWATCH_* environment variables, `run` flags over them.
+
+Only this module reads the environment. Secrets are `SecretStr`: they print as stars and
+reach the Kafka client alone, through `kafka_options()`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import SettingsError
+
+ENV_PREFIX = "FAULTWATCH_"
+# Variables of the test suite and tools, not of the worker: never reported as unknown.
+OTHER_VARIABLES = {"FAULTWATCH_TEST_BOOTSTRAP", "FAULTWATCH_SKAB_DIR"}
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["text", "json"]
+
+# Settings that `faultwatch run` also takes as flags (flags win over the environment).
+FLAGS = {
+    "bootstrap_servers": "--bootstrap-servers",
+    "input_topic": "--input-topic",
+    "events_topic": "--events-topic",
+    "scores_topic": "--scores-topic",
+    "dlq_topic": "--dlq-topic",
+    "group_id": "--group-id",
+    "model_path": "--model",
+    "metrics_port": "--metrics-port",
+    "startup_timeout": "--startup-timeout",
+    "idle_exit": "--idle-exit",
+    "log_format": "--log-format",
+    "log_level": "--log-level",
+}
+
+
+class Settings(BaseSettings):
+    """Everything `faultwatch run` can be told, read once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # Kafka: where the windows come from and where results go
+    bootstrap_servers: str = Field("localhost:9092", description="host:port[,host:port...]")
+    input_topic: str = Field("faultwatch.windows", description="topic of sensor windows")
+    events_topic: str = Field("faultwatch.events", description="topic of anomaly events")
+    scores_topic: str = Field("", description="topic of every window's score (empty: off)")
+    dlq_topic: str = Field("faultwatch.dead-letters", description="dead-letter topic")
+    group_id: str = Field("faultwatch", min_length=1, description="consumer group")
+    client_id: str = "faultwatch"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(45_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_records: int = Field(500, ge=1, le=100_000)
+    max_record_bytes: int = Field(1_000_000, ge=64)  # larger input records: dead letter too_large
+    max_request_bytes: int = Field(16 * 2**20, ge=1_024)  # largest record the producer sends
+    startup_timeout: float = Field(60.0, gt=0, description="seconds to reach the broker")
+
+    # Kafka security, passed through to the client
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: FilePath | None = None
+    ssl_certfile: FilePath | None = None
+    ssl_keyfile: FilePath | None = None
+    ssl_check_hostname: bool = True
+
+    # The model
+    model_path: Path = Field(Path("model.fwm"), description="model file to score with")
+    torch_threads: int = Field(1, ge=1, le=256)
+    top_channels: int = Field(3, ge=1)
+
+    # Operations
+    metrics_port: int = Field(
+        8000, ge=0, le=65535, description="/metrics, /healthz, /readyz (0: off)"
+    )
+    metrics_host: str = "0.0.0.0"
+    lag_interval: float = Field(5.0, gt=0)  # seconds between consumer lag refreshes
+    idle_exit: float | None = Field(None, gt=0, description="stop after S seconds without records")
+    log_format: LogFormat = Field("text", description="text or json (one object per line)")
+    log_level: LogLevel = Field("INFO", description="log level of faultwatch")
+    kafka_log_level: LogLevel = "CRITICAL"  # kafka-python logs every reconnect attempt
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server.strip()!r} is not host:port")
+        return value
+
+    @field_validator("input_topic", "events_topic", "dlq_topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not TOPIC_NAME.match(value):
+            raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
+        return value
+
+    @field_validator("scores_topic")
+    @classmethod
+    def _check_optional_topic(cls, value: str) -> str:
+        return cls._check_topic(value) if value else value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        outputs = {self.events_topic, self.dlq_topic, self.scores_topic}
+        if self.input_topic in outputs:
+            raise ValueError(
+                f"FAULTWATCH_INPUT_TOPIC {self.input_topic!r} is also an output topic: "
+                "the worker would read its own events"
+            )
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                "FAULTWATCH_HEARTBEAT_INTERVAL_MS must be below FAULTWATCH_SESSION_TIMEOUT_MS"
+            )
+        self._check_security()
+        return self
+
+    def _check_security(self) -> None:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not self.sasl_mechanism:
+            raise ValueError(f"{self.security_protocol} needs FAULTWATCH_SASL_MECHANISM")
+        if self.sasl_mechanism and not sasl:
+            raise ValueError(
+                "FAULTWATCH_SASL_MECHANISM needs FAULTWATCH_SECURITY_PROTOCOL "
+                "SASL_PLAINTEXT or SASL_SSL"
+            )
+        if sasl and (not self.sasl_plain_username or self.sasl_plain_password is None):
+            raise ValueError(
+                f"SASL {self.sasl_mechanism} needs FAULTWATCH_SASL_PLAIN_USERNAME "
+                "and FAULTWATCH_SASL_PLAIN_PASSWORD"
+            )
+        ssl_files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
+        if any(ssl_files) and not self.security_protocol.endswith("SSL"):
+            raise ValueError(
+                "FAULTWATCH_SSL_* files need FAULTWATCH_SECURITY_PROTOCOL SSL or SASL_SSL"
+            )
+
+    @property
+    def bootstrap_list(self) -> list[str]:
+        return [server.strip() for server in self.bootstrap_servers.split(",")]
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Connection options for every kafka-python client: bootstrap, identity, security."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_list,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_plain_username
+            options["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        if self.security_protocol.endswith("SSL"):
+            options["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if (path := getattr(self, name)) is not None:
+                    options[name] = str(path)
+        return options
+
+    def summary(self) -> str:
+        """The settings worth a start-up log line, as key=value; never a secret."""
+        scores = self.scores_topic or "off"
+        return (
+            f"bootstrap={self.bootstrap_servers} security={self.security_protocol} "
+            f"input={self.input_topic} events={self.events_topic} scores={scores} "
+            f"dlq={self.dlq_topic} group={self.group_id} model={self.model_path}"
+        )
+
+
+def load(overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from the environment, with `overrides` (the `run` flags) on top."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_first_problem(exc, overrides)) from None
+
+
+def unknown_variables() -> list[str]:
+    """FAULTWATCH_* variables that name no setting: most likely typos."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    return sorted(
+        n for n in os.environ if n.upper().startswith(ENV_PREFIX) and n.upper() not in known
+    )
+
+
+def _first_problem(exc: ValidationError, overrides: dict[str, Any]) -> str:
+    """One line naming the variable or flag at fault, never echoing a secret."""
+    error = exc.errors(include_url=False)[0]
+    field = str(error["loc"][0]) if error["loc"] else None
+    message = error["msg"].removeprefix("Value error, ")
+    if field is None:
+        return message
+    name = FLAGS[field] if field in overrides and field in FLAGS else ENV_PREFIX + field.upper()
+    secret = "password" in field
+    given = error.get("input")
+    echo = isinstance(given, str | int | float) and len(str(given)) <= 80
+    if secret or not echo or error["type"] == "value_error":  # value errors quote it already
+        return f"{name}: {message}"
+    return f"{name}: {message} (got {given!r})"
