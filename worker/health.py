@@ -70,7 +70,7 @@ class HealthServer:
         self,
         health: Health,
         registry: CollectorRegistry = REGISTRY,
-        port: int = 8000,
+        port: int = 9108,
         host: str = "0.0.0.0",
     ) -> None:
         handler = _handler(health, registry)

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     # Operations
     metrics_port: int = Field(
-        8000, ge=0, le=65535, description="/metrics, /healthz, /readyz (0: off)"
+        9108, ge=0, le=65535, description="/metrics, /healthz, /readyz (0: off)"
     )
     metrics_host: str = "0.0.0.0"
     lag_interval: float = Field(5.0, gt=0)  # seconds between consumer lag refreshes
