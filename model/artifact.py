@@ -1,9 +1,12 @@
 """The one model file: weights, shape, preprocessing, threshold and metadata, checksummed.
 
 Layout (a torch zip read with `weights_only=True`, so loading never runs code):
-    {"format": "faultwatch-model", "format_version": 1, "meta": <JSON text>,
+    {"format": "faultwatch-model", "format_version": 2, "meta": <JSON text>,
      "tensors": {name: tensor}, "checksum": sha256 of meta + tensors}
 The version is the checksum's first 12 hex digits: it changes whenever the content does.
+Format 2 adds the slow-channel flags, the level detector's per-channel scales and the
+detector references; format 1 files still load (every channel a level channel, the
+autoencoder's error alone), while a format-1 reader refuses format 2 rather than misscore it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from model.errors import ArtifactError
 from model.preprocessing import PreprocessConfig, Standardizer
 
 FORMAT = "faultwatch-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DETECTORS = ("autoencoder", "level")  # whose references a format-2 model stores
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Artifact:
     threshold: float
     state: dict[str, torch.Tensor]
     training: dict = field(default_factory=dict)
+    references: dict[str, float] = field(default_factory=dict)  # detector -> normal scale
+    level_scale: np.ndarray | None = None  # (C,) spread of a normal window's mean, standardised
 
     @property
     def version(self) -> str:
@@ -59,6 +66,8 @@ class Artifact:
             "window": self.window,
             "channels": self.channels,
             "threshold": self.threshold,
+            "references": self.references,
+            "slow_channels": [c for c, s in zip(self.channels, self._slow(), strict=True) if s],
             "preprocessing": self.preprocess.to_dict(),
             "training": self.training,
         }
@@ -72,13 +81,23 @@ class Artifact:
             "threshold": self.threshold,
             "training": self.training,
         }
+        if self.references:
+            meta["references"] = self.references
         return json.dumps(meta, sort_keys=True)
+
+    def _slow(self) -> list[bool]:
+        slow = self.standardizer.slow
+        return [False] * len(self.channels) if slow is None else [bool(s) for s in slow]
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         stats = {
             "standardizer.mean": torch.from_numpy(self.standardizer.mean.copy()),
             "standardizer.scale": torch.from_numpy(self.standardizer.scale.copy()),
         }
+        if self.standardizer.slow is not None:
+            stats["standardizer.slow"] = torch.from_numpy(self.standardizer.slow.astype(np.uint8))
+        if self.level_scale is not None:
+            stats["detector.level_scale"] = torch.from_numpy(self.level_scale.copy())
         return {**{f"model.{k}": v.detach().cpu() for k, v in self.state.items()}, **stats}
 
 
@@ -105,20 +124,23 @@ def load(path: str | Path) -> Artifact:
     payload = _read(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a faultwatch model")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{path}: model format {payload.get('format_version')} unsupported")
     meta, tensors = payload.get("meta"), payload.get("tensors")
     if not isinstance(meta, str) or not isinstance(tensors, dict):
         raise ArtifactError(f"{path}: model file is incomplete")
+    _check_tensors(path, tensors)
     if payload.get("checksum") != _checksum(meta, tensors):
         raise ArtifactError(f"{path}: checksum mismatch, the model file was altered or damaged")
     try:
         return _from_parts(json.loads(meta), tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path}: inconsistent model file ({exc})") from exc
+        problem = " ".join(str(exc).split())[:300]  # one line, even for torch's long errors
+        raise ArtifactError(f"{path}: inconsistent model file ({problem})") from exc
 
 
 def _read(path: Path) -> object:
+    _check_container(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -139,18 +161,102 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
     scale = tensors["standardizer.scale"].numpy().astype(np.float64)
     if mean.shape != (len(channels),) or scale.shape != (len(channels),) or (scale <= 0).any():
         raise ValueError("normalisation statistics do not match the channels")
+    slow = tensors.get("standardizer.slow")  # absent in models from before slow channels
+    if slow is not None:
+        slow = slow.numpy().astype(bool)
+        if slow.shape != (len(channels),):
+            raise ValueError("slow-channel flags do not match the channels")
+    level_scale = tensors.get("detector.level_scale")
+    if level_scale is not None:
+        level_scale = level_scale.numpy().astype(np.float64)
+        ok = np.isfinite(level_scale) & (level_scale > 0)
+        if level_scale.shape != (len(channels),) or not ok.all():
+            raise ValueError("level-detector scales do not match the channels")
     artifact = Artifact(
         config=config,
         window=window,
         channels=channels,
-        preprocess=PreprocessConfig(**meta["preprocess"]),
-        standardizer=Standardizer(mean, scale),
+        preprocess=PreprocessConfig(**{"slow_share": 0.0, **meta["preprocess"]}),  # format 1
+        standardizer=Standardizer(mean, scale, slow),
         threshold=float(meta["threshold"]),
         state=state,
         training=meta.get("training", {}),
+        references=_references(meta.get("references", {})),
+        level_scale=level_scale,
     )
-    artifact.build()  # shapes must match the config, or load_state_dict raises
+    _check_content(artifact)
+    artifact.build()
     return artifact
+
+
+# A checksum proves integrity, not origin: anyone can write a file whose checksum is right.
+# So nothing a file declares is trusted before it is checked against what the file holds.
+
+
+def _check_container(path: Path) -> None:
+    """Torch stores entries uncompressed: a compressed entry, or one declared larger than the
+    file, would be inflated into memory before anything else is checked (a zip bomb)."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ArtifactError(f"{path}: truncated or corrupt model file (not a whole zip)") from exc
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED or entry.file_size > size:
+            raise ArtifactError(
+                f"{path}: refused, entry {entry.filename!r} is compressed or larger than the file"
+            )
+
+
+def _check_tensors(path: Path, tensors: dict) -> None:
+    """Plain tensors whose data is in the file: a stride-0 view of one number can declare
+    gigabytes, which checksumming or scoring would then allocate."""
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ArtifactError(f"{path}: model file entry {name!r} is not a tensor")
+        plain = tensor.layout == torch.strided and tensor.device.type == "cpu"
+        if not plain or tensor.is_quantized or tensor.dtype in (torch.bfloat16,):
+            raise ArtifactError(f"{path}: refused, tensor {name!r} is not a plain tensor")
+        held = tensor.untyped_storage().nbytes()
+        if not tensor.is_contiguous() or tensor.numel() * tensor.element_size() > held:
+            raise ArtifactError(f"{path}: refused, tensor {name!r} declares more than it holds")
+
+
+def _check_content(artifact: Artifact) -> None:
+    """Shapes the config declares, finite numbers, a usable threshold and preprocessing;
+    raises ValueError before the network is built (a declared size could be huge)."""
+    with torch.device("meta"):  # shapes only: nothing allocated
+        expected = {k: tuple(v.shape) for k, v in Autoencoder(artifact.config).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in artifact.state.items()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise ValueError(f"weights {', '.join(wrong[:4])} do not match the declared layer sizes")
+    if not all(torch.isfinite(t).all() for t in artifact.state.values() if t.is_floating_point()):
+        raise ValueError("weights hold NaN or infinity")
+    stats = (artifact.standardizer.mean, artifact.standardizer.scale)
+    if not all(np.isfinite(s).all() for s in stats):
+        raise ValueError("normalisation statistics hold NaN or infinity")
+    if not (np.isfinite(artifact.threshold) and artifact.threshold > 0):
+        raise ValueError(f"threshold {artifact.threshold} is not a positive number")
+    p = artifact.preprocess
+    if p.denoise not in ("none", "mean", "median"):
+        raise ValueError(f"unknown denoising {p.denoise!r}")
+    if type(p.kernel) is not int or not 1 <= p.kernel <= artifact.window:
+        raise ValueError(f"denoising kernel {p.kernel!r} is not 1 to the window's length")
+    if type(p.max_gap) is not int or p.max_gap < 0:
+        raise ValueError(f"max_gap {p.max_gap!r} is not a count of samples")
+
+
+def _references(raw: object) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ValueError("detector references are not a mapping")
+    refs = {str(k): float(v) for k, v in raw.items()}
+    if refs and sorted(refs) != sorted(DETECTORS):
+        raise ValueError(f"detector references {sorted(refs)}, expected {list(DETECTORS)}")
+    if not all(np.isfinite(v) and v > 0 for v in refs.values()):
+        raise ValueError("detector references must be positive")
+    return refs
 
 
 def _checksum(meta: str, tensors: dict[str, torch.Tensor]) -> str:

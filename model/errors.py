@@ -1,8 +1,8 @@
 """Errors a user can cause offline; each carries one line fit for stderr.
 
-    FaultwatchError
-    ├── DataError        a recording that cannot be read or windowed
-    └── ArtifactError    a model file that is missing, damaged, tampered with or unfit
+FaultwatchError
+├── DataError        a recording that cannot be read or windowed
+└── ArtifactError    a model file that is missing, damaged, tampered with or unfit
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ class PreprocessConfig:
     denoise: Denoise = "median"
     kernel: int = 5  # samples in the denoising filter, along time
     max_gap: int = 5  # longest run of missing samples that is interpolated
+    # A channel whose variance within a window is below this share of its training variance
+    # moves mostly slower than the window (warming, drift): it is judged by its shape within
+    # the window, not by a level the training rows sampled too briefly. 0 keeps every level.
+    slow_share: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -28,22 +32,50 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class Standardizer:
-    """Per-channel mean and scale fitted on training rows."""
+    """Per-channel statistics fitted on training rows.
+
+    Level channels become (x - mean) / scale. Slow channels (see PreprocessConfig.slow_share)
+    become (x - the window's own mean) / scale, with the scale of their within-window
+    variation: a step inside the window still shows, slow warming between windows does not.
+    """
 
     mean: np.ndarray  # (C,)
     scale: np.ndarray  # (C,), never zero
+    slow: np.ndarray | None = None  # (C,) bool; None: every channel is a level channel
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> Standardizer:
-        """Fit on (N, C) rows, ignoring NaN; constant channels get scale 1 (no divide by zero)."""
+    def fit(
+        cls,
+        values: np.ndarray,
+        windows: np.ndarray | None = None,
+        config: PreprocessConfig | None = None,
+    ) -> Standardizer:
+        """Fit on (N, C) rows, ignoring NaN; constant channels get scale 1 (no divide by zero).
+
+        With the raw training windows (B, W, C) and a config whose slow_share > 0, channels
+        whose mean within-window variance is below slow_share x their variance are marked slow.
+        """
         mean = np.nanmean(values, axis=0)
         std = np.nanstd(values, axis=0)
         floor = 1e-6 * np.maximum(1.0, np.abs(mean))
         scale = np.where(std > floor, std, 1.0)
-        return cls(mean.astype(np.float64), scale.astype(np.float64))
+        slow = np.zeros(len(mean), dtype=bool)
+        if windows is not None and config is not None and config.slow_share > 0 and len(windows):
+            within = np.var(windows, axis=1).mean(axis=0)  # (C,)
+            slow = (std > floor) & (within < config.slow_share * std**2)
+            smooth = denoise(np.asarray(windows, dtype=np.float64), config)
+            spread = np.sqrt(np.var(smooth, axis=1).mean(axis=0))  # what the model will see
+            slow &= spread > floor
+            scale = np.where(slow, spread, scale)
+        return cls(mean.astype(np.float64), scale.astype(np.float64), slow)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.scale
+        """Standardise (..., W, C) windows; slow channels are centred on each window's mean."""
+        out = (x - self.mean) / self.scale
+        if self.slow is not None and self.slow.any():
+            centred = (x - x.mean(axis=-2, keepdims=True)) / self.scale
+            out = np.where(self.slow, centred, out)
+        return out
 
 
 def fill_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, int]:
