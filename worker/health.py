@@ -4,7 +4,8 @@
 /healthz  200 while the loop keeps turning; 503 once it has been stuck for STALL_SECONDS
 /readyz   200 once the model is loaded and the group has assigned this replica its
           partitions (an empty share counts, so a spare replica does not block a rollout);
-          503 while starting, reconnecting, retrying a batch or shutting down
+          503 while starting, reconnecting, retrying a batch, blocked on an unanswering
+          broker (a frozen one keeps its connections open) or shutting down
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ from prometheus_client.exposition import choose_encoder
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 300.0  # longer than the slowest healthy batch: flush, commit and backoff
+BLOCKED_SECONDS = 45.0  # not ready past this without a loop turn (the worker: its session)
 
 
 class Health:
     """What the loop reports about itself, read by the probes."""
 
     def __init__(
-        self, stall_after: float = STALL_SECONDS, clock: Callable[[], float] = time.monotonic
+        self,
+        stall_after: float = STALL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        blocked_after: float = BLOCKED_SECONDS,
     ) -> None:
         self._clock = clock
         self._stall_after = stall_after
+        self._blocked_after = blocked_after
         self._last_tick = clock()
         self._ready = False
         self._reason = "starting"
@@ -51,9 +57,13 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self.readiness()[0]
 
     def readiness(self) -> tuple[bool, str]:
+        """The loop's own word, unless it is blocked (in a flush or a commit) too long."""
+        blocked = self._clock() - self._last_tick
+        if self._ready and blocked > self._blocked_after:
+            return False, f"blocked for {blocked:.0f} s waiting on the broker"
         return self._ready, self._reason
 
     def liveness(self) -> tuple[bool, str]:

@@ -96,7 +96,9 @@ def serve(
         log.warning("unknown variable ignored name=%s", name)
     log.info("starting model_version=%s %s", scorer.version, settings.summary())
     registry = registry or process_registry()
-    health, metrics = Health(), Metrics(registry)
+    # A loop blocked longer than a session (a frozen broker answers nothing) is not ready.
+    health = Health(blocked_after=settings.session_timeout_ms / 1000)
+    metrics = Metrics(registry)
     metrics.set_model(scorer.version, scorer.window, len(scorer.channels), scorer.threshold)
     metrics.ready.set_function(lambda: float(health.ready))
     server = _start_server(settings, health, registry)
@@ -215,6 +217,7 @@ def _on_signals(stop: threading.Event, health: Health) -> None:
 def configure_logging(settings: Settings) -> None:
     """One line per record on stderr: key=value text, or one JSON object for log shippers."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets(settings.secret_values()))
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -237,6 +240,49 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry)
+
+
+class RedactSecrets(logging.Filter):
+    """Stars instead of a secret, in every form a log line may quote it.
+
+    kafka-python at DEBUG logs each request it sends, the SASL PLAIN one with the password in
+    its bytes, and its admin client logs its whole configuration: FAULTWATCH_KAFKA_LOG_LEVEL
+    must not be a way to leak FAULTWATCH_SASL_PLAIN_PASSWORD.
+    """
+
+    MASK = "**********"
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        forms = set()
+        for secret in filter(None, secrets):
+            # as is, and as str, bytes and JSON escape it (repr of a request, of a config dict)
+            forms |= {secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]}
+            forms.add(json.dumps(secret)[1:-1])
+        self.forms = sorted(forms, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.forms:
+            return True
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:  # rendered now, so the text that is written is the redacted one
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+    def redact(self, text: str) -> str:
+        for form in self.forms:
+            text = text.replace(form, self.MASK)
+        return text

@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=1_000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
-    max_poll_records: int = Field(500, ge=1, le=100_000)
+    max_poll_records: int = Field(500, ge=1, le=100_000)  # records scored per batch, at most
+    # Fetched records wait in memory until polled: at most about two fetches of these sizes.
+    fetch_max_bytes: int = Field(16 * 2**20, ge=1_024)
+    max_partition_fetch_bytes: int = Field(2**20, ge=1_024)
     max_record_bytes: int = Field(1_000_000, ge=64)  # larger input records: dead letter too_large
     max_request_bytes: int = Field(16 * 2**20, ge=1_024)  # largest record the producer sends
     startup_timeout: float = Field(60.0, gt=0, description="seconds to reach the broker")
@@ -167,6 +170,11 @@ class Settings(BaseSettings):
                 if (path := getattr(self, name)) is not None:
                     options[name] = str(path)
         return options
+
+    def secret_values(self) -> list[str]:
+        """The secrets themselves, for the log filter that keeps them out of every line."""
+        password = self.sasl_plain_password
+        return [password.get_secret_value()] if password is not None else []
 
     def summary(self) -> str:
         """The settings worth a start-up log line, as key=value; never a secret."""
