@@ -65,6 +65,10 @@ def train(
 ) -> TrainResult:
     """Fit on the first `train_rows` rows of each recording; reproducible for a given seed."""
     started = time.monotonic()
+    if not 1 <= config.preprocess.kernel <= config.window:
+        raise DataError(
+            f"denoising kernel {config.preprocess.kernel} must be 1 to the window ({config.window})"
+        )
     channels = _common_channels(recordings)
     parts = [r.head(config.train_rows) for r in recordings]
     filled = [fill_gaps(p.values, config.preprocess.max_gap) for p in parts]

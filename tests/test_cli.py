@@ -113,3 +113,21 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.startswith("faultwatch: error:") and "Traceback" not in result.stderr
+
+
+def test_kernel_longer_than_the_window_is_refused_at_training(tmp_path, capsys):
+    data = write_csv(tmp_path / "normal.csv", normal_values(100))
+    code, _, err = run_cli(
+        capsys, "train", data, "--out", tmp_path / "m.pt", "--window", 10, "--kernel", 11
+    )
+    assert code == 1 and "denoising kernel 11 must be 1 to the window (10)" in err
+
+
+def test_inspect_shows_no_terminal_escape_codes_from_the_file(tmp_path, capsys):
+    from dataclasses import replace
+
+    hostile = replace(tiny_model().artifact, training={"note": "\x1b[2J\x1b]0;owned\x07"})
+    path = tmp_path / "m.pt"
+    artifact_io.save(hostile, path)
+    code, out, _ = run_cli(capsys, "inspect", path)
+    assert code == 0 and "\x1b" not in out and "\\x1b[2J" in out

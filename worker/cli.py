@@ -296,11 +296,17 @@ def _inspect(args: argparse.Namespace) -> int:
     training = info.pop("training")
     width = max(len(k) for k in info)
     for key, value in info.items():
-        print(f"{key:<{width}}  {', '.join(value) if isinstance(value, list) else value}")
+        text = ", ".join(map(str, value)) if isinstance(value, list) else value
+        print(f"{key:<{width}}  {_printable(text)}")
     print("training:")
     for key, value in training.items():
-        print(f"  {key}: {value}")
+        print(f"  {_printable(key)}: {_printable(value)}")
     return 0
+
+
+def _printable(value: object) -> str:
+    """No terminal escape codes from a model file's metadata on an operator's screen."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
 
 def _read(path: Path, args: argparse.Namespace):
