@@ -264,11 +264,6 @@ def test_huge_records_neither_exhaust_memory_nor_take_long():
         assert case["grew_mib"] < 100, (name, case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/messages.py: pydantic collects one error per list item (500k for a 1 MB "
-    "record: ~430 MiB, 2-4 s of CPU); fix: Field(fail_fast=True) on values and its rows",
-)
 def test_a_record_of_wrong_items_is_refused_at_its_first_wrong_item():
     cases = probe("numbers, not rows", "strings, not numbers")
     for name, case in cases.items():

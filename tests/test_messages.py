@@ -63,6 +63,7 @@ def test_timestamps_become_rfc3339_utc(decoder, timestamp, expected):
         (message(machine_id=7), "schema"),
         (message(timestamp=True), "schema"),
         (message(timestamp="soon"), "schema"),
+        (message(timestamp="2020-02-30T10:16:38Z"), "schema"),  # the RFC 3339 form, no such day
         (message(timestamp=1e300), "schema"),
         (message(values=[["1.0", 2.0, 3.0]] * WINDOW), "schema"),
         (message(values=[[True, 2.0, 3.0]] * WINDOW), "schema"),

@@ -50,3 +50,13 @@ def test_median_denoising_removes_a_single_spike_and_keeps_shape():
     assert np.abs(out).max() == 0
     mean = denoise(window, PreprocessConfig(denoise="mean", kernel=3))
     assert np.isclose(mean[0, 3:6, 0], 100 / 3).all()
+
+
+def test_median_filter_equals_numpy_median_for_odd_and_even_kernels():
+    windows = np.random.default_rng(1).normal(size=(6, 20, 3))
+    for k in (2, 3, 4, 5):
+        k_left, k_right = (k - 1) // 2, k // 2
+        padded = np.pad(windows, ((0, 0), (k_left, k_right), (0, 0)), mode="edge")
+        view = np.lib.stride_tricks.sliding_window_view(padded, k, axis=1)
+        out = denoise(windows, PreprocessConfig(denoise="median", kernel=k))
+        assert np.array_equal(out, np.median(view, axis=-1))

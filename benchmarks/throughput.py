@@ -1,0 +1,625 @@
+"""Throughput and latency of the worker on the embedded broker, beside the limits it works under.
+
+One run, on one broker, with one model and one set of records, measures:
+  1. raw consume: kafka-python reading the input topic without decoding (the transport's limit);
+  2. in-process: decoding, scoring and the whole batch logic on the same records (compute limit);
+  3. the worker, end to end: windows/s from the input topic to committed offsets, between 10 %
+     and 90 % of a backlog (offsets read from the group by an admin client, as a lag
+     exporter would);
+  4. produce-to-score latency p50/p99 at a steady share of that rate (score records on);
+  5. the worker's peak resident memory (VmHWM);
+  6. two worker processes in one group against one.
+Records follow the message contract: 8 simulated pump channels, the model's default window,
+values with 6 significant digits (as `faultwatch replay` sends a CSV's cells).
+Numbers are noisy on a shared machine: compare only figures from the same run.
+
+    .venv/bin/python benchmarks/throughput.py                  # about 1.5 minutes on 2 cores
+    .venv/bin/python benchmarks/throughput.py --records 10000 --latency-seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+
+from model import artifact as artifact_io  # noqa: E402
+from model.recording import Recording  # noqa: E402
+from model.scoring import Scorer  # noqa: E402
+from model.simulator import CHANNELS, simulate  # noqa: E402
+from model.training import TrainConfig, train  # noqa: E402
+from worker.consumer import fetch_options  # noqa: E402
+from worker.embedded_broker import EmbeddedBroker, create_topics  # noqa: E402
+from worker.replay import encode_window  # noqa: E402
+from worker.service import pipeline_for  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+
+MACHINES = 8
+# DESIGN.md, one run on this kind of machine with 125 x 8 windows (9.4 KB records).
+REFERENCES = [("hand-written kafka-python loop", 1_000.0), ("idiomatic Quix Streams app", 2_000.0)]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed record as the pipeline reads it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class Run:
+    """One measured run: its rate, and CPU time per record (steadier on a shared machine)."""
+
+    rate: float  # records/s between 10 % and 90 % of the backlog
+    cpu_us: float  # CPU microseconds per record, all threads of the process(es)
+    peak_rss_mb: list[float] = field(default_factory=list)  # each worker process
+    assignments: int = 0  # partition assignments the workers logged
+
+
+# ---------------------------------------------------------------- the model and the records
+
+
+def train_model(window: int, epochs: int, path: Path) -> Scorer:
+    """The default architecture (hidden 512, bottleneck 32), trained briefly on a normal run."""
+    run = simulate(3_000, seed=100)
+    recording = Recording(Path("simulated.csv"), run.timestamps, list(CHANNELS), run.values)
+    config = TrainConfig(window=window, epochs=epochs, patience=epochs)
+    artifact_io.save(train([recording], config).artifact, path)
+    return Scorer.load(path)
+
+
+def make_records(count: int, window: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) windows of MACHINES pumps, side by side in time; one pump develops a leak."""
+    per_machine = -(-count // MACHINES)
+    streams = []
+    for m in range(MACHINES):
+        fault = "leak" if m == MACHINES - 1 else None
+        run = simulate(per_machine + window - 1, seed=m, fault=fault)
+        values = np.array([[float(f"{v:.6g}") for v in row] for row in run.values])
+        streams.append((f"pump-{m + 1}", run, values))
+    records = []
+    for k in range(per_machine):
+        for machine, run, values in streams:
+            end = k + window
+            value = encode_window(machine, run.timestamps[end - 1], CHANNELS, values[k:end])
+            records.append((machine.encode(), value))
+    return records[:count]
+
+
+def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partitions: int
+) -> float:
+    """Send every record and wait for the acknowledgements; returns records/s.
+
+    Each machine's windows go to partition (machine number mod partitions): with only
+    MACHINES keys, hashing could leave one worker of two with most of the backlog.
+    """
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=2**20)
+    started = time.perf_counter()
+    for i, (key, value) in enumerate(records):  # machines take turns: record i is machine i % M
+        producer.send(topic, key=key, value=value, partition=i % MACHINES % partitions)
+    producer.flush(timeout=120)
+    rate = len(records) / (time.perf_counter() - started)
+    producer.close()
+    return rate
+
+
+# ---------------------------------------------------------------- 1. raw consume
+
+
+def raw_consume(bootstrap: str, topic: str, count: int, settings: Settings) -> Run:
+    """Records/s between 10 % and 90 % of the topic, read without decoding, no group."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **fetch_options(settings)
+    )
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    progress, cpu = Progress(count), Progress(count)
+    seen = 0
+    while seen < count:
+        for batch in consumer.poll(timeout_ms=1_000).values():
+            seen += len(batch)
+        progress.add(time.perf_counter(), seen)
+        cpu.add(time.process_time(), seen)  # this process: the poll loop and kafka's IO thread
+    consumer.close(autocommit=False)
+    return Run(progress.rate(), 1e6 / cpu.rate())
+
+
+# ---------------------------------------------------------------- 2. in-process limits
+
+
+def in_process(
+    scorer: Scorer, records: list[tuple[bytes, bytes]], settings: Settings, repeat: int = 3
+) -> tuple[float, float, float]:
+    """Windows/s of decoding, of scoring and of the whole batch logic, in poll-sized batches.
+
+    Each is the best of `repeat` passes: on a shared machine, the least disturbed one.
+    """
+    torch.set_num_threads(settings.torch_threads)
+    pipeline = pipeline_for(scorer, settings)
+    size = settings.max_poll_records
+    batches = [
+        [Record("in", 0, i + j, key, value) for j, (key, value) in enumerate(records[i : i + size])]
+        for i in range(0, len(records), size)
+    ]
+    values = [[r.value for r in batch] for batch in batches]
+    decoded = [pipeline.decoder.decode_batch(v) for v in values]
+    pipeline.process(batches[0])  # warm-up
+
+    def rate(work: Callable[[int], object]) -> float:
+        best = math.inf
+        for _ in range(repeat):
+            started = time.perf_counter()
+            for i in range(len(batches)):
+                work(i)
+            best = min(best, time.perf_counter() - started)
+        return len(records) / best
+
+    decode = rate(lambda i: pipeline.decoder.decode_batch(values[i]))
+    score = rate(lambda i: scorer.score(decoded[i].windows))
+    process = rate(lambda i: pipeline.process(batches[i]))
+    return decode, score, process
+
+
+# ---------------------------------------------------------------- 3, 5, 6. the worker
+
+
+class Progress:
+    """(time, records done) samples; the rate between 10 % and 90 % of `total`."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.samples: list[tuple[float, int]] = []
+
+    def add(self, when: float, done: int) -> None:
+        self.samples.append((when, done))
+
+    def at(self, share: float) -> float:
+        """Time the count crossed share x total, interpolated between two samples."""
+        goal = share * self.total
+        previous = self.samples[0]
+        for sample in self.samples:
+            if sample[1] >= goal:
+                (t0, n0), (t1, n1) = previous, sample
+                return t1 if n1 == n0 else t0 + (t1 - t0) * (goal - n0) / (n1 - n0)
+            previous = sample
+        raise ValueError(f"never reached {share:.0%} of {self.total}")
+
+    def rate(self) -> float:
+        return 0.8 * self.total / (self.at(0.9) - self.at(0.1))
+
+
+class Workers:
+    """`faultwatch run` subprocesses of one group, logging to files."""
+
+    def __init__(self, env: dict[str, str], count: int, logs: Path, name: str) -> None:
+        self.logs = [logs / f"{name}-{i}.log" for i in range(count)]
+        self.processes = []
+        for log in self.logs:
+            with log.open("w") as err:
+                self.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "worker.cli", "run"],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                )
+
+    def check_alive(self) -> None:
+        for process, log in zip(self.processes, self.logs, strict=True):
+            if process.poll() is not None:
+                raise SystemExit(f"worker exited {process.returncode}:\n{log.read_text()[-3000:]}")
+
+    def peak_rss_mb(self) -> list[float]:
+        """VmHWM of each live worker (psutil-free: /proc)."""
+        peaks = []
+        for process in self.processes:
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        return peaks
+
+    def cpu_seconds(self) -> float:
+        """User and system time of the workers so far, all their threads."""
+        total = 0
+        for process in self.processes:
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def assignments(self) -> int:
+        """How many partition assignments the workers logged (one each: no rebalance mid-run)."""
+        return sum(log.read_text().count("partitions assigned") for log in self.logs)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def worker_env(bootstrap: str, model: Path, group: str, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTWATCH_")}
+    env |= {
+        "FAULTWATCH_BOOTSTRAP_SERVERS": bootstrap,
+        "FAULTWATCH_MODEL_PATH": str(model),
+        "FAULTWATCH_GROUP_ID": group,
+        "FAULTWATCH_METRICS_PORT": "0",
+        "FAULTWATCH_SESSION_TIMEOUT_MS": "6000",
+        "FAULTWATCH_HEARTBEAT_INTERVAL_MS": "1000",
+        "PYTHONPATH": str(ROOT),
+    }
+    return env | {f"FAULTWATCH_{k.upper()}": v for k, v in settings.items()}
+
+
+def end_to_end(
+    bootstrap: str,
+    env: dict[str, str],
+    partitions: list[TopicPartition],
+    count: int,
+    processes: int,
+    logs: Path,
+) -> Run:
+    """Windows/s committed between 10 % and 90 % of the backlog, by the group's offsets."""
+    group = env["FAULTWATCH_GROUP_ID"]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    workers = Workers(env, processes, logs, group)
+    progress, cpu = Progress(count), Progress(count)
+    deadline = time.monotonic() + 60 + count / 500
+    try:
+        while True:
+            offsets = admin.list_group_offsets({group: partitions})[group]
+            done = sum(max(0, o.offset) for o in offsets.values())  # -1: none committed yet
+            progress.add(time.perf_counter(), done)
+            cpu.add(workers.cpu_seconds(), done)
+            if done >= count:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{group}: {done} of {count} committed before the deadline")
+            workers.check_alive()
+            time.sleep(0.02)
+        peaks = workers.peak_rss_mb()
+    finally:
+        workers.stop()
+        admin.close()
+    return Run(progress.rate(), 1e6 / cpu.rate(), peaks, workers.assignments())
+
+
+# ---------------------------------------------------------------- 4. latency
+
+Key = tuple[int, int]  # (partition, offset) of an input record
+
+
+@dataclass
+class Latency:
+    """Send-to-arrival delays at a steady rate, and the cores spent meanwhile."""
+
+    delays: np.ndarray  # seconds, one per input record
+    load_cpu: float  # cores of this process: the paced producer and the reader
+    worker_cpu: float = 0.0  # cores of the worker, when there is one
+
+    def percentiles_ms(self) -> tuple[float, float, float]:
+        if not len(self.delays):
+            return math.nan, math.nan, math.nan
+        p50, p99, top = np.percentile(self.delays * 1000, [50, 99, 100])
+        return float(p50), float(p99), float(top)
+
+
+def latency(
+    bootstrap: str,
+    send_to: str,
+    read_from: str,
+    key_of: Callable[[object], Key],
+    records: list[tuple[bytes, bytes]],
+    rate: float,
+    seconds: float,
+    workers: Workers | None = None,
+) -> Latency:
+    """Send to `send_to` at `rate` records/s; time each one's arrival in `read_from`.
+
+    `key_of` names the input record a record read back stands for: itself on the same topic,
+    the source of a score record. A few hundred records first warm the path up, unmeasured.
+    """
+    sent: dict[Key, float] = {}
+    arrived: dict[Key, float] = {}
+    stop = threading.Event()
+    reader = threading.Thread(target=_read, args=(bootstrap, read_from, key_of, arrived, stop))
+    reader.start()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    try:
+        warm = 200  # the group join and first batches
+        _send(producer, send_to, records[:warm], {})
+        _wait(lambda: len(arrived) >= warm, 60, "the warm-up records", workers)
+        arrived.clear()
+        total = int(rate * seconds)
+        started = time.perf_counter()
+        load_cpu = time.process_time()
+        worker_cpu = workers.cpu_seconds() if workers else 0.0
+        done = 0
+        while done < total:
+            due = min(total, int((time.perf_counter() - started) * rate)) - done
+            batch = [records[(warm + done + i) % len(records)] for i in range(due)]
+            _send(producer, send_to, batch, sent)
+            done += due
+            time.sleep(0.002)
+        producer.flush(timeout=30)
+        _wait(lambda: len(arrived) >= total, 30, "every record back", workers)
+        elapsed = time.perf_counter() - started
+        load_cpu = (time.process_time() - load_cpu) / elapsed
+        worker_cpu = (workers.cpu_seconds() - worker_cpu) / elapsed if workers else 0.0
+    finally:
+        stop.set()
+        reader.join()
+        producer.close()
+    delays = np.array([arrived[k] - sent[k] for k in sent if k in arrived])
+    return Latency(delays, load_cpu, worker_cpu)
+
+
+def _send(producer: KafkaProducer, topic: str, records: list, sent: dict[Key, float]) -> None:
+    for key, value in records:
+        at = time.time()
+        producer.send(topic, key=key, value=value).add_callback(
+            lambda meta, at=at: sent.__setitem__((meta.partition, meta.offset), at)
+        )
+
+
+def _read(
+    bootstrap: str,
+    topic: str,
+    key_of: Callable[[object], Key],
+    arrived: dict[Key, float],
+    stop: threading.Event,
+) -> None:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+    )
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    while not stop.is_set():
+        for batch in consumer.poll(timeout_ms=50).values():
+            now = time.time()
+            for record in batch:
+                arrived[key_of(record)] = now
+    consumer.close(autocommit=False)
+
+
+def itself(record) -> Key:
+    return record.partition, record.offset
+
+
+def source_of(record) -> Key:
+    source = json.loads(record.value)["source"]
+    return source["partition"], source["offset"]
+
+
+def _wait(
+    condition: Callable[[], bool], timeout: float, what: str, workers: Workers | None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if workers:
+            workers.check_alive()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- the run and the table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=30_000, help="backlog size")
+    parser.add_argument("--window", type=int, default=TrainConfig().window)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs of the model")
+    parser.add_argument("--load", type=float, default=0.3, help="latency load, share of e2e rate")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--skip-two", action="store_true", help="no two-process run")
+    parser.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
+    args = parser.parse_args()
+    settings = Settings()
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="faultwatch-bench-"))
+    logs.mkdir(parents=True, exist_ok=True)
+
+    say(f"training the model (window {args.window}, {args.epochs} epochs)")
+    model = logs / "model.fwm"
+    scorer = train_model(args.window, args.epochs, model)
+    say(f"making {args.records} records")
+    records = make_records(args.records, args.window)
+    r = Results(record_bytes=float(np.mean([len(v) for _, v in records[:1000]])))
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap
+        topics = {
+            "input": "bench.windows",
+            "latency": "bench.latency",
+            "plain": "bench.plain",
+            "events": "bench.events",
+            "scores": "bench.scores",
+            "dlq": "bench.dead-letters",
+        }
+        partitions = {t: 1 for t in topics.values()}
+        partitions |= {topics[name]: args.partitions for name in ("input", "latency", "plain")}
+        create_topics(bootstrap, partitions)
+        inputs = [TopicPartition(topics["input"], p) for p in range(args.partitions)]
+        say("producing the backlog")
+        r.produce = produce(bootstrap, topics["input"], records, args.partitions)
+        say("1. raw consume")
+        r.raw = raw_consume(bootstrap, topics["input"], len(records), settings)
+        say("2. in-process decode and score")
+        r.decode, r.score, r.compute = in_process(scorer, records[:10_000], settings)
+        out = {"events_topic": topics["events"], "dlq_topic": topics["dlq"]}
+        say("3. one worker, end to end")
+        env = worker_env(bootstrap, model, "bench-one", input_topic=topics["input"], **out)
+        r.one = end_to_end(bootstrap, env, inputs, len(records), 1, logs)
+        if not args.skip_two:
+            say("6. two workers in one group")
+            env = worker_env(bootstrap, model, "bench-two", input_topic=topics["input"], **out)
+            r.two = end_to_end(bootstrap, env, inputs, len(records), 2, logs)
+        r.latency_rate = rate = args.load * r.one.rate
+        seconds = args.latency_seconds
+        say(f"4. the broker's own latency at {rate:.0f} records/s for {seconds:g} s")
+        r.broker_latency = latency(
+            bootstrap, topics["plain"], topics["plain"], itself, records, rate, seconds
+        )
+        say(f"4. the worker's latency at {rate:.0f} windows/s for {seconds:g} s")
+        env = worker_env(
+            bootstrap,
+            model,
+            "bench-latency",
+            input_topic=topics["latency"],
+            scores_topic=topics["scores"],
+            **out,
+        )
+        workers = Workers(env, 1, logs, "bench-latency")
+        try:
+            r.latency = latency(
+                bootstrap,
+                topics["latency"],
+                topics["scores"],
+                source_of,
+                records,
+                rate,
+                seconds,
+                workers,
+            )
+        finally:
+            workers.stop()
+    print_table(r, args, settings)
+    say(f"worker logs in {logs}")
+    return 0
+
+
+@dataclass
+class Results:
+    record_bytes: float
+    produce: float = 0.0  # records/s
+    raw: Run = field(default_factory=lambda: Run(0.0, 0.0))
+    decode: float = 0.0  # windows/s in process
+    score: float = 0.0
+    compute: float = 0.0
+    one: Run = field(default_factory=lambda: Run(0.0, 0.0))
+    two: Run | None = None
+    latency_rate: float = 0.0
+    broker_latency: Latency | None = None  # records through the broker alone
+    latency: Latency | None = None  # windows through the worker, score records back
+
+
+def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> None:
+    raw, one, compute = r.raw.rate, r.one.rate, r.compute
+    kb = r.record_bytes / 1024
+    rows = [
+        ("", "rate", "CPU/record", ""),
+        ("records", f"{args.records:,} x {kb:.1f} KB", "", f"window {args.window} x 8 channels"),
+        ("producer (linger 20 ms, 1 MiB batches)", f"{r.produce:,.0f} rec/s", "", ""),
+        (
+            "1. raw consume, kafka-python",
+            f"{raw:,.0f} rec/s",
+            f"{r.raw.cpu_us:.0f} us",
+            "transport limit",
+        ),
+        (
+            "2. decode (Decoder.decode_batch)",
+            f"{r.decode:,.0f} win/s",
+            f"{1e6 / r.decode:.0f} us",
+            "",
+        ),
+        ("2. score (Scorer.score)", f"{r.score:,.0f} win/s", f"{1e6 / r.score:.0f} us", ""),
+        (
+            "2. decode + score + outputs",
+            f"{compute:,.0f} win/s",
+            f"{1e6 / compute:.0f} us",
+            "compute limit (Pipeline.process)",
+        ),
+        (
+            "3. worker, 1 process",
+            f"{one:,.0f} win/s",
+            f"{r.one.cpu_us:.0f} us",
+            f"{one / raw:.2f} x raw consume, {one / compute:.2f} x compute limit",
+        ),
+    ]
+    if r.two is not None:
+        note = f"{r.two.rate / one:.2f} x one"
+        if r.two.assignments > 2:
+            note += f" ({r.two.assignments} assignments: a rebalance ran mid-backlog)"
+        rows.append(
+            (
+                "6. worker, 2 processes, 1 group",
+                f"{r.two.rate:,.0f} win/s",
+                f"{r.two.cpu_us:.0f} us",
+                note,
+            )
+        )
+    worker_ms, broker_ms = r.latency.percentiles_ms(), r.broker_latency.percentiles_ms()
+    rows += [
+        (
+            "4. produce-to-consume, broker alone",
+            "p50 {:.0f} ms, p99 {:.0f} ms".format(*broker_ms),
+            "",
+            f"same rate and length, one hop (the worker's path: two), max {broker_ms[2]:.0f} ms",
+        ),
+        (
+            f"4. produce-to-score latency, {args.load:.0%} load",
+            "p50 {:.0f} ms, p99 {:.0f} ms".format(*worker_ms),
+            "",
+            f"{r.latency_rate:,.0f} win/s, scores on, max {worker_ms[2]:.0f} ms; worker "
+            f"{r.latency.worker_cpu:.2f} cores, load generator {r.latency.load_cpu:.2f} cores",
+        ),
+        ("5. peak RSS of the worker", f"{max(r.one.peak_rss_mb):.0f} MB", "", "VmHWM, backlog run"),
+    ]
+    rows += [
+        (
+            f"reference: {name}",
+            f"~{rate:,.0f} win/s",
+            "",
+            f"worker {one / rate:.1f} x (theirs: 125 x 8)",
+        )
+        for name, rate in REFERENCES
+    ]
+    print()
+    print(
+        f"faultwatch throughput: {os.cpu_count()} cores, torch threads {settings.torch_threads}, "
+        f"max_poll_records {settings.max_poll_records}, {args.partitions} input partitions"
+    )
+    width = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, width, strict=True)).rstrip())
+    print()
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
