@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from kafka.errors import KafkaError
+
 from model import artifact as artifact_io
 from model.errors import FaultwatchError
 from model.preprocessing import PreprocessConfig
@@ -31,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except FaultwatchError as exc:
         print(f"faultwatch: error: {exc}", file=sys.stderr)
+        return 1
+    except KafkaError as exc:  # replay's sends: the broker went away mid-run
+        print(f"faultwatch: error: Kafka: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("faultwatch: interrupted", file=sys.stderr)
