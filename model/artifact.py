@@ -4,9 +4,8 @@ Layout (a torch zip read with `weights_only=True`, so loading never runs code):
     {"format": "faultwatch-model", "format_version": 2, "meta": <JSON text>,
      "tensors": {name: tensor}, "checksum": sha256 of meta + tensors}
 The version is the checksum's first 12 hex digits: it changes whenever the content does.
-Format 2 adds the slow-channel flags, the level detector's per-channel scales and the
-detector references; format 1 files still load (every channel a level channel, the
-autoencoder's error alone), while a format-1 reader refuses format 2 rather than misscore it.
+Format 2 holds the slow-channel flags, the level detector's per-channel scales and the
+detector references; any other format is refused rather than misscored.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from model.preprocessing import PreprocessConfig, Standardizer
 
 FORMAT = "faultwatch-model"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
 DETECTORS = ("autoencoder", "level")  # whose references a format-2 model stores
 
 
@@ -124,7 +122,7 @@ def load(path: str | Path) -> Artifact:
     payload = _read(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a faultwatch model")
-    if payload.get("format_version") not in READABLE_VERSIONS:
+    if payload.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: model format {payload.get('format_version')} unsupported")
     meta, tensors = payload.get("meta"), payload.get("tensors")
     if not isinstance(meta, str) or not isinstance(tensors, dict):
@@ -161,7 +159,7 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
     scale = tensors["standardizer.scale"].numpy().astype(np.float64)
     if mean.shape != (len(channels),) or scale.shape != (len(channels),) or (scale <= 0).any():
         raise ValueError("normalisation statistics do not match the channels")
-    slow = tensors.get("standardizer.slow")  # absent in models from before slow channels
+    slow = tensors.get("standardizer.slow")  # absent: every channel is a level channel
     if slow is not None:
         slow = slow.numpy().astype(bool)
         if slow.shape != (len(channels),):
@@ -176,12 +174,12 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
         config=config,
         window=window,
         channels=channels,
-        preprocess=PreprocessConfig(**{"slow_share": 0.0, **meta["preprocess"]}),  # format 1
+        preprocess=PreprocessConfig(**meta["preprocess"]),
         standardizer=Standardizer(mean, scale, slow),
         threshold=float(meta["threshold"]),
         state=state,
         training=meta.get("training", {}),
-        references=_references(meta.get("references", {})),
+        references=_references(meta["references"]),
         level_scale=level_scale,
     )
     _check_content(artifact)
@@ -252,7 +250,7 @@ def _references(raw: object) -> dict[str, float]:
     if not isinstance(raw, dict):
         raise ValueError("detector references are not a mapping")
     refs = {str(k): float(v) for k, v in raw.items()}
-    if refs and sorted(refs) != sorted(DETECTORS):
+    if sorted(refs) != sorted(DETECTORS):
         raise ValueError(f"detector references {sorted(refs)}, expected {list(DETECTORS)}")
     if not all(np.isfinite(v) and v > 0 for v in refs.values()):
         raise ValueError("detector references must be positive")

@@ -68,10 +68,6 @@ class Scorer:
         """Score raw windows (B, W, C) in as few forward passes as memory allows."""
         per_channel = self.per_channel(windows)
         references = self.artifact.references
-        if not references:  # a model from before fusion: the autoencoder's error alone
-            error = per_channel["autoencoder"]
-            score = error.mean(axis=1)
-            return Scores(score, _shares(error), score > self.threshold)
         ratios = {name: _combine(name, per_channel[name]) / references[name] for name in DETECTORS}
         score = np.maximum(ratios["autoencoder"], ratios["level"])
         level_leads = (ratios["level"] > ratios["autoencoder"])[:, None]
