@@ -13,7 +13,7 @@ of the leading detector tells an engineer where to look. Every window is scored 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,6 @@ class Scores:
     score: np.ndarray  # (B,) float64
     channel_share: np.ndarray  # (B, C), each row sums to 1 (or 0 for a perfect window)
     anomaly: np.ndarray  # (B,) bool, score > threshold
-    detectors: dict[str, np.ndarray] = field(default_factory=dict)  # (B,) each, in references
 
     def top_channels(self, i: int, channels: list[str], n: int = 3) -> list[dict]:
         """The n channels that contributed most to window i's score."""
@@ -74,7 +73,7 @@ class Scorer:
         share = np.where(
             level_leads, _shares(per_channel["level"] ** 2), _shares(per_channel["autoencoder"])
         )
-        return Scores(score, share, score > self.threshold, ratios)
+        return Scores(score, share, score > self.threshold)
 
     def detector_scores(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """Each detector's raw (B,) window score, before division by its reference."""

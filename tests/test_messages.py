@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.messages import REASONS, Decoder, Invalid, Window
+from worker.messages import REASONS, Decoder, Invalid, Origin
 
 CHANNELS = ["flow", "pressure", "current"]
 WINDOW = 4
@@ -27,8 +27,9 @@ def decoder() -> Decoder:
 
 
 def test_a_valid_window_decodes_to_its_values(decoder):
-    window = decoder.decode(message(channels=CHANNELS, site="plant-2"))  # extra fields ignored
-    assert window == Window("pump-1", "2020-03-09T10:16:38Z", ROWS)
+    decoded = decoder.decode_batch([message(channels=CHANNELS, site="plant-2")])  # extra: ignored
+    assert decoded.valid == [(0, Origin("pump-1", "2020-03-09T10:16:38Z"))]
+    np.testing.assert_array_equal(decoded.windows[0], np.array(ROWS))
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_a_valid_window_decodes_to_its_values(decoder):
     ],
 )
 def test_timestamps_become_rfc3339_utc(decoder, timestamp, expected):
-    assert decoder.decode(message(timestamp=timestamp)).timestamp == expected
+    assert decoder.decode_batch([message(timestamp=timestamp)]).valid[0][1].timestamp == expected
 
 
 @pytest.mark.parametrize(
@@ -91,7 +92,8 @@ def test_each_contract_breach_has_its_reason(decoder, value, reason):
 
 def test_too_large_is_decided_before_parsing(decoder):
     huge = message(padding="x" * 5_000)
-    assert decoder.decode(huge) == Invalid("too_large", f"{len(huge)} bytes, the limit is 2000")
+    invalid = decoder.decode_batch([huge]).invalid
+    assert invalid == [(0, Invalid("too_large", f"{len(huge)} bytes, the limit is 2000"))]
 
 
 def test_a_batch_keeps_order_and_one_array_for_the_valid_windows(decoder):

@@ -255,11 +255,10 @@ def _streams(args: argparse.Namespace) -> list:
         recording = _read(path, args)
         if channels is not None:
             scorer.check_channels(recording.channels, str(path))
-        end_rows, windows, _ = recording.windows(window, max_gap=max_gap, stride=args.stride)
         machine = args.machine_id or path.stem
         if args.machine_id and len(args.data) > 1:
             machine = f"{args.machine_id}-{i + 1}"
-        streams.append(Stream(machine, recording, end_rows, windows))
+        streams.append(Stream.cut(machine, recording, window, max_gap=max_gap, stride=args.stride))
     return streams
 
 

@@ -44,6 +44,7 @@ MACHINES: list[tuple[str, Fault | None]] = [
     ("pump-4", "leak"),
     ("pump-5", "dead_sensor"),
 ]
+FAULT_OF = dict(MACHINES)
 DEADLINE = 120.0  # seconds the demo waits for the worker after the replay
 
 
@@ -79,12 +80,12 @@ def main(keep_running: bool = False, out: TextIO = sys.stdout, plan: Plan = Plan
             broker.bootstrap,
             {TOPICS["input"]: 4, TOPICS["events"]: 1, TOPICS["scores"]: 1, TOPICS["dlq"]: 1},
         )
-        model_path = _train_model(Path(tmp), plan, say)
+        model_path, window = _train_model(Path(tmp), plan, say)
         port = free_port()
         worker = _start_worker(broker.bootstrap, model_path, port, Path(tmp) / "worker.log")
         say(f"worker      pid {worker.pid}, metrics at http://127.0.0.1:{port}/metrics")
         try:
-            sent, tally = _replay_and_watch(broker.bootstrap, plan, keep_running, say)
+            sent, tally = _replay_and_watch(broker.bootstrap, plan, window, keep_running, say)
             _summary(sent, tally, port, say)
             if sum(tally.scored.values()) < sent:
                 say(
@@ -103,7 +104,8 @@ def main(keep_running: bool = False, out: TextIO = sys.stdout, plan: Plan = Plan
     return 0
 
 
-def _train_model(folder: Path, plan: Plan, say) -> Path:
+def _train_model(folder: Path, plan: Plan, say) -> tuple[Path, int]:
+    """The model file and its window, which the replay cuts."""
     normal = simulate(plan.train_rows, seed=100)
     recording = Recording(folder / "normal.csv", normal.timestamps, list(CHANNELS), normal.values)
     say(f"training    autoencoder on {plan.train_rows // 60} minutes of simulated normal operation")
@@ -115,7 +117,7 @@ def _train_model(folder: Path, plan: Plan, say) -> Path:
         f"{result.windows_train} windows, {len(result.train_loss)} epochs, "
         f"threshold {result.artifact.threshold:.4g}, {result.seconds:.0f} s"
     )
-    return path
+    return path, result.artifact.window
 
 
 def _start_worker(bootstrap: str, model: Path, port: int, log: Path) -> subprocess.Popen:
@@ -137,19 +139,19 @@ def _start_worker(bootstrap: str, model: Path, port: int, log: Path) -> subproce
         return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
 
-def _streams(plan: Plan) -> list[replay.Stream]:
+def _streams(plan: Plan, window: int) -> list[replay.Stream]:
     streams = []
     for i, (machine, fault) in enumerate(MACHINES):
         run = simulate(plan.run_rows, seed=i + 1, fault=fault, fault_start=plan.fault_start)
         recording = Recording(Path(f"{machine}.csv"), run.timestamps, list(CHANNELS), run.values)
-        window = TrainConfig().window
-        end_rows, windows, _ = recording.windows(window, max_gap=0)
-        streams.append(replay.Stream(machine, recording, end_rows, windows))
+        streams.append(replay.Stream.cut(machine, recording, window, max_gap=0))
     return streams
 
 
-def _replay_and_watch(bootstrap: str, plan: Plan, keep_running: bool, say) -> tuple[int, Tally]:
-    streams = _streams(plan)
+def _replay_and_watch(
+    bootstrap: str, plan: Plan, window: int, keep_running: bool, say
+) -> tuple[int, Tally]:
+    streams = _streams(plan, window)
     total = sum(len(s.end_rows) for s in streams)
     say(
         f"replay      {len(streams)} pumps, {total} windows at {plan.speed:.0f}x real time; "
@@ -196,7 +198,7 @@ def _watch(record, tally: Tally, say) -> None:
         return
     tally.events[machine] += 1
     moment = parse_time(doc["timestamp"])
-    if dict(MACHINES)[machine] is None or moment < tally.fault_at:
+    if FAULT_OF[machine] is None or moment < tally.fault_at:
         tally.false_alarms[machine] += 1
     if machine not in tally.first_event:
         tally.first_event[machine] = moment

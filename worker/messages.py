@@ -53,15 +53,6 @@ class WindowMessage(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
-    """A record that passed every check but the finite-number one (done per batch)."""
-
-    machine_id: str
-    timestamp: str  # RFC 3339, UTC
-    values: list[list[float]]  # (W, C)
-
-
-@dataclass(frozen=True, slots=True)
 class Origin:
     """The machine and time of a window whose values went into a batch's array."""
 
@@ -120,14 +111,6 @@ class Decoder:
             invalid.append((valid[j][0], Invalid("non_finite", "values hold NaN or infinity")))
         invalid.sort(key=lambda item: item[0])
         return Decoded(windows[finite], [valid[j] for j in np.flatnonzero(finite)], invalid)
-
-    def decode(self, value: bytes | None) -> Window | Invalid:
-        """One record's value as a Window, or the reason it cannot be scored."""
-        result = self._check(value)
-        if isinstance(result, Invalid):
-            return result
-        message, timestamp = result
-        return Window(message.machine_id, timestamp, message.values)
 
     def _check(self, value: bytes | None) -> tuple[WindowMessage, str] | Invalid:
         """The parsed message and its RFC 3339 timestamp, or the reason it cannot be scored."""

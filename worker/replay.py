@@ -28,22 +28,32 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Stream:
-    """One machine's windows, in time order."""
+    """One machine's windows, in time order, with their end times parsed once."""
 
     machine_id: str
     recording: Recording
     end_rows: np.ndarray  # (B,)
     windows: np.ndarray  # (B, W, C)
+    ends: list[datetime]  # (B,) each window's last sample time
+    period: timedelta  # how far a looped replay moves time forward per loop
+
+    @classmethod
+    def cut(
+        cls, machine_id: str, recording: Recording, window: int, *, max_gap: int, stride: int = 1
+    ) -> Stream:
+        """The windows `score` would see (Recording.windows) of one machine's recording."""
+        end_rows, windows, _ = recording.windows(window, max_gap=max_gap, stride=stride)
+        stamps = recording.timestamps
+        first, last = parse_time(stamps[0]), parse_time(stamps[-1])
+        ends = [parse_time(stamps[r]) for r in end_rows]
+        return cls(
+            machine_id, recording, end_rows, windows, ends, last - first + timedelta(seconds=1)
+        )
 
     def seconds(self) -> np.ndarray:
         """Each window's end, in seconds since the recording's first row (for --speed)."""
         first = parse_time(self.recording.timestamps[0])
-        return np.array(
-            [
-                (parse_time(self.recording.timestamps[r]) - first).total_seconds()
-                for r in self.end_rows
-            ]
-        )
+        return np.array([(end - first).total_seconds() for end in self.ends])
 
 
 def encode_window(
@@ -121,12 +131,7 @@ def replay_recordings(
 
 
 def _value(stream: Stream, k: int, loop: int) -> bytes:
-    row = int(stream.end_rows[k])
-    moment = parse_time(stream.recording.timestamps[row])
-    if loop:  # a looped replay keeps moving forward in time
-        first = parse_time(stream.recording.timestamps[0])
-        last = parse_time(stream.recording.timestamps[-1])
-        moment += loop * (last - first + timedelta(seconds=1))
+    moment = stream.ends[k] + loop * stream.period  # a looped replay keeps moving forward
     stamp = moment.isoformat().replace("+00:00", "Z")
     return encode_window(stream.machine_id, stamp, stream.recording.channels, stream.windows[k])
 
