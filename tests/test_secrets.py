@@ -17,7 +17,7 @@ from kafka.net.sasl.plain import SaslMechanismPlain
 from kafka.protocol.sasl import SaslAuthenticateRequest
 
 from tests.helpers import run_worker, worker_env
-from worker import cli, service
+from worker import cli, logs
 from worker import settings as settings_io
 
 PASSWORD = 's3cr3t-Pä"ss\\wörd'  # quotes, a backslash and non-ASCII: every escape differs
@@ -51,7 +51,7 @@ def test_kafka_debug_lines_that_carry_the_password_are_redacted(clean_env, log_f
     settings = settings_io.load()
     stream = io.StringIO()
     clean_env.setattr("sys.stderr", stream)
-    service.configure_logging(settings)
+    logs.configure_logging(settings)
 
     # What kafka-python 3 logs at DEBUG when it authenticates (net/connection.py), and what
     # its admin client logs at start (admin/client.py), built by kafka-python itself.
@@ -69,7 +69,7 @@ def test_kafka_debug_lines_that_carry_the_password_are_redacted(clean_env, log_f
     text = stream.getvalue()
     lines = text.strip().splitlines()
     assert CORE not in text, text
-    assert text.count(service.RedactSecrets.MASK) == 3, text
+    assert text.count(logs.RedactSecrets.MASK) == 3, text
     if log_format == "json":  # kafka-python warns of PLAIN in the clear, then our three lines
         levels = [json.loads(line)["level"] for line in lines]
         assert levels == ["WARNING", "DEBUG", "DEBUG", "ERROR"]
