@@ -73,6 +73,9 @@ def test_timestamps_become_rfc3339_utc(decoder, timestamp, expected):
         (message(values=ROWS[:-1]), "shape"),
         (message(values=ROWS + ROWS[:1]), "shape"),
         (message(values=[r[:-1] for r in ROWS]), "shape"),
+        (message(values=[r[:1] for r in ROWS]), "shape"),  # numpy would broadcast these two
+        (message(values=ROWS[:1]), "shape"),
+        (message(values=ROWS[:-1] + [ROWS[-1] + [1.0]]), "shape"),
         (message(values=[[[1.0, 2.0, 3.0]]] * WINDOW), "schema"),
         (message(channels=CHANNELS[::-1]), "channels"),
         (message(channels=CHANNELS[:2]), "channels"),

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 
 from model.preprocessing import (
@@ -53,10 +55,18 @@ def test_median_denoising_removes_a_single_spike_and_keeps_shape():
 
 
 def test_median_filter_equals_numpy_median_for_odd_and_even_kernels():
-    windows = np.random.default_rng(1).normal(size=(6, 20, 3))
-    for k in (2, 3, 4, 5):
+    rng = np.random.default_rng(1)
+    windows = np.concatenate([rng.normal(size=(6, 20, 3)), rng.integers(0, 3, (6, 20, 3))])  # ties
+    for k in (2, 3, 4, 5, 7):
         k_left, k_right = (k - 1) // 2, k // 2
         padded = np.pad(windows, ((0, 0), (k_left, k_right), (0, 0)), mode="edge")
         view = np.lib.stride_tricks.sliding_window_view(padded, k, axis=1)
         out = denoise(windows, PreprocessConfig(denoise="median", kernel=k))
         assert np.array_equal(out, np.median(view, axis=-1))
+
+
+def test_median_of_five_holds_for_every_order_of_five_values():
+    orders = np.array(list(itertools.permutations([1.0, 2.0, 3.0, 4.0, 5.0])))  # (120, 5)
+    windows = np.repeat(orders[:, :, None], 2, axis=2)  # the middle row sees each order whole
+    out = denoise(windows, PreprocessConfig(denoise="median", kernel=5))
+    assert (out[:, 2] == 3.0).all()

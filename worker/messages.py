@@ -84,6 +84,7 @@ class Decoder:
         self.window = window
         self.channels = list(channels)
         self.max_bytes = max_bytes
+        self._row_lengths = [len(self.channels)] * window  # what a well-shaped window has
 
     def decode_batch(self, values: Sequence[bytes | None]) -> Decoded:
         """One pydantic parse per record, whose rows go straight into the batch's array.
@@ -128,7 +129,8 @@ class Decoder:
                 _clip(f"channels {message.channels} are not the model's {self.channels}"),
             )
         rows = message.values
-        if len(rows) != self.window or any(len(row) != len(self.channels) for row in rows):
+        # Checked before copying: numpy would broadcast a row of one number, or one row.
+        if list(map(len, rows)) != self._row_lengths:
             return Invalid("shape", self._shape_problem(rows))
         try:
             timestamp = _timestamp(message.timestamp)
