@@ -1,12 +1,16 @@
 """Throughput and latency of the worker on the embedded broker, beside the limits it works under.
 
 One run, on one broker, with one model and one set of records, measures:
-  1. raw consume: kafka-python reading the input topic without decoding (the transport's limit);
+  1. raw consume: kafka-python reading the input topic without decoding (the transport's limit),
+     and reading it while decoding each poll (no scoring): what one process can reach at most
+     with these two libraries, since both hold the interpreter lock;
   2. in-process: decoding, scoring and the whole batch logic on the same records (compute limit);
   3. the worker, end to end: windows/s from the input topic to committed offsets, between 10 %
      and 90 % of a backlog (offsets read from the group by an admin client, as a lag
      exporter would);
-  4. produce-to-score latency p50/p99 at a steady share of that rate (score records on);
+  4. produce-to-score latency p50/p99 at a steady share of that rate (score records on), beside
+     the broker alone (one hop) and a relay that polls, sends, flushes and commits like the
+     worker but does no work (two hops): the floor of the worker's path on this broker;
   5. the worker's peak resident memory (VmHWM);
   6. two worker processes in one group against one.
 Records follow the message contract: 8 simulated pump channels, the model's default window,
@@ -20,8 +24,10 @@ Numbers are noisy on a shared machine: compare only figures from the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -46,8 +52,9 @@ from model.recording import Recording  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
-from worker.consumer import fetch_options  # noqa: E402
+from worker.consumer import consumer_options, fetch_options  # noqa: E402
 from worker.embedded_broker import EmbeddedBroker, create_topics  # noqa: E402
+from worker.publisher import producer_options  # noqa: E402
 from worker.replay import encode_window  # noqa: E402
 from worker.service import pipeline_for  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -129,8 +136,17 @@ def produce(
 # ---------------------------------------------------------------- 1. raw consume
 
 
-def raw_consume(bootstrap: str, topic: str, count: int, settings: Settings) -> Run:
-    """Records/s between 10 % and 90 % of the topic, read without decoding, no group."""
+def raw_consume(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    settings: Settings,
+    work: Callable[[list[bytes]], object] | None = None,
+) -> Run:
+    """Records/s between 10 % and 90 % of the topic, read without a group.
+
+    Without `work` the values are not even looked at; with it, each poll's values go to it.
+    """
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, **fetch_options(settings)
     )
@@ -140,7 +156,10 @@ def raw_consume(bootstrap: str, topic: str, count: int, settings: Settings) -> R
     progress, cpu = Progress(count), Progress(count)
     seen = 0
     while seen < count:
-        for batch in consumer.poll(timeout_ms=1_000).values():
+        polled = consumer.poll(timeout_ms=1_000)
+        if work is not None and polled:
+            work([record.value for batch in polled.values() for record in batch])
+        for batch in polled.values():
             seen += len(batch)
         progress.add(time.perf_counter(), seen)
         cpu.add(time.process_time(), seen)  # this process: the poll loop and kafka's IO thread
@@ -384,6 +403,36 @@ def latency(
     return Latency(delays, load_cpu, worker_cpu)
 
 
+def run_relay(bootstrap: str, source: str, target: str) -> None:
+    """The worker's Kafka path with no decoding or scoring: its latency floor on this broker.
+
+    Polls with the worker's consumer settings, sends one small record per input naming its
+    source (as a score record does), flushes with the worker's producer settings, commits.
+    Runs in its own process until terminated.
+    """
+    settings = Settings()
+    options = consumer_options(settings) | {
+        "group_id": "bench-relay",
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+    }
+    consumer = KafkaConsumer(source, bootstrap_servers=bootstrap, **options)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, **producer_options(settings.max_request_bytes)
+    )
+    while True:
+        polled = consumer.poll(timeout_ms=500)
+        for batch in polled.values():
+            for record in batch:
+                source_ = {"partition": record.partition, "offset": record.offset}
+                producer.send(
+                    target, key=record.key, value=json.dumps({"source": source_}).encode()
+                )
+        if polled:
+            producer.flush()
+            consumer.commit()
+
+
 def _send(producer: KafkaProducer, topic: str, records: list, sent: dict[Key, float]) -> None:
     for key, value in records:
         at = time.time()
@@ -458,6 +507,9 @@ def main() -> int:
     say(f"making {args.records} records")
     records = make_records(args.records, args.window)
     r = Results(record_bytes=float(np.mean([len(v) for _, v in records[:1000]])))
+    # As the worker after its start-up: the collector no longer walks the records and torch's
+    # objects on each full pass, which would bill this process's decoding for them.
+    gc.freeze()
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
         topics = {
@@ -467,15 +519,23 @@ def main() -> int:
             "events": "bench.events",
             "scores": "bench.scores",
             "dlq": "bench.dead-letters",
+            "relay-in": "bench.relay-in",
+            "relay-out": "bench.relay-out",
         }
         partitions = {t: 1 for t in topics.values()}
-        partitions |= {topics[name]: args.partitions for name in ("input", "latency", "plain")}
+        read_by_groups = ("input", "latency", "plain", "relay-in")
+        partitions |= {topics[name]: args.partitions for name in read_by_groups}
         create_topics(bootstrap, partitions)
         inputs = [TopicPartition(topics["input"], p) for p in range(args.partitions)]
         say("producing the backlog")
         r.produce = produce(bootstrap, topics["input"], records, args.partitions)
         say("1. raw consume")
         r.raw = raw_consume(bootstrap, topics["input"], len(records), settings)
+        say("1. consume and decode, no scoring")
+        decoder = pipeline_for(scorer, settings).decoder
+        r.consume_decode = raw_consume(
+            bootstrap, topics["input"], len(records), settings, decoder.decode_batch
+        )
         say("2. in-process decode and score")
         r.decode, r.score, r.compute = in_process(scorer, records[:10_000], settings)
         out = {"events_topic": topics["events"], "dlq_topic": topics["dlq"]}
@@ -492,6 +552,24 @@ def main() -> int:
         r.broker_latency = latency(
             bootstrap, topics["plain"], topics["plain"], itself, records, rate, seconds
         )
+        say(f"4. a relay's latency (the worker's Kafka path, no work) at {rate:.0f} records/s")
+        relay = multiprocessing.get_context("spawn").Process(
+            target=run_relay, args=(bootstrap, topics["relay-in"], topics["relay-out"])
+        )
+        relay.start()
+        try:
+            r.relay_latency = latency(
+                bootstrap,
+                topics["relay-in"],
+                topics["relay-out"],
+                source_of,
+                records,
+                rate,
+                seconds,
+            )
+        finally:
+            relay.terminate()
+            relay.join()
         say(f"4. the worker's latency at {rate:.0f} windows/s for {seconds:g} s")
         env = worker_env(
             bootstrap,
@@ -525,6 +603,7 @@ class Results:
     record_bytes: float
     produce: float = 0.0  # records/s
     raw: Run = field(default_factory=lambda: Run(0.0, 0.0))
+    consume_decode: Run = field(default_factory=lambda: Run(0.0, 0.0))
     decode: float = 0.0  # windows/s in process
     score: float = 0.0
     compute: float = 0.0
@@ -532,6 +611,7 @@ class Results:
     two: Run | None = None
     latency_rate: float = 0.0
     broker_latency: Latency | None = None  # records through the broker alone
+    relay_latency: Latency | None = None  # records through a relay doing no work
     latency: Latency | None = None  # windows through the worker, score records back
 
 
@@ -547,6 +627,12 @@ def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> Non
             f"{raw:,.0f} rec/s",
             f"{r.raw.cpu_us:.0f} us",
             "transport limit",
+        ),
+        (
+            "1. consume + decode, no scoring",
+            f"{r.consume_decode.rate:,.0f} win/s",
+            f"{r.consume_decode.cpu_us:.0f} us",
+            f"{r.consume_decode.rate / raw:.2f} x raw consume: a ceiling for one process",
         ),
         (
             "2. decode (Decoder.decode_batch)",
@@ -581,12 +667,19 @@ def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> Non
             )
         )
     worker_ms, broker_ms = r.latency.percentiles_ms(), r.broker_latency.percentiles_ms()
+    relay_ms = r.relay_latency.percentiles_ms()
     rows += [
         (
             "4. produce-to-consume, broker alone",
             "p50 {:.0f} ms, p99 {:.0f} ms".format(*broker_ms),
             "",
             f"same rate and length, one hop (the worker's path: two), max {broker_ms[2]:.0f} ms",
+        ),
+        (
+            "4. produce-to-relayed, no work",
+            "p50 {:.0f} ms, p99 {:.0f} ms".format(*relay_ms),
+            "",
+            f"poll, send, flush, commit: the worker's Kafka path, max {relay_ms[2]:.0f} ms",
         ),
         (
             f"4. produce-to-score latency, {args.load:.0%} load",
