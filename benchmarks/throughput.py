@@ -424,10 +424,8 @@ def run_relay(bootstrap: str, source: str, target: str) -> None:
         polled = consumer.poll(timeout_ms=500)
         for batch in polled.values():
             for record in batch:
-                source_ = {"partition": record.partition, "offset": record.offset}
-                producer.send(
-                    target, key=record.key, value=json.dumps({"source": source_}).encode()
-                )
+                origin = {"partition": record.partition, "offset": record.offset}
+                producer.send(target, key=record.key, value=json.dumps({"source": origin}).encode())
         if polled:
             producer.flush()
             consumer.commit()

@@ -29,7 +29,3 @@ class ThresholdRule:
         if scores.size == 0 or not np.isfinite(scores).all():
             raise ValueError("threshold needs finite held-out scores")
         return max(float(np.quantile(scores, self.quantile)), TINY)
-
-    def calibrate(self, held_out_scores: np.ndarray) -> float:
-        """The threshold for one unnormalised score: factor x its reference."""
-        return self.factor * self.reference(held_out_scores)
