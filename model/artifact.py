@@ -40,9 +40,9 @@ class Artifact:
     standardizer: Standardizer
     threshold: float
     state: dict[str, torch.Tensor]
+    references: dict[str, float]  # detector -> its normal scale (held-out q99)
+    level_scale: np.ndarray  # (C,) spread of a normal window's mean, standardised
     training: dict = field(default_factory=dict)
-    references: dict[str, float] = field(default_factory=dict)  # detector -> normal scale
-    level_scale: np.ndarray | None = None  # (C,) spread of a normal window's mean, standardised
 
     @property
     def version(self) -> str:
@@ -65,7 +65,9 @@ class Artifact:
             "channels": self.channels,
             "threshold": self.threshold,
             "references": self.references,
-            "slow_channels": [c for c, s in zip(self.channels, self._slow(), strict=True) if s],
+            "slow_channels": [
+                c for c, s in zip(self.channels, self.standardizer.slow, strict=True) if s
+            ],
             "preprocessing": self.preprocess.to_dict(),
             "training": self.training,
         }
@@ -78,24 +80,17 @@ class Artifact:
             "preprocess": self.preprocess.to_dict(),
             "threshold": self.threshold,
             "training": self.training,
+            "references": self.references,
         }
-        if self.references:
-            meta["references"] = self.references
         return json.dumps(meta, sort_keys=True)
-
-    def _slow(self) -> list[bool]:
-        slow = self.standardizer.slow
-        return [False] * len(self.channels) if slow is None else [bool(s) for s in slow]
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         stats = {
             "standardizer.mean": torch.from_numpy(self.standardizer.mean.copy()),
             "standardizer.scale": torch.from_numpy(self.standardizer.scale.copy()),
+            "standardizer.slow": torch.from_numpy(self.standardizer.slow.astype(np.uint8)),
+            "detector.level_scale": torch.from_numpy(self.level_scale.copy()),
         }
-        if self.standardizer.slow is not None:
-            stats["standardizer.slow"] = torch.from_numpy(self.standardizer.slow.astype(np.uint8))
-        if self.level_scale is not None:
-            stats["detector.level_scale"] = torch.from_numpy(self.level_scale.copy())
         return {**{f"model.{k}": v.detach().cpu() for k, v in self.state.items()}, **stats}
 
 
@@ -159,17 +154,13 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
     scale = tensors["standardizer.scale"].numpy().astype(np.float64)
     if mean.shape != (len(channels),) or scale.shape != (len(channels),) or (scale <= 0).any():
         raise ValueError("normalisation statistics do not match the channels")
-    slow = tensors.get("standardizer.slow")  # absent: every channel is a level channel
-    if slow is not None:
-        slow = slow.numpy().astype(bool)
-        if slow.shape != (len(channels),):
-            raise ValueError("slow-channel flags do not match the channels")
-    level_scale = tensors.get("detector.level_scale")
-    if level_scale is not None:
-        level_scale = level_scale.numpy().astype(np.float64)
-        ok = np.isfinite(level_scale) & (level_scale > 0)
-        if level_scale.shape != (len(channels),) or not ok.all():
-            raise ValueError("level-detector scales do not match the channels")
+    slow = tensors["standardizer.slow"].numpy().astype(bool)
+    if slow.shape != (len(channels),):
+        raise ValueError("slow-channel flags do not match the channels")
+    level_scale = tensors["detector.level_scale"].numpy().astype(np.float64)
+    ok = np.isfinite(level_scale) & (level_scale > 0)
+    if level_scale.shape != (len(channels),) or not ok.all():
+        raise ValueError("level-detector scales do not match the channels")
     artifact = Artifact(
         config=config,
         window=window,
@@ -178,9 +169,9 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
         standardizer=Standardizer(mean, scale, slow),
         threshold=float(meta["threshold"]),
         state=state,
-        training=meta.get("training", {}),
         references=_references(meta["references"]),
         level_scale=level_scale,
+        training=meta.get("training", {}),
     )
     _check_content(artifact)
     artifact.build()
@@ -261,8 +252,6 @@ def _checksum(meta: str, tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256(meta.encode())
     for name in sorted(tensors):
         tensor = tensors[name]
-        if not isinstance(tensor, torch.Tensor):
-            raise ArtifactError(f"model file entry {name!r} is not a tensor")
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

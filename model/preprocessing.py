@@ -41,7 +41,7 @@ class Standardizer:
 
     mean: np.ndarray  # (C,)
     scale: np.ndarray  # (C,), never zero
-    slow: np.ndarray | None = None  # (C,) bool; None: every channel is a level channel
+    slow: np.ndarray  # (C,) bool
 
     @classmethod
     def fit(
@@ -71,11 +71,10 @@ class Standardizer:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Standardise (..., W, C) windows; slow channels are centred on each window's mean."""
-        out = (x - self.mean) / self.scale
-        if self.slow is not None and self.slow.any():
-            centred = (x - x.mean(axis=-2, keepdims=True)) / self.scale
-            out = np.where(self.slow, centred, out)
-        return out
+        centre = self.mean
+        if self.slow.any():
+            centre = np.where(self.slow, x.mean(axis=-2, keepdims=True), self.mean)
+        return (x - centre) / self.scale
 
 
 def fill_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, int]:

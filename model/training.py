@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -87,14 +87,17 @@ def train(
 
     state = {k: v.clone() for k, v in net.state_dict().items()}
     level_scale = _level_scale(torch.cat([x_fit, x_hold]).numpy(), config.window)
+    # Scores are in units of each detector's reference, so the threshold is the factor itself.
+    # The references come from the raw detector scores, which do not depend on them.
     probe = Artifact(
         net_config,
         config.window,
         channels,
         config.preprocess,
         standardizer,
-        0.0,
+        config.threshold.factor,
         state,
+        references=dict.fromkeys(DETECTORS, 1.0),
         level_scale=level_scale,
     )
     raw = Scorer(probe).detector_scores(hold_w)
@@ -112,19 +115,7 @@ def train(
         "final_train_loss": losses[-1],
         "best_holdout_mse": min(holdout_mse),
     }
-    # Scores are in units of each detector's reference, so the threshold is the factor itself.
-    artifact = Artifact(
-        net_config,
-        config.window,
-        channels,
-        config.preprocess,
-        standardizer,
-        config.threshold.factor,
-        state,
-        training,
-        references,
-        level_scale,
-    )
+    artifact = replace(probe, references=references, training=training)
     holdout_scores = Scorer(artifact).score(hold_w).score
     return TrainResult(
         artifact,

@@ -190,6 +190,16 @@ def test_a_file_whose_checksum_is_right_but_whose_content_is_not_is_refused(chan
     assert "checksum mismatch" not in line  # the checksum is right: the content is not
 
 
+@pytest.mark.parametrize("name", ["standardizer.slow", "detector.level_scale"])
+def test_a_file_without_its_detector_statistics_is_refused(model, name):
+    # Scored without them, level shifts would be misjudged: nothing to fall back on.
+    payload = torch.load(model, weights_only=True)
+    del payload["tensors"][name]
+    payload["checksum"] = artifact_io._checksum(payload["meta"], payload["tensors"])
+    torch.save(payload, model)
+    assert name in refused(model)
+
+
 def test_the_unaltered_model_loads(model):
     # The control for the tests above: the same path through `saved` loads.
     loaded = artifact_io.load(model)

@@ -18,7 +18,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from model.recording import Recording, parse_time
+from model.recording import Recording, format_time, parse_time
 from worker.errors import BrokerError, PublishError
 from worker.publisher import producer_options
 from worker.settings import Settings
@@ -132,8 +132,9 @@ def replay_recordings(
 
 def _value(stream: Stream, k: int, loop: int) -> bytes:
     moment = stream.ends[k] + loop * stream.period  # a looped replay keeps moving forward
-    stamp = moment.isoformat().replace("+00:00", "Z")
-    return encode_window(stream.machine_id, stamp, stream.recording.channels, stream.windows[k])
+    return encode_window(
+        stream.machine_id, format_time(moment), stream.recording.channels, stream.windows[k]
+    )
 
 
 @dataclass(frozen=True)
