@@ -17,7 +17,6 @@ A file without an `anomaly` column counts as all normal (its rows add to FAR onl
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from model.errors import FaultwatchError  # noqa: E402
-from model.recording import read_recording  # noqa: E402
+from model.recording import Recording, read_recording  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
 
@@ -90,24 +89,22 @@ def find_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def labels_of(path: Path, rows: int) -> np.ndarray:
-    """The `anomaly` column as booleans; all False when the file has none."""
-    text = path.read_text(encoding="utf-8-sig").splitlines()
-    delimiter = ";" if text[0].count(";") > text[0].count(",") else ","
-    reader = csv.DictReader(text, delimiter=delimiter)
-    if "anomaly" not in (reader.fieldnames or []):
-        return np.zeros(rows, dtype=bool)
-    labels = np.array([float(r["anomaly"]) > 0 for r in reader if any(r.values())])
-    if len(labels) != rows:
-        raise FaultwatchError(f"{path}: {len(labels)} labels for {rows} rows")
-    return labels
+def read_labelled(path: Path) -> tuple[Recording, np.ndarray]:
+    """The recording without its label columns, and its `anomaly` column as booleans (all
+    False when the file has none): one read, so labels and rows cannot disagree."""
+    full = read_recording(path, ignore_columns=("changepoint",))
+    if "anomaly" not in full.channels:
+        return full, np.zeros(len(full), dtype=bool)
+    i = full.channels.index("anomaly")
+    channels = full.channels[:i] + full.channels[i + 1 :]
+    labels = full.values[:, i] > 0
+    return replace(full, channels=channels, values=np.delete(full.values, i, axis=1)), labels
 
 
 def run_file(path: Path, config: TrainConfig) -> tuple[Counts, str]:
     """Train on the first 400 rows, label every later row by the window ending at it."""
     started = time.monotonic()
-    recording = read_recording(path)
-    labels = labels_of(path, len(recording))
+    recording, labels = read_labelled(path)
     result = train([recording], config)
     scorer = Scorer(result.artifact)
     end_rows, windows, _ = recording.windows(

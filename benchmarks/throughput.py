@@ -48,7 +48,6 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from model import artifact as artifact_io  # noqa: E402
-from model.recording import Recording  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
@@ -91,7 +90,7 @@ class Run:
 def train_model(window: int, epochs: int, path: Path) -> Scorer:
     """The default architecture (hidden 512, bottleneck 32), trained briefly on a normal run."""
     run = simulate(3_000, seed=100)
-    recording = Recording(Path("simulated.csv"), run.timestamps, list(CHANNELS), run.values)
+    recording = run.recording(Path("simulated.csv"))
     config = TrainConfig(window=window, epochs=epochs, patience=epochs)
     artifact_io.save(train([recording], config).artifact, path)
     return Scorer.load(path)

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from model.recording import format_time
+from model.recording import Recording, format_time
 
 CHANNELS = [
     "Accelerometer1RMS",
@@ -47,6 +47,10 @@ class SimulatedRun:
     values: np.ndarray  # (N, 8)
     labels: np.ndarray  # (N,) 1 while the fault is present
     channels: tuple[str, ...] = tuple(CHANNELS)
+
+    def recording(self, path: Path) -> Recording:
+        """As if read from a CSV at `path` (named in messages; nothing is written)."""
+        return Recording(path, self.timestamps, list(self.channels), self.values)
 
 
 def simulate(

@@ -24,8 +24,8 @@ from typing import TextIO
 from kafka import KafkaConsumer
 
 from model import artifact as artifact_io
-from model.recording import Recording, parse_time
-from model.simulator import CHANNELS, Fault, simulate
+from model.recording import parse_time
+from model.simulator import Fault, simulate
 from model.training import TrainConfig, train
 from worker import replay
 from worker import settings as settings_io
@@ -107,7 +107,7 @@ def main(keep_running: bool = False, out: TextIO = sys.stdout, plan: Plan = Plan
 def _train_model(folder: Path, plan: Plan, say) -> tuple[Path, int]:
     """The model file and its window, which the replay cuts."""
     normal = simulate(plan.train_rows, seed=100)
-    recording = Recording(folder / "normal.csv", normal.timestamps, list(CHANNELS), normal.values)
+    recording = normal.recording(folder / "normal.csv")
     say(f"training    autoencoder on {plan.train_rows // 60} minutes of simulated normal operation")
     result = train([recording], TrainConfig(epochs=plan.epochs, seed=0))
     path = folder / "demo.fwm"
@@ -143,7 +143,7 @@ def _streams(plan: Plan, window: int) -> list[replay.Stream]:
     streams = []
     for i, (machine, fault) in enumerate(MACHINES):
         run = simulate(plan.run_rows, seed=i + 1, fault=fault, fault_start=plan.fault_start)
-        recording = Recording(Path(f"{machine}.csv"), run.timestamps, list(CHANNELS), run.values)
+        recording = run.recording(Path(f"{machine}.csv"))
         streams.append(replay.Stream.cut(machine, recording, window, max_gap=0))
     return streams
 
