@@ -20,12 +20,12 @@ tools:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 lint: install
-	$(BIN)/ruff check model worker tests benchmarks
-	$(BIN)/ruff format --check model worker tests benchmarks
+	$(BIN)/ruff check model worker cli demo tests benchmarks
+	$(BIN)/ruff format --check model worker cli demo tests benchmarks
 
 format: install
-	$(BIN)/ruff check --fix model worker tests benchmarks
-	$(BIN)/ruff format model worker tests benchmarks
+	$(BIN)/ruff check --fix model worker cli demo tests benchmarks
+	$(BIN)/ruff format model worker cli demo tests benchmarks
 
 test: lint tools
 	$(BIN)/python -m pytest -q

@@ -47,14 +47,14 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
+from cli.replay import encode_window  # noqa: E402
+from demo.broker import EmbeddedBroker, create_topics  # noqa: E402
 from model import artifact as artifact_io  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
 from worker.consumer import consumer_options, fetch_options  # noqa: E402
-from worker.embedded_broker import EmbeddedBroker, create_topics  # noqa: E402
 from worker.publisher import producer_options  # noqa: E402
-from worker.replay import encode_window  # noqa: E402
 from worker.service import pipeline_for  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
@@ -240,7 +240,7 @@ class Workers:
             with log.open("w") as err:
                 self.processes.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "worker.cli", "run"],
+                        [sys.executable, "-m", "cli", "run"],
                         cwd=ROOT,
                         env=env,
                         stdout=subprocess.DEVNULL,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from demo.broker import EmbeddedBroker, create_topics
 from model import artifact as artifact_io
 from model.recording import read_recording
 from model.training import TrainConfig, train
 from tests.helpers import unique
 from tests.synthetic import tiny_model
-from worker.embedded_broker import EmbeddedBroker, create_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 SKAB_FILE = "valve1/1.csv"

@@ -130,7 +130,7 @@ class Worker:
 
 
 def start_worker(env: dict[str, str], log: Path, *args: str) -> Worker:
-    command = [sys.executable, "-m", "worker.cli", "run", *args]
+    command = [sys.executable, "-m", "cli", "run", *args]
     with log.open("w") as err:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err

@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 
+from cli.main import main
 from model import artifact as artifact_io
 from model.preprocessing import sliding_windows
 from model.scoring import Scorer
 from tests.synthetic import CHANNELS, normal_values, tiny_model, write_csv
-from worker.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_user_mistakes_are_one_line_and_nonzero(tmp_path, capsys, model_path, ca
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "inspect", str(tmp_path / "nope.pt")],
+        [sys.executable, "-m", "cli", "inspect", str(tmp_path / "nope.pt")],
         capture_output=True,
         text=True,
         timeout=120,

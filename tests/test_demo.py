@@ -2,7 +2,7 @@
 
 import io
 
-from worker import demo
+from demo import run as demo
 
 
 def test_short_demo_scores_every_window_and_detects_faults():

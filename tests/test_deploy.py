@@ -314,7 +314,7 @@ def test_replay_feeds_the_workers_input_topic() -> None:
 
 
 def test_compose_commands_are_valid_cli_calls() -> None:
-    from worker.cli import _parser
+    from cli.main import _parser
 
     commands = list(faultwatch_commands())
     assert {argv[0] for _, argv in commands} == {"run", "simulate", "train", "inspect", "replay"}

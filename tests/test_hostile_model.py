@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli import main as cli
 from model import artifact as artifact_io
 from model.autoencoder import AutoencoderConfig
 from model.errors import ArtifactError
 from model.preprocessing import PreprocessConfig, Standardizer
 from tests.helpers import worker_env
 from tests.synthetic import tiny_model
-from worker import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -338,7 +338,7 @@ def test_the_worker_process_refuses_a_payload_model_and_never_runs_it(model, tmp
     path = swap_pickle(model, marker, tmp_path / "evil.fwm")
     env = worker_env("127.0.0.1:9", path)
     run = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run"],
+        [sys.executable, "-m", "cli", "run"],
         cwd=ROOT,
         env=env,
         capture_output=True,

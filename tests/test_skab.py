@@ -4,10 +4,10 @@ import csv
 
 import numpy as np
 
+from cli.main import main
 from model import artifact as artifact_io
 from model.recording import read_recording
 from model.training import TrainConfig, train
-from worker.cli import main
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -9,13 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from cli.main import main as cli_main
 from model.preprocessing import sliding_windows
 from model.recording import read_recording, to_rfc3339
 from model.scoring import Scorer
 from tests.conftest import SKAB_FILE
 from tests.helpers import committed, headers, produce, read_topic, run_worker, unique, worker_env
 from tests.helpers import window_value as value_of
-from worker.cli import main as cli_main
 from worker.pipeline import event_id
 
 MAX_RECORD_BYTES = 20_000

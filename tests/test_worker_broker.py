@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from demo.broker import EmbeddedBroker, create_topics, free_port
 from model.scoring import Scorer
 from tests.helpers import (
     http_get,
@@ -17,7 +18,6 @@ from tests.helpers import (
     wait_for,
     worker_env,
 )
-from worker.embedded_broker import EmbeddedBroker, create_topics, free_port
 from worker.errors import BrokerError
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from demo.broker import free_port
 from model.scoring import Scorer
 from tests.helpers import (
     committed,
@@ -19,7 +20,6 @@ from tests.helpers import (
     wait_for,
     worker_env,
 )
-from worker.embedded_broker import free_port
 
 
 def test_metrics_and_probes_over_http_during_a_run(

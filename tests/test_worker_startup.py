@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from cli import main as cli
+from demo.broker import free_port
 from tests.helpers import run_worker, unique, worker_env
-from worker import cli
-from worker.embedded_broker import free_port
 
 
 @pytest.fixture

@@ -23,13 +23,13 @@ from typing import TextIO
 
 from kafka import KafkaConsumer
 
+from cli import replay
+from demo.broker import EmbeddedBroker, create_topics, free_port
 from model import artifact as artifact_io
 from model.recording import parse_time
 from model.simulator import Fault, simulate
 from model.training import TrainConfig, train
-from worker import replay
 from worker import settings as settings_io
-from worker.embedded_broker import EmbeddedBroker, create_topics, free_port
 
 TOPICS = {
     "input": "faultwatch.windows",
@@ -134,7 +134,7 @@ def _start_worker(bootstrap: str, model: Path, port: int, log: Path) -> subproce
         "FAULTWATCH_SESSION_TIMEOUT_MS": "6000",  # a quick group join on the embedded broker
         "FAULTWATCH_HEARTBEAT_INTERVAL_MS": "1000",
     }
-    command = [sys.executable, "-m", "worker.cli", "run"]
+    command = [sys.executable, "-m", "cli", "run"]
     with log.open("wb") as sink:
         return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
 

@@ -7,18 +7,27 @@ its own partition assignment, without a consumer group: production offsets stay 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
+from cli.offline import read
+from cli.progress import Progress
+from model import artifact as artifact_io
+from model.errors import FaultwatchError
+from model.preprocessing import PreprocessConfig
 from model.recording import Recording, format_time, parse_time
+from model.training import TrainConfig
+from worker import settings as settings_io
 from worker.errors import BrokerError, PublishError
 from worker.publisher import producer_options
 from worker.settings import Settings
@@ -236,3 +245,62 @@ def make_producer(settings: Settings) -> KafkaProducer:
         )
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+
+
+def command(args: argparse.Namespace) -> int:
+    """`faultwatch replay`: recordings or a topic range into a topic, with progress."""
+    if bool(args.data) == bool(args.from_topic):
+        raise FaultwatchError("replay needs either DATA.csv files or --from-topic, not both")
+    config = settings_io.load({"bootstrap_servers": args.bootstrap_servers})
+    streams = [] if args.from_topic else _streams(args)
+    total = None if args.loop or args.from_topic else sum(len(s.end_rows) for s in streams)
+    if args.limit:
+        total = min(total or args.limit, args.limit)
+    producer = make_producer(config)
+    with Progress(total, f"replay to {args.topic}", "window") as bar:
+        try:
+            if args.from_topic:
+                span = TopicRange(args.from_offset, args.to_offset, args.since, args.until)
+                sent = copy_topic(
+                    config, args.from_topic, args.topic, span, producer, progress=bar.update
+                )
+            else:
+                sent = replay_recordings(
+                    streams,
+                    args.topic,
+                    producer,
+                    rate=args.rate,
+                    speed=args.speed,
+                    loops=None if args.loop else 1,
+                    limit=args.limit,
+                    progress=bar.update,
+                )
+        finally:
+            producer.close(timeout=10)
+    print(f"{sent} records replayed to {args.topic}")
+    return 0
+
+
+def _streams(args: argparse.Namespace) -> list[Stream]:
+    """One stream per file, cut with the model's window, channels and gap rule when given."""
+    window, channels = args.window or TrainConfig().window, None
+    max_gap = PreprocessConfig().max_gap
+    if args.model:
+        model = artifact_io.load(args.model)
+        window, channels, max_gap = (
+            args.window or model.window,
+            model.channels,
+            model.preprocess.max_gap,
+        )
+    streams = []
+    for i, path in enumerate(args.data):
+        recording = read(path, args)
+        if channels is not None and recording.channels != channels:
+            raise FaultwatchError(
+                f"{path}: channels {recording.channels} differ from the model's {channels}"
+            )
+        machine = args.machine_id or Path(path).stem
+        if args.machine_id and len(args.data) > 1:
+            machine = f"{args.machine_id}-{i + 1}"
+        streams.append(Stream.cut(machine, recording, window, max_gap=max_gap, stride=args.stride))
+    return streams

@@ -1,0 +1,184 @@
+"""The `faultwatch` command: offline model work (train, score, inspect) and the worker's jobs.
+
+Every user mistake ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from kafka.errors import KafkaError
+
+from model.errors import FaultwatchError
+from model.recording import parse_time
+from model.simulator import FAULTS
+from model.training import TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except FaultwatchError as exc:
+        print(f"faultwatch: error: {exc}", file=sys.stderr)
+        return 1
+    except KafkaError as exc:  # replay's sends: the broker went away mid-run
+        print(f"faultwatch: error: Kafka: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("faultwatch: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faultwatch", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a model on normal recordings")
+    p.add_argument("data", nargs="+", type=Path, metavar="DATA.csv")
+    p.add_argument("--out", required=True, type=Path, metavar="MODEL")
+    _add_data_options(p)
+    p.add_argument("--window", type=_positive, default=DEFAULTS.window)
+    p.add_argument("--train-rows", type=_positive, default=None, metavar="N")
+    p.add_argument("--epochs", type=_positive, default=DEFAULTS.epochs)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--l2-lambda", type=float, default=DEFAULTS.l2_lambda)
+    p.add_argument(
+        "--denoise", choices=["none", "mean", "median"], default=DEFAULTS.preprocess.denoise
+    )
+    p.add_argument("--kernel", type=_positive, default=DEFAULTS.preprocess.kernel)
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(handler=_offline("train_command"))
+
+    p = commands.add_parser("score", help="score every window of a recording to CSV")
+    p.add_argument("data", type=Path, metavar="DATA.csv")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, metavar="SCORES.csv")
+    p.add_argument("--from-row", type=int, default=0, metavar="N")
+    _add_data_options(p)
+    p.set_defaults(handler=_offline("score_command"))
+
+    p = commands.add_parser("inspect", help="describe a model file")
+    p.add_argument("model", type=Path, metavar="MODEL")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(handler=_offline("inspect_command"))
+
+    p = commands.add_parser("simulate", help="write a simulated pump-line recording (CSV)")
+    p.add_argument("--out", required=True, type=Path, metavar="DATA.csv")
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--fault", choices=FAULTS, default=None, help="inject a fault half-way")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_offline("simulate_command"))
+
+    _add_kafka_commands(commands)
+    return parser
+
+
+def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("replay", help="produce recordings (or a topic range) to a topic")
+    p.add_argument(
+        "data", nargs="*", type=Path, metavar="DATA.csv", help="recordings, one machine each"
+    )
+    p.add_argument("--topic", required=True)
+    p.add_argument(
+        "--bootstrap-servers", default=None, help="default: FAULTWATCH_BOOTSTRAP_SERVERS"
+    )
+    p.add_argument("--machine-id", default=None, help="default: each file's name")
+    p.add_argument("--model", type=Path, default=None, help="take window and channels from it")
+    p.add_argument("--window", type=_positive, default=None, help=f"default {DEFAULTS.window}")
+    p.add_argument("--stride", type=_positive, default=1)
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=None, help="windows per second (all machines)")
+    pace.add_argument(
+        "--speed", type=float, default=None, help="pace by the data's timestamps; 1 = real time"
+    )
+    p.add_argument("--loop", action="store_true", help="start over at the end, until stopped")
+    p.add_argument("--limit", type=_positive, default=None, help="stop after N windows")
+    p.add_argument("--from-topic", default=None, help="copy a range of this topic instead")
+    p.add_argument("--from-offset", type=int, default=None, help="first offset, each partition")
+    p.add_argument("--to-offset", type=int, default=None, help="end offset (exclusive)")
+    p.add_argument("--since", type=_moment, default=None, help="e.g. 2h, 30m or an RFC 3339 time")
+    p.add_argument("--until", type=_moment, default=None, help="e.g. 1h or an RFC 3339 time")
+    _add_data_options(p)
+    p.set_defaults(handler=_replay)
+
+    from worker import service
+
+    p = commands.add_parser("run", help="run the Kafka worker (settings from FAULTWATCH_*)")
+    service.add_arguments(p)
+    p.set_defaults(handler=service.main)
+
+    p = commands.add_parser("demo", help="everything on an embedded broker, then a summary")
+    p.add_argument("--keep-running", action="store_true", help="stay up for exploring")
+    p.set_defaults(handler=_demo)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-column", default=None, help="default: the first column")
+    p.add_argument(
+        "--ignore-columns",
+        default="anomaly,changepoint",
+        type=_names,
+        help="label columns to drop (comma separated)",
+    )
+
+
+def _offline(name: str):
+    """A handler of cli.offline, imported when its command runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from cli import offline
+
+        return getattr(offline, name)(args)
+
+    return handler
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from cli import replay
+
+    return replay.command(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from demo import run
+    except ImportError as exc:
+        raise FaultwatchError(
+            f"faultwatch demo needs the demo extras ({exc.name} is missing): "
+            "pip install 'faultwatch[demo]', or run `make demo` in a checkout"
+        ) from None
+    return run.main(keep_running=args.keep_running)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _moment(text: str) -> datetime:
+    """'2h', '30m', '45s', '1d' ago, or an RFC 3339 time."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        return parse_time(text)
+    except FaultwatchError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 2h, 30m or a time") from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""`faultwatch train`, `score`, `inspect` and `simulate`: model files and CSV, no Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from cli.progress import Progress
+from model import artifact as artifact_io
+from model.errors import FaultwatchError
+from model.preprocessing import PreprocessConfig
+from model.recording import Recording, read_recording
+from model.scoring import Scorer
+from model.simulator import simulate, write_csv
+from model.training import TrainConfig, TrainResult, summary, train
+
+DEFAULTS = TrainConfig()
+
+
+def train_command(args: argparse.Namespace) -> int:
+    recordings = [read(path, args) for path in args.data]
+    config = TrainConfig(
+        window=args.window,
+        train_rows=args.train_rows,
+        epochs=args.epochs,
+        seed=args.seed,
+        l2_lambda=args.l2_lambda,
+        preprocess=PreprocessConfig(
+            denoise=args.denoise, kernel=args.kernel, max_gap=DEFAULTS.preprocess.max_gap
+        ),
+    )
+    with Progress(args.epochs, "training", "epoch", enabled=not args.quiet) as bar:
+
+        def progress(epoch: int, loss: float, holdout: float) -> None:
+            bar.update(1, loss=f"{loss:.4f}", held_out=f"{holdout:.4f}")
+
+        result = train(recordings, config, progress)
+    artifact_io.save(result.artifact, args.out)
+    print(f"model written to {args.out} ({_report(result, args.out.with_suffix('.png'))})")
+    figures = summary(result)
+    print(" ".join(f"{key}={value}" for key, value in figures.items()))
+    return 0
+
+
+def _report(result: TrainResult, path: Path) -> str:
+    """The PNG report needs matplotlib, which the worker's image leaves out: say so, go on."""
+    try:
+        from model.report import write_report
+    except ImportError:
+        return "no PNG report: pip install 'faultwatch[train]' for it"
+    return f"report: {write_report(result, path)}"
+
+
+def score_command(args: argparse.Namespace) -> int:
+    scorer = Scorer.load(args.model)
+    recording = read(args.data, args)
+    scorer.check_channels(recording.channels, str(args.data))
+    end_rows, windows, gaps = recording.windows(
+        scorer.window, max_gap=scorer.artifact.preprocess.max_gap, from_row=args.from_row
+    )
+    scores = scorer.score(windows)
+    with open_out(args.out) as out:
+        writer = csv.writer(out)
+        writer.writerow(["end_row", "timestamp", "score", "threshold", "anomaly"])
+        for row, score, flag in zip(end_rows, scores.score, scores.anomaly, strict=True):
+            writer.writerow(
+                [
+                    row,
+                    recording.timestamps[row],
+                    f"{score:.6g}",
+                    f"{scorer.threshold:.6g}",
+                    int(flag),
+                ]
+            )
+    print(
+        f"{len(scores.score)} windows scored, {int(scores.anomaly.sum())} anomalous, "
+        f"written to {args.out}" + (f"; {gaps} windows skipped over data gaps" if gaps else "")
+    )
+    return 0
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    rows = int(args.minutes * 60)
+    if rows < 1:
+        raise FaultwatchError("--minutes must give at least one sample (1 per second)")
+    run = simulate(rows, seed=args.seed, fault=args.fault)
+    write_csv(run, args.out)
+    print(
+        f"{rows} rows of {len(run.channels)} channels written to {args.out}"
+        + (f" ({args.fault} from row {rows // 2})" if args.fault else "")
+    )
+    return 0
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    info = artifact_io.load(args.model).summary()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    training = info.pop("training")
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        text = ", ".join(map(str, value)) if isinstance(value, list) else value
+        print(f"{key:<{width}}  {printable(text)}")
+    print("training:")
+    for key, value in training.items():
+        print(f"  {printable(key)}: {printable(value)}")
+    return 0
+
+
+def printable(value: object) -> str:
+    """No terminal escape codes from a model file's metadata on an operator's screen."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
+def read(path: Path, args: argparse.Namespace) -> Recording:
+    """A DATA file with the command's DATA options (the same for train, score and replay)."""
+    return read_recording(path, time_column=args.time_column, ignore_columns=args.ignore_columns)
+
+
+def open_out(path: Path):
+    try:
+        return path.open("w", newline="")
+    except OSError as exc:
+        raise FaultwatchError(f"{path}: cannot write ({exc.strerror})") from exc
