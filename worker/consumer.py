@@ -163,6 +163,7 @@ class Loop:
             return  # re-delivered to the partitions' next owner: counted then
         seconds = self.clock() - started
         self.metrics.batch_committed(result.scores, result.anomalies, result.dead_letters, seconds)
+        self.metrics.episodes_committed(result.episodes)
         self.totals.add(len(result.scores), result.anomalies, result.dead_letters.total(), seconds)
         if self._retry:
             log.info("batch retry succeeded after=%d failures", self._failures)
@@ -274,6 +275,7 @@ class Loop:
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
         self._pending = {tp: o for tp, o in self._pending.items() if tp not in partitions}
+        self.pipeline.forget(tp.partition for tp in partitions)  # restored again if they return
         self._assigned = None  # until the group's next assignment
         self.metrics.assigned_partitions.set(0)
         self.metrics.forget_lag((tp.topic, tp.partition) for tp in partitions)
