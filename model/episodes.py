@@ -362,3 +362,90 @@ def _finite(value: float) -> float | None:
 
 def _infinite(value: float | None) -> float:
     return -math.inf if value is None else value
+
+
+@dataclass
+class EpisodeRow:
+    """One episode of a recording, as `faultwatch score --episodes` writes it."""
+
+    episode_id: str
+    machine_id: str
+    opened_row: int
+    closed_row: int | None  # None: still open at the end of the recording
+    started_at: str
+    opened_at: str
+    ended_at: str | None
+    duration_seconds: float
+    windows: int
+    peak_score: float
+    close_reason: str | None
+    detector: str
+    top_channels: list[dict[str, Any]]
+
+
+def recording_episodes(
+    machine_id: str,
+    end_rows: Sequence[int],
+    timestamps: Sequence[str],
+    scores: np.ndarray,
+    threshold: float,
+    channel_share: np.ndarray,
+    channels: Sequence[str],
+    config: EpisodeConfig,
+    detectors: Sequence[str] | None = None,
+    top_channels: int = 3,
+) -> list[EpisodeRow]:
+    """The episodes the worker would publish for one machine's windows, in order.
+
+    `timestamps` are the windows' end times in RFC 3339 (as the worker's decoder writes them);
+    `scores` (B,) and `channel_share` (B, C) as `Scorer.score` gives them.
+    """
+    tracker = Tracker(config, top_channels)
+    rows: dict[str, EpisodeRow] = {}
+    for j, (row, timestamp) in enumerate(zip(end_rows, timestamps, strict=True)):
+        detector = detectors[j] if detectors is not None else "autoencoder"
+        events = tracker.observe(
+            machine_id,
+            parse_seconds(timestamp),
+            timestamp,
+            float(scores[j]),
+            threshold,
+            shares_of(channels, channel_share[j]),
+            detector,
+            {"row": int(row)},
+        )
+        for event in events:
+            if event["kind"] == "opened":
+                rows[event["episode_id"]] = _row(event, int(row))
+            elif event["kind"] == "closed":
+                done = rows[event["episode_id"]]
+                done.closed_row = int(row)
+                for name in ("ended_at", "duration_seconds", "windows", "peak_score"):
+                    setattr(done, name, event[name])
+                done.close_reason, done.detector = event["close_reason"], event["detector"]
+                done.top_channels = event["top_channels"]
+    for episode in tracker.episodes.values():  # open at the end: as far as it went
+        if episode.id in rows:
+            left = rows[episode.id]
+            left.windows, left.peak_score = episode.windows, _round(episode.peak_score)
+            left.duration_seconds = _round(episode.last - episode.started)
+            left.detector, left.top_channels = episode.detector, episode.top_channels(top_channels)
+    return list(rows.values())
+
+
+def _row(opened: dict[str, Any], row: int) -> EpisodeRow:
+    return EpisodeRow(
+        opened["episode_id"],
+        opened["machine_id"],
+        row,
+        None,
+        opened["started_at"],
+        opened["opened_at"],
+        None,
+        opened["duration_seconds"],
+        opened["windows"],
+        opened["peak_score"],
+        None,
+        opened["detector"],
+        opened["top_channels"],
+    )

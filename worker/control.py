@@ -156,6 +156,14 @@ class ControlReader:
 
     def start(self, timeout: float) -> ControlReader:
         """Read up to the end first (mutes hold from the first batch on), then follow."""
+        self.read_to_end(timeout)
+        log.info("control topic read topic=%s mutes=%d", self.topic, len(self.table.active()))
+        self._thread = threading.Thread(target=self._follow, name="control", daemon=True)
+        self._thread.start()
+        return self
+
+    def read_to_end(self, timeout: float) -> None:
+        """Every record up to each partition's end (a fetch's high watermark)."""
         partitions = self.consumer.partitions_for_topic(self.topic) or set()
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self.consumer.assign(assigned)
@@ -167,13 +175,8 @@ class ControlReader:
                     raise BrokerError(
                         f"control topic {self.topic} not read to its end within {timeout:g} s"
                     )
-                self._poll()
         except KafkaError as exc:
             raise BrokerError(f"cannot read control topic {self.topic}: {exc}") from exc
-        log.info("control topic read topic=%s mutes=%d", self.topic, len(self.table.active()))
-        self._thread = threading.Thread(target=self._follow, name="control", daemon=True)
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
         self._stop.set()
