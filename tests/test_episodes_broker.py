@@ -62,11 +62,12 @@ def episode_topics(make_topic, partitions: int) -> dict[str, str]:
 
 
 def machine_windows(window: int, machine: int, steps: int) -> list[np.ndarray]:
-    """One machine's windows, a second apart: two faults, at 25-55 % and 70-85 % of the run."""
+    """One machine's windows, a second apart: two faults, at 5-45 % and 52-95 % of the run
+    (so a kill almost surely lands mid-episode)."""
     rows = normal_values(steps + window - 1, seed=machine)
     faulty = np.zeros(len(rows), dtype=bool)
-    faulty[int(0.25 * steps) + window : int(0.55 * steps) + window] = True
-    faulty[int(0.70 * steps) + window : int(0.85 * steps) + window] = True
+    faulty[int(0.05 * steps) + window : int(0.45 * steps) + window] = True
+    faulty[int(0.52 * steps) + window : int(0.95 * steps) + window] = True
     rows[faulty] += 25.0
     return [rows[i : i + window] for i in range(steps)]
 
@@ -150,7 +151,7 @@ def test_sigkill_mid_episode_repeatedly_loses_no_episode_and_opens_none_twice(
 ):
     scorer = Scorer.load(tiny_model_path)
     topics = episode_topics(make_topic, 2)
-    records = fleet(scorer.window, machines=4, steps=1000)
+    records = fleet(scorer.window, machines=4, steps=1500)
     placed = produce(bootstrap, topics["input_topic"], records)
     expected = reference_events(scorer, topics["input_topic"], records, placed)
     assert len(expected) >= 4 * 2 * 2  # two episodes per machine, opened and closed each
@@ -164,7 +165,7 @@ def test_sigkill_mid_episode_repeatedly_loses_no_episode_and_opens_none_twice(
         env["FAULTWATCH_METRICS_PORT"] = str(port)
         worker = start_worker(env, tmp_path / f"killed-{round_}.log")
         try:
-            wait_for(lambda p=port: scored(p) >= 600, 60, f"worker {round_} to score")
+            wait_for(lambda p=port: scored(p) >= 300, 60, f"worker {round_} to score")
         finally:
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(timeout=10)
@@ -189,7 +190,7 @@ def test_a_rebalance_mid_episode_hands_the_episodes_over(
     partitions = 4
     topics = episode_topics(make_topic, partitions)
     records = fleet(scorer.window, machines=6, steps=600)
-    half = len(records) * 2 // 5  # every machine is inside its first fault here
+    half = len(records) // 4  # every machine is inside its first fault here
     group = unique("group")
     env = worker_env(
         bootstrap, tiny_model_path, group_id=group, max_poll_records=BATCH, **topics, **EPISODE_ENV
