@@ -97,7 +97,7 @@ class Metrics:
         )
         self.episodes_open = Gauge(
             "faultwatch_episodes_open",
-            "Open episodes in the partitions this replica holds.",
+            "Open episodes in the partitions this replica holds (pending ones not counted).",
             registry=registry,
         )
         self.episodes_opened = Counter(
@@ -163,7 +163,6 @@ class Metrics:
         for seconds in counts.durations:
             self.episode_duration.observe(seconds)
         self.late_windows.inc(counts.late)
-        self.episodes_open.set(counts.open_now)
 
     def set_lag(self, lag: Mapping[Partition, int]) -> None:
         for (topic, partition), value in lag.items():

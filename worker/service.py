@@ -124,6 +124,7 @@ def _consume(
         if settings.events == "episodes":
             episodes, readers = episode_stage(settings)
             metrics.muted_machines.set_function(lambda: len(episodes.mutes.active()))
+            metrics.episodes_open.set_function(lambda: episodes.state.open_now)
         pipeline = pipeline_for(scorer, settings, episodes)
         loop = Loop(consumer, publisher, pipeline, metrics, health, settings, stop=stop)
         reason = loop.run()

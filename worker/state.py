@@ -64,6 +64,7 @@ class EpisodeState:
         self.top_channels = top_channels
         self.partitions: dict[int, Owned] = {}
         self.restores: list[tuple[int, int, float]] = []  # (partition, episodes, seconds)
+        self.open_now = 0  # open episodes after the last batch: read by the metrics thread
 
     def tracker(self, partition: int, first_offset: int) -> Tracker:
         """The partition's tracker as of `first_offset`, where its next batch begins."""
@@ -92,12 +93,14 @@ class EpisodeState:
         ]
         clock = {"clock": _finite(tracker.clock), "previous": _finite(tracker.clock_before)}
         records.append((CLOCK_KEY, _json(common | clock)))
+        self.open_now = self.open_count()
         return records
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions gone to another worker: their state is theirs now."""
         for partition in partitions:
             self.partitions.pop(partition, None)
+        self.open_now = self.open_count()
 
     def open_count(self) -> int:
         return sum(owned.tracker.open_count() for owned in self.partitions.values())
