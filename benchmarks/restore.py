@@ -33,7 +33,7 @@ T0 = 1_700_000_000.0
 def state_records(machines: int, batches: int) -> list[tuple[bytes, bytes]]:
     """What `batches` batches of the worker write for `machines` open episodes."""
     tracker = Tracker(EpisodeConfig())
-    state = EpisodeState(EpisodeConfig(), "bench.windows", "bench", lambda p: [])
+    state = EpisodeState(EpisodeConfig(), "bench.windows", "bench", lambda partitions: {})
     state.partitions[0] = Owned(tracker, 0, 0)
     records = []
     for b in range(batches):

@@ -183,7 +183,7 @@ def in_process(
     """
     torch.set_num_threads(settings.torch_threads)
     pipeline = pipeline_for(scorer, settings)
-    state = EpisodeState(settings.episode_config(), "in", "bench", lambda partition: [])
+    state = EpisodeState(settings.episode_config(), "in", "bench", lambda partitions: {})
     episodes = pipeline_for(scorer, settings, Episodes(state, MuteTable()))
     size = settings.max_poll_records
     batches = [

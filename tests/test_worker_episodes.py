@@ -46,9 +46,9 @@ class Changelog:
             if o.topic == "state":
                 self.partitions.setdefault(o.partition, []).append((o.key, o.value))
 
-    def __call__(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+    def __call__(self, partitions) -> dict[int, list[tuple[bytes, bytes | None]]]:
         self.reads += 1
-        return list(self.partitions.get(partition, []))
+        return {p: list(self.partitions.get(p, [])) for p in partitions}
 
 
 def make(scorer: Scorer, changelog: Changelog, mutes: MuteTable | None = None) -> Pipeline:

@@ -157,20 +157,22 @@ class Pipeline:
                 spans[record.partition] = [record.offset, record.offset]
             else:
                 span[1] = record.offset
-        trackers = {p: state.tracker(p, first) for p, (first, _) in spans.items()}
+        trackers = state.trackers({p: first for p, (first, _) in spans.items()})
         muted, version = table.checker(), table.version
         rescan = {p for p in spans if self._mute_versions.get(p, 0) != version}
         threshold, channels = self.scorer.threshold, self.scorer.channels
         detectors = _detectors(scores)
-        share = scores.channel_share
+        share, values = scores.channel_share, scores.score.tolist()
         events: list[dict] = []
-        for j in np.flatnonzero(finite):
+        stamp, time = "", 0.0  # machines often share a timestamp: parse each one once
+        for j in np.flatnonzero(finite).tolist():
             i, origin = decoded.valid[j]
             record = records[i]
             tracker: Tracker = trackers[record.partition]
             source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-            timestamp, time = origin.timestamp, parse_seconds(origin.timestamp)
-            score = float(scores.score[j])
+            timestamp, score = origin.timestamp, values[j]
+            if timestamp != stamp:
+                stamp, time = timestamp, parse_seconds(timestamp)
             if record.partition in rescan:  # mutes changed: close what they silence now
                 rescan.discard(record.partition)
                 cause = Cause(time, timestamp, threshold, source)

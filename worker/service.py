@@ -215,7 +215,11 @@ def episode_stage(
 ) -> tuple[Episodes, list[ChangelogReader | ControlReader]]:
     """The episode state (restored from the state topic) and the mutes (the control topic, read
     to its end before the first batch, then followed on a thread of its own)."""
-    options = settings.kafka_options() | {"group_id": None, "enable_auto_commit": False}
+    options = settings.kafka_options() | {
+        "group_id": None,
+        "enable_auto_commit": False,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,  # an empty partition answers sooner
+    }
     try:
         changelog = ChangelogReader(
             KafkaConsumer(**options), settings.state_topic, settings.startup_timeout

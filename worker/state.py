@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 CLOCK_KEY = b""  # the partition's clock: no machine id is empty
 StateRecord = tuple[bytes, bytes | None]  # (key, value) of the state topic
-Reader = Callable[[int], Sequence[StateRecord]]  # state partition -> its records, oldest first
+# state partitions -> each one's records, oldest first
+Reader = Callable[[Sequence[int]], dict[int, Sequence[StateRecord]]]
 
 
 @dataclass
@@ -66,17 +67,29 @@ class EpisodeState:
         self.restores: list[tuple[int, int, float]] = []  # (partition, episodes, seconds)
         self.open_now = 0  # open episodes after the last batch: read by the metrics thread
 
+    def trackers(self, starts: dict[int, int]) -> dict[int, Tracker]:
+        """Each partition's tracker as of the offset where its next batch begins."""
+        unknown = {}
+        for partition, first in starts.items():
+            owned = self.partitions.get(partition)
+            if owned is not None and owned.through == first:
+                owned.tracker.begin()  # the next batch
+            elif owned is not None and owned.start == first:
+                owned.tracker.rollback()  # the last batch again: it was not committed
+            else:
+                unknown[partition] = first  # new here, or moved on elsewhere: restore
+        if unknown:
+            self._restore(unknown)
+        found = {}
+        for partition, first in starts.items():
+            owned = self.partitions[partition]
+            owned.start = owned.through = first
+            found[partition] = owned.tracker
+        return found
+
     def tracker(self, partition: int, first_offset: int) -> Tracker:
-        """The partition's tracker as of `first_offset`, where its next batch begins."""
-        owned = self.partitions.get(partition)
-        if owned is not None and owned.through == first_offset:
-            owned.tracker.begin()  # the next batch
-        elif owned is not None and owned.start == first_offset:
-            owned.tracker.rollback()  # the last batch again: it was not committed
-        else:
-            owned = self.partitions[partition] = Owned(self._restore(partition, first_offset), 0, 0)
-        owned.start = owned.through = first_offset
-        return owned.tracker
+        """One partition's tracker as of `first_offset`."""
+        return self.trackers({partition: first_offset})[partition]
 
     def finish(self, partition: int, through: int) -> list[StateRecord]:
         """The batch is done up to `through`: the state records to publish with it."""
@@ -105,29 +118,33 @@ class EpisodeState:
     def open_count(self) -> int:
         return sum(owned.tracker.open_count() for owned in self.partitions.values())
 
-    def _restore(self, partition: int, resume: int) -> Tracker:
+    def _restore(self, resume: dict[int, int]) -> None:
+        """Read the partitions' state (together: one wait for all) before their records."""
         started = time.monotonic()
-        records = self.reader(partition)
-        episodes, clock, foreign = restore(records, resume, self.group, self.input_topic)
-        tracker = Tracker(self.config, self.top_channels)
-        tracker.restore(episodes, clock)
+        changelogs = self.reader(sorted(resume))
         seconds = time.monotonic() - started
-        self.restores.append((partition, len(episodes), seconds))
-        log.info(
-            "state restored partition=%d episodes=%d resume_offset=%d seconds=%.3f",
-            partition,
-            len(episodes),
-            resume,
-            seconds,
-        )
-        if foreign:
-            log.warning(
-                "state topic partition=%d holds %d records of another group or input topic: "
-                "ignored (give each group its own FAULTWATCH_STATE_TOPIC)",
+        for partition, first in sorted(resume.items()):
+            records = changelogs.get(partition, ())
+            episodes, clock, foreign = restore(records, first, self.group, self.input_topic)
+            tracker = Tracker(self.config, self.top_channels)
+            tracker.restore(episodes, clock)
+            self.partitions[partition] = Owned(tracker, first, first)
+            self.restores.append((partition, len(episodes), seconds))
+            log.info(
+                "state restored partition=%d episodes=%d records=%d resume_offset=%d seconds=%.3f",
                 partition,
-                foreign,
+                len(episodes),
+                len(records),
+                first,
+                seconds,
             )
-        return tracker
+            if foreign:
+                log.warning(
+                    "state topic partition=%d holds %d records of another group or input "
+                    "topic: ignored (give each group its own FAULTWATCH_STATE_TOPIC)",
+                    partition,
+                    foreign,
+                )
 
 
 def restore(
@@ -166,28 +183,31 @@ class ChangelogReader:
         self.topic = topic
         self.timeout = timeout
 
-    def __call__(self, partition: int) -> list[StateRecord]:
-        tp = TopicPartition(self.topic, partition)
+    def __call__(self, partitions: Sequence[int]) -> dict[int, list[StateRecord]]:
+        tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer = self.consumer
         deadline = time.monotonic() + self.timeout
-        records: list[StateRecord] = []
+        records: dict[int, list[StateRecord]] = {p: [] for p in partitions}
         try:
-            consumer.assign([tp])
-            consumer.seek_to_beginning(tp)
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
             # The end is the high watermark of a fetch (end_offsets is wrong on some brokers).
             while True:
-                for batch in consumer.poll(timeout_ms=200).values():
-                    records.extend((r.key or b"", r.value) for r in batch)
-                high = consumer.highwater(tp)
-                if high is not None and consumer.position(tp) >= high:
+                for tp, batch in consumer.poll(timeout_ms=100).items():
+                    records[tp.partition].extend((r.key or b"", r.value) for r in batch)
+                if all(self._at_end(tp) for tp in tps):
                     return records
                 if time.monotonic() > deadline:
                     raise BrokerError(
-                        f"state topic {self.topic} partition {partition} not read to its end "
-                        f"within {self.timeout:g} s"
+                        f"state topic {self.topic} partitions {list(partitions)} not read to "
+                        f"their end within {self.timeout:g} s"
                     )
         except KafkaError as exc:
             raise BrokerError(f"cannot read state topic {self.topic}: {exc}") from exc
+
+    def _at_end(self, tp: TopicPartition) -> bool:
+        high = self.consumer.highwater(tp)
+        return high is not None and self.consumer.position(tp) >= high
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
