@@ -205,10 +205,17 @@ def in_process(
 
     decode = rate(lambda i: pipeline.decoder.decode_batch(values[i]))
     score = rate(lambda i: scorer.score(decoded[i].windows))
-    process = rate(lambda i: pipeline.process(batches[i]))
-    # Episodes: each pass is a new run over the same offsets, so start each from no state.
-    state.forget([0])
-    with_episodes = rate(lambda i: (i or state.forget([0]), episodes.process(batches[i])))
+    # The two batch logics in turns, batch by batch, so a busy neighbour slows both alike;
+    # episodes start each pass from no state (each pass is a new run over the same offsets).
+    spent = [0.0, 0.0]
+    for _ in range(repeat):
+        state.forget([0])
+        for i in range(len(batches)):
+            for k, logic in enumerate((pipeline, episodes)):
+                started = time.perf_counter()
+                logic.process(batches[i])
+                spent[k] += time.perf_counter() - started
+    process, with_episodes = (repeat * len(records) / t for t in spent)
     return decode, score, process, with_episodes
 
 
@@ -529,11 +536,14 @@ def main() -> int:
             "relay-in": "bench.relay-in",
             "relay-out": "bench.relay-out",
             "state": "bench.state",
+            "state-0": "bench.state-0",
+            "state-1": "bench.state-1",
             "latency-state": "bench.latency-state",
             "control": "bench.control",
         }
         partitions = {t: 1 for t in topics.values()}
-        read_by_groups = ("input", "latency", "plain", "relay-in", "state", "latency-state")
+        read_by_groups = ("input", "latency", "plain", "relay-in", "latency-state")
+        read_by_groups += ("state", "state-0", "state-1")
         partitions |= {topics[name]: args.partitions for name in read_by_groups}
         create_topics(bootstrap, partitions)
         inputs = [TopicPartition(topics["input"], p) for p in range(args.partitions)]
@@ -556,14 +566,32 @@ def main() -> int:
             "control_topic": topics["control"],
         }
         state = {"state_topic": topics["state"]}
-        say("3. one worker, end to end, events=windows")
-        env = worker_env(
-            bootstrap, model, "bench-windows", input_topic=topics["input"], events="windows", **out
-        )
-        r.one_windows = end_to_end(bootstrap, env, inputs, len(records), 1, logs)
-        say("3. one worker, end to end (episodes)")
-        env = worker_env(bootstrap, model, "bench-one", input_topic=topics["input"], **out, **state)
-        r.one = end_to_end(bootstrap, env, inputs, len(records), 1, logs)
+        # Each mode twice, in turns, keeping each one's least disturbed run: on a shared
+        # machine one run of each can differ by more than the episode stage costs.
+        windows_runs, episodes_runs = [], []
+        for attempt in range(2):
+            say(f"3. one worker, end to end, events=windows ({attempt + 1} of 2)")
+            env = worker_env(
+                bootstrap,
+                model,
+                f"bench-windows-{attempt}",
+                input_topic=topics["input"],
+                events="windows",
+                **out,
+            )
+            windows_runs.append(end_to_end(bootstrap, env, inputs, len(records), 1, logs))
+            say(f"3. one worker, end to end, episodes ({attempt + 1} of 2)")
+            env = worker_env(
+                bootstrap,
+                model,
+                f"bench-one-{attempt}",
+                input_topic=topics["input"],
+                state_topic=f"{topics['state']}-{attempt}",
+                **out,
+            )
+            episodes_runs.append(end_to_end(bootstrap, env, inputs, len(records), 1, logs))
+        r.one_windows = max(windows_runs, key=lambda run: run.rate)
+        r.one = max(episodes_runs, key=lambda run: run.rate)
         if not args.skip_two:
             say("6. two workers in one group")
             env = worker_env(

@@ -134,6 +134,17 @@ class Pipeline:
         counts = self._episodes(records, decoded, scores, finite, outputs)
         return BatchResult(outputs, scores.score[finite], anomalies, reasons, counts)
 
+    def unrestored(self, partitions: Iterable[int]) -> set[int]:
+        """The partitions whose episode state is not in hand yet (none in `windows` mode)."""
+        if self.episodes is None:
+            return set()
+        return {p for p in partitions if p not in self.episodes.state.partitions}
+
+    def restore(self, starts: dict[int, int]) -> None:
+        """Restore the partitions' state as of the offsets where they resume, in one read."""
+        if self.episodes is not None and starts:
+            self.episodes.state.trackers(starts)
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions revoked or lost: their episodes are another worker's now."""
         if self.episodes is not None:

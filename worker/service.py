@@ -237,6 +237,7 @@ def episode_stage(
         settings.top_channels,
     )
     try:
+        changelog.consumer.partitions_for_topic(settings.state_topic)  # connected before a restore
         control.start(settings.startup_timeout)
     except BrokerError:
         changelog.close()

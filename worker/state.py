@@ -196,6 +196,7 @@ class ChangelogReader:
                 for tp, batch in consumer.poll(timeout_ms=100).items():
                     records[tp.partition].extend((r.key or b"", r.value) for r in batch)
                 if all(self._at_end(tp) for tp in tps):
+                    consumer.unsubscribe()  # no fetching of our own state records meanwhile
                     return records
                 if time.monotonic() > deadline:
                     raise BrokerError(
