@@ -196,10 +196,11 @@ def read_open_episodes(settings: Settings) -> list[Episode]:
     try:
         partitions = sorted(consumer.partitions_for_topic(settings.state_topic) or ())
         resume = _committed(settings, len(partitions))
+        changelogs = reader(partitions)
         found = []
         for p in partitions:
             episodes, _, _ = restore(
-                reader(p), resume.get(p) or 0, settings.group_id, settings.input_topic
+                changelogs[p], resume.get(p) or 0, settings.group_id, settings.input_topic
             )
             found += [e for e in episodes if e.phase == "open"]
     finally:

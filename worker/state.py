@@ -104,8 +104,11 @@ class EpisodeState:
             )
             for machine, (before, now) in sorted(tracker.changed().items())
         ]
-        clock = {"clock": _finite(tracker.clock), "previous": _finite(tracker.clock_before)}
-        records.append((CLOCK_KEY, _json(common | clock)))
+        # The clock matters only to episodes (silent machines): without any, the next window
+        # sets it again, so a partition of normal machines writes no state at all.
+        if records or tracker.episodes:
+            clock = {"clock": _finite(tracker.clock), "previous": _finite(tracker.clock_before)}
+            records.append((CLOCK_KEY, _json(common | clock)))
         self.open_now = self.open_count()
         return records
 
