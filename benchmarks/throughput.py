@@ -706,7 +706,7 @@ def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> Non
             "2. decode + score + episodes + state",
             f"{r.compute_episodes:,.0f} win/s",
             f"{1e6 / r.compute_episodes:.0f} us",
-            f"episodes (default): {1 - r.compute_episodes / compute:+.1%} of the rate "
+            f"episodes (default): rate {r.compute_episodes / compute - 1:+.1%} "
             "(the episode stage's cost)",
         ),
         (
@@ -720,8 +720,8 @@ def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> Non
             f"{one:,.0f} win/s",
             f"{r.one.cpu_us:.0f} us",
             f"{one / raw:.2f} x raw consume, {one / r.compute_episodes:.2f} x compute limit; "
-            f"{1 - one / r.one_windows.rate:+.1%} rate, "
-            f"{r.one.cpu_us / r.one_windows.cpu_us - 1:+.1%} CPU vs events=windows",
+            f"vs events=windows: rate {one / r.one_windows.rate - 1:+.1%}, "
+            f"CPU/record {r.one.cpu_us / r.one_windows.cpu_us - 1:+.1%}",
         ),
     ]
     if r.two is not None:
