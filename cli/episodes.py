@@ -20,7 +20,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from model.episodes import Episode, EpisodeRow, recording_episodes
+from model.episodes import Episode, EpisodeRow, leading_detectors, recording_episodes
 from model.errors import FaultwatchError
 from model.recording import Recording, format_time, parse_time, to_rfc3339
 from model.scoring import Scores
@@ -59,7 +59,7 @@ def score_episodes(
         scores.channel_share,
         scorer.channels,
         config,
-        getattr(scores, "detector", None),
+        leading_detectors(scores),
     )
     write_episodes(args.episodes, episodes)
     still = sum(1 for e in episodes if e.closed_row is None)

@@ -342,6 +342,14 @@ class Tracker:
         }
 
 
+def leading_detectors(scores: Any) -> list[str] | None:
+    """Each window's leading detector, where the scores name them (Scores.detectors, .leader)."""
+    names, leader = getattr(scores, "detectors", None), getattr(scores, "leader", None)
+    if not names or leader is None:
+        return None
+    return [names[k] for k in np.asarray(leader).tolist()]
+
+
 def parse_seconds(timestamp: str) -> float:
     """An RFC 3339 timestamp (as the decoder writes them) in epoch seconds."""
     return datetime.fromisoformat(timestamp).timestamp()

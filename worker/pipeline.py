@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import pydantic_core
 
-from model.episodes import Cause, Tracker, parse_seconds, shares_of
+from model.episodes import Cause, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
 from worker.control import MuteTable
 from worker.messages import Decoded, Decoder, Invalid, Origin
@@ -172,7 +172,7 @@ class Pipeline:
         muted, version = table.checker(), table.version
         rescan = {p for p in spans if self._mute_versions.get(p, 0) != version}
         threshold, channels = self.scorer.threshold, self.scorer.channels
-        detectors = _detectors(scores)
+        detectors = leading_detectors(scores)
         share, values = scores.channel_share, scores.score.tolist()
         events: list[dict] = []
         stamp, time = "", 0.0  # machines often share a timestamp: parse each one once
@@ -301,11 +301,6 @@ def _keyed(decoded: Decoded, records: Sequence[Record]) -> Decoded:
     keep[wrong] = False
     valid = [v for j, v in enumerate(decoded.valid) if keep[j]]
     return Decoded(decoded.windows[keep], valid, invalid)
-
-
-def _detectors(scores: Scores) -> Sequence[str] | None:
-    """The leading detector of each window, where the scorer names it."""
-    return getattr(scores, "detector", None)
 
 
 def _source(record: Record) -> dict:
