@@ -35,8 +35,8 @@ class Detector(ABC):
 
     @classmethod
     @abstractmethod
-    def fit(cls, batch: Batch) -> Detector:
-        """A detector fitted on normal training windows."""
+    def fit(cls, batch: Batch, seed: int = 0) -> Detector:
+        """A detector fitted on normal training windows (`seed` for any randomness in it)."""
 
     @abstractmethod
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ class Reconstruction(Detector):
     needs_network = True
 
     @classmethod
-    def fit(cls, batch: Batch) -> Reconstruction:
+    def fit(cls, batch: Batch, seed: int = 0) -> Reconstruction:
         return cls()  # the network is the fitted part
 
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ class Level(Detector):
         self.scale = scale  # (C,)
 
     @classmethod
-    def fit(cls, batch: Batch) -> Level:
+    def fit(cls, batch: Batch, seed: int = 0) -> Level:
         # A channel whose samples are independent averages its noise away over the window,
         # an autocorrelated one does not: the spread of the mean itself is the right unit.
         # Constant channels (and slow ones, centred per window) get 1, as nothing varies.

@@ -128,7 +128,7 @@ def train(
     # the level scale always was), then calibrated on the held-out ones: each reference is
     # the rule's quantile of that detector's raw scores, which do not depend on references.
     fit_batch = Scorer(probe).batch(np.concatenate([fit_w, hold_w]), error=True)
-    detectors = tuple(DETECTORS[name].fit(fit_batch) for name in names)
+    detectors = tuple(DETECTORS[name].fit(fit_batch, config.seed) for name in names)
     del fit_batch
     probe = replace(probe, detectors=detectors, references=dict.fromkeys(names, 1.0))
     raw = Scorer(probe).detector_scores(hold_w)
@@ -247,6 +247,7 @@ def _fit(
 def summary(result: TrainResult) -> dict:
     """Figures for the end-of-training summary line."""
     return {
+        "architecture": result.artifact.architecture,
         "windows": result.windows_train,
         "held_out": result.windows_holdout,
         "epochs": len(result.train_loss),

@@ -1,9 +1,9 @@
 """The contract every architecture keeps, parametrised: an architecture joins by being listed
 once in tests/synthetic.py's FAMILY.
 
-Each trains on a small synthetic set, round-trips through the model file, scores the same
-before and after (batch and one by one), refuses a tampered file, and its network alone
-separates an injected fault from normal windows.
+Each trains on a small synthetic set, reproducibly, round-trips through the model file,
+scores the same before and after (batch and one by one), refuses a tampered file, and its
+network alone separates an injected fault from normal windows.
 """
 
 import dataclasses
@@ -45,6 +45,13 @@ def test_it_trains_to_the_declared_architecture(architecture):
     net = artifact.build()
     assert isinstance(net, ARCHITECTURES[architecture][1])
     assert sum(p.numel() for p in net.parameters()) == artifact.summary()["parameters"]
+
+
+def test_the_same_seed_gives_the_same_model(architecture):
+    again = train([recording(normal_values(600))], FAMILY[architecture]).artifact
+    first = family_model(architecture).artifact
+    assert again.version == first.version
+    assert all(torch.equal(t, again.state[k]) for k, t in first.state.items())
 
 
 def test_round_trip_scores_identically_batch_and_one_by_one(architecture, saved):
