@@ -47,16 +47,28 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
 PENALISED = (nn.Linear, nn.Conv1d)  # modules whose .weight the L2 term covers
 
 
-def configure(architecture: str, window: int, channels: int, **options: Any) -> NetworkConfig:
-    """The config of `architecture` for (window, channels) windows; options override defaults.
+def configure(
+    architecture: str,
+    window: int,
+    channels: int,
+    hidden: int | None = None,
+    bottleneck: int | None = None,
+    **options: Any,
+) -> NetworkConfig:
+    """The config of `architecture` for (window, channels) windows, over its defaults.
 
-    Options the architecture does not have are ignored (e.g. `hidden` for attention).
+    `hidden` and `bottleneck` apply where the architecture has them; any other option must
+    be one of its hyper-parameters (ValueError otherwise: `heads` means nothing to dense).
     """
     config_class = _config_class(architecture)
     names = {f.name for f in dataclasses.fields(config_class)}
+    foreign = sorted(set(options) - names)
+    if foreign:
+        raise ValueError(f"{architecture} has no hyper-parameter {foreign[0]!r}")
+    shared = {"hidden": hidden, "bottleneck": bottleneck}
     shape = {"input_dim": window * channels, "window": window, "channels": channels}
-    values = {k: v for k, v in {**options, **shape}.items() if k in names}
-    config = config_class(**values)
+    values = {**{k: v for k, v in shared.items() if v is not None}, **options, **shape}
+    config = config_class(**{k: v for k, v in values.items() if k in names})
     config.check(window, channels)
     return config
 

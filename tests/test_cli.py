@@ -176,6 +176,7 @@ def test_train_takes_the_architecture_detectors_and_machines(tmp_path, capsys):
         (("--machines", " , "), "--machines: a machine pattern is empty"),
         (("--architecture", "conv", "--window", "10"), None),
         (("--architecture", "attention", "--heads", "3"), "3 heads do not divide d_model 32"),
+        (("--heads", "2"), "dense has no hyper-parameter 'heads'"),
     ],
 )
 def test_train_refuses_bad_model_choices_with_one_line(tmp_path, capsys, flags, message):

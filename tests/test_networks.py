@@ -9,12 +9,18 @@ from model import networks
 from model.networks import ARCHITECTURES, config_from_dict, configure, l2_penalty, loss_fn
 
 WINDOW, CHANNELS = 7, 3  # odd sizes on purpose: no architecture may assume even ones
-SMALL = {"hidden": 16, "bottleneck": 4, "filters": 6, "d_model": 8, "heads": 2}
+SMALL = {
+    "dense": {"hidden": 16, "bottleneck": 4},
+    "conv": {"bottleneck": 4, "filters": 6},
+    "vae": {"hidden": 16, "bottleneck": 4},
+    "attention": {"bottleneck": 4, "d_model": 8, "heads": 2},
+}
 
 
 def small(architecture: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return networks.build(architecture, configure(architecture, WINDOW, CHANNELS, **SMALL))
+    config = configure(architecture, WINDOW, CHANNELS, **SMALL[architecture])
+    return networks.build(architecture, config)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -69,7 +75,7 @@ def test_conv_rebuilds_each_time_step_from_its_own_channels():
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_a_stored_config_must_have_exactly_its_fields_and_types(architecture):
-    config = configure(architecture, WINDOW, CHANNELS, **SMALL)
+    config = configure(architecture, WINDOW, CHANNELS, **SMALL[architecture])
     raw = config.to_dict()
     assert config_from_dict(architecture, raw) == config
     with pytest.raises(ValueError, match="expected"):
@@ -90,6 +96,9 @@ def test_unknown_architectures_and_bad_hyper_parameters_are_refused():
         configure("conv", WINDOW, CHANNELS, kernel=4)
     with pytest.raises(ValueError, match="beta"):
         configure("vae", WINDOW, CHANNELS, beta=-1.0)
+    with pytest.raises(ValueError, match="dense has no hyper-parameter 'heads'"):
+        configure("dense", WINDOW, CHANNELS, heads=2)
+    assert configure("attention", WINDOW, CHANNELS, hidden=7).d_model == 32  # not its knob
     conv = configure("conv", WINDOW, CHANNELS)
     with pytest.raises(ValueError, match="windows"):
         dataclasses.replace(conv, window=WINDOW + 1).check(WINDOW, CHANNELS)
