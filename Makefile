@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/faultwatch demo
 
 bench: install
-	$(BIN)/python benchmarks/skab.py
+	$(BIN)/python benchmarks/quality.py
 
 bench-throughput: install
 	$(BIN)/python benchmarks/throughput.py

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
+from model.detectors import DETECTORS
 from model.errors import FaultwatchError
+from model.networks import ARCHITECTURES
 from model.recording import parse_time
 from model.simulator import FAULTS
 from model.training import TrainConfig
@@ -54,6 +56,30 @@ def _parser() -> argparse.ArgumentParser:
         "--denoise", choices=["none", "mean", "median"], default=DEFAULTS.preprocess.denoise
     )
     p.add_argument("--kernel", type=_positive, default=DEFAULTS.preprocess.kernel)
+    p.add_argument(
+        "--architecture",
+        choices=list(ARCHITECTURES),
+        default=DEFAULTS.architecture,
+        help=f"the network (default {DEFAULTS.architecture})",
+    )
+    p.add_argument(
+        "--detectors",
+        type=_names,
+        default=list(DEFAULTS.detectors),
+        metavar="NAME,...",
+        help=f"fused detectors, in order (default {','.join(DEFAULTS.detectors)}; "
+        f"known: {','.join(DETECTORS)})",
+    )
+    p.add_argument(
+        "--machines",
+        default=",".join(DEFAULTS.machines),
+        metavar="GLOB,...",
+        help="machine-id patterns the model serves (default *)",
+    )
+    p.add_argument("--hidden", type=_positive, default=DEFAULTS.hidden, help="dense, vae")
+    p.add_argument("--bottleneck", type=_positive, default=DEFAULTS.bottleneck)
+    p.add_argument("--heads", type=_positive, default=None, help="attention (default 1)")
+    p.add_argument("--beta", type=float, default=None, help="vae: weight of the KL term")
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(handler=_offline("train_command"))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cli.progress import Progress
 from model import artifact as artifact_io
+from model import machines as machine_patterns
 from model.errors import FaultwatchError
 from model.preprocessing import PreprocessConfig
 from model.recording import Recording, read_recording
@@ -20,6 +21,11 @@ DEFAULTS = TrainConfig()
 
 
 def train_command(args: argparse.Namespace) -> int:
+    try:
+        machines = machine_patterns.parse(args.machines)
+    except ValueError as exc:
+        raise FaultwatchError(f"--machines: {exc}") from None
+    network = {k: v for k, v in (("heads", args.heads), ("beta", args.beta)) if v is not None}
     recordings = [read(path, args) for path in args.data]
     config = TrainConfig(
         window=args.window,
@@ -27,6 +33,12 @@ def train_command(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         l2_lambda=args.l2_lambda,
+        architecture=args.architecture,
+        hidden=args.hidden,
+        bottleneck=args.bottleneck,
+        network=network,
+        detectors=tuple(args.detectors),
+        machines=machines,
         preprocess=PreprocessConfig(
             denoise=args.denoise, kernel=args.kernel, max_gap=DEFAULTS.preprocess.max_gap
         ),
@@ -104,10 +116,20 @@ def inspect_command(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     training = info.pop("training")
+    layers = info.pop("layers")
+    quantiles = info.pop("score_quantiles")
+    info["detectors"] = [f"{d['name']} (reference {d['reference']:.6g})" for d in info["detectors"]]
+    info["network"] = [f"{k} {v}" for k, v in info["network"].items()]
+    info["held-out scores"] = ", ".join(
+        f"q{p} {quantiles[round(p * (len(quantiles) - 1) / 100)]:.4g}" for p in (50, 90, 99, 100)
+    )
     width = max(len(k) for k in info)
     for key, value in info.items():
         text = ", ".join(map(str, value)) if isinstance(value, list) else value
         print(f"{key:<{width}}  {printable(text)}")
+    print("layers:")
+    for layer in layers:
+        print(f"  {printable(layer['name']):<40} {layer['parameters']:>12,}")
     print("training:")
     for key, value in training.items():
         print(f"  {printable(key)}: {printable(value)}")

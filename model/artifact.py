@@ -1,11 +1,16 @@
-"""The one model file: weights, shape, preprocessing, threshold and metadata, checksummed.
+"""The one model file: network, preprocessing, detectors, threshold and metadata, checksummed.
 
 Layout (a torch zip read with `weights_only=True`, so loading never runs code):
-    {"format": "faultwatch-model", "format_version": 2, "meta": <JSON text>,
-     "tensors": {name: tensor}, "checksum": sha256 of meta + tensors}
+    {"format": "faultwatch-model", "format_version": 3, "meta": <JSON text>,
+     "tensors": {name: tensor}, "checksum": sha256 of meta + every tensor's name, dtype,
+     shape and bytes}
+meta: architecture and its hyper-parameters, window, channels, preprocessing, threshold,
+detectors in fusion order with their references, machine patterns, training metadata.
+tensors: `model.<parameter>` (the network), `standardizer.{mean,scale,slow}`,
+`detector.<name>.<array>` (each detector's fitted arrays), `calibration.score_quantiles`
+(quantiles 0, 1, ..., 100 % of the model's score on held-out normal windows).
 The version is the checksum's first 12 hex digits: it changes whenever the content does.
-Format 2 holds the slow-channel flags, the level detector's per-channel scales and the
-detector references; any other format is refused rather than misscored.
+Any other format is refused rather than misscored.
 """
 
 from __future__ import annotations
@@ -19,79 +24,101 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from model.autoencoder import Autoencoder, AutoencoderConfig
+from model import machines as machine_patterns
+from model import networks
+from model.detectors import DETECTORS, Detector
 from model.errors import ArtifactError
+from model.networks import NetworkConfig
 from model.preprocessing import PreprocessConfig, Standardizer
 
 FORMAT = "faultwatch-model"
-FORMAT_VERSION = 2
-DETECTORS = ("autoencoder", "level")  # whose references a format-2 model stores
+FORMAT_VERSION = 3
+QUANTILES = 101  # the stored score distribution: its 0, 1, ..., 100 % quantiles
+STANDARDIZER = ("standardizer.mean", "standardizer.scale", "standardizer.slow")
+SCORE_QUANTILES = "calibration.score_quantiles"
 
 
 @dataclass(frozen=True)
 class Artifact:
     """Everything needed to score a window exactly as at training time."""
 
-    config: AutoencoderConfig
+    config: NetworkConfig
     window: int
     channels: list[str]
     preprocess: PreprocessConfig
     standardizer: Standardizer
     threshold: float
     state: dict[str, torch.Tensor]
+    detectors: tuple[Detector, ...]  # in fusion order: the first leads a tie
     references: dict[str, float]  # detector -> its normal scale (held-out q99)
-    level_scale: np.ndarray  # (C,) spread of a normal window's mean, standardised
+    score_quantiles: np.ndarray  # (QUANTILES,) the score on held-out normal windows
+    architecture: str = "dense"
+    machines: tuple[str, ...] = machine_patterns.ALL
     training: dict = field(default_factory=dict)
 
     @property
     def version(self) -> str:
         return _checksum(self._meta_json(), self._tensors())[:12]
 
-    def build(self) -> Autoencoder:
-        model = Autoencoder(self.config)
-        model.load_state_dict(self.state)
-        return model.eval()
+    def build(self) -> nn.Module:
+        net = networks.build(self.architecture, self.config)
+        net.load_state_dict(self.state)
+        return net.eval()
 
     def summary(self) -> dict:
         """The fields `inspect --json` prints."""
         return {
             "version": self.version,
+            "architecture": self.architecture,
             "parameters": sum(t.numel() for t in self.state.values()),
             "input_dim": self.config.input_dim,
-            "hidden": self.config.hidden,
-            "bottleneck": self.config.bottleneck,
             "window": self.window,
             "channels": self.channels,
             "threshold": self.threshold,
-            "references": self.references,
+            "network": self.config.to_dict(),
+            "layers": networks.layers(self.state),
+            "detectors": self._detector_meta(),
+            "machines": list(self.machines),
             "slow_channels": [
                 c for c, s in zip(self.channels, self.standardizer.slow, strict=True) if s
             ],
             "preprocessing": self.preprocess.to_dict(),
+            "score_quantiles": [float(q) for q in self.score_quantiles],
             "training": self.training,
         }
 
+    def _detector_meta(self) -> list[dict]:
+        return [{"name": d.name, "reference": self.references[d.name]} for d in self.detectors]
+
     def _meta_json(self) -> str:
         meta = {
+            "architecture": self.architecture,
             "config": self.config.to_dict(),
             "window": self.window,
             "channels": self.channels,
             "preprocess": self.preprocess.to_dict(),
             "threshold": self.threshold,
+            "detectors": self._detector_meta(),
+            "machines": list(self.machines),
             "training": self.training,
-            "references": self.references,
         }
         return json.dumps(meta, sort_keys=True)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        stats = {
-            "standardizer.mean": torch.from_numpy(self.standardizer.mean.copy()),
-            "standardizer.scale": torch.from_numpy(self.standardizer.scale.copy()),
-            "standardizer.slow": torch.from_numpy(self.standardizer.slow.astype(np.uint8)),
-            "detector.level_scale": torch.from_numpy(self.level_scale.copy()),
+        s = self.standardizer
+        tensors = {f"model.{k}": v.detach().cpu() for k, v in self.state.items()}
+        tensors |= {
+            "standardizer.mean": torch.from_numpy(s.mean.copy()),
+            "standardizer.scale": torch.from_numpy(s.scale.copy()),
+            "standardizer.slow": torch.from_numpy(s.slow.astype(np.uint8)),
+            SCORE_QUANTILES: torch.from_numpy(np.asarray(self.score_quantiles, np.float64)),
         }
-        return {**{f"model.{k}": v.detach().cpu() for k, v in self.state.items()}, **stats}
+        for detector in self.detectors:
+            for name, array in detector.arrays().items():
+                tensors[f"detector.{detector.name}.{name}"] = torch.from_numpy(array.copy())
+        return tensors
 
 
 def save(artifact: Artifact, path: str | Path) -> None:
@@ -117,8 +144,12 @@ def load(path: str | Path) -> Artifact:
     payload = _read(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a faultwatch model")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: model format {payload.get('format_version')} unsupported")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: model format {printable(version)[:20]} is not supported (this faultwatch "
+            f"reads format {FORMAT_VERSION}): train the model again"
+        )
     meta, tensors = payload.get("meta"), payload.get("tensors")
     if not isinstance(meta, str) or not isinstance(tensors, dict):
         raise ArtifactError(f"{path}: model file is incomplete")
@@ -144,11 +175,14 @@ def _read(path: Path) -> object:
 
 
 def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
-    config = AutoencoderConfig(**meta["config"])
+    architecture = meta["architecture"]
+    if not isinstance(architecture, str):
+        raise ValueError("the architecture is not a name")
+    config = networks.config_from_dict(architecture, meta["config"])
     channels = [str(c) for c in meta["channels"]]
     window = int(meta["window"])
-    if window * len(channels) != config.input_dim:
-        raise ValueError(f"window {window} x {len(channels)} channels != {config.input_dim}")
+    config.check(window, len(channels))
+    _check_names(tensors, meta["detectors"])
     state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     mean = tensors["standardizer.mean"].numpy().astype(np.float64)
     scale = tensors["standardizer.scale"].numpy().astype(np.float64)
@@ -157,10 +191,7 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
     slow = tensors["standardizer.slow"].numpy().astype(bool)
     if slow.shape != (len(channels),):
         raise ValueError("slow-channel flags do not match the channels")
-    level_scale = tensors["detector.level_scale"].numpy().astype(np.float64)
-    ok = np.isfinite(level_scale) & (level_scale > 0)
-    if level_scale.shape != (len(channels),) or not ok.all():
-        raise ValueError("level-detector scales do not match the channels")
+    detectors, references = _detectors(meta["detectors"], tensors, len(channels))
     artifact = Artifact(
         config=config,
         window=window,
@@ -169,8 +200,11 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
         standardizer=Standardizer(mean, scale, slow),
         threshold=float(meta["threshold"]),
         state=state,
-        references=_references(meta["references"]),
-        level_scale=level_scale,
+        detectors=detectors,
+        references=references,
+        score_quantiles=_score_quantiles(tensors[SCORE_QUANTILES]),
+        architecture=architecture,
+        machines=machine_patterns.check(meta["machines"]),
         training=meta.get("training", {}),
     )
     _check_content(artifact)
@@ -213,15 +247,20 @@ def _check_tensors(path: Path, tensors: dict) -> None:
 
 
 def _check_content(artifact: Artifact) -> None:
-    """Shapes the config declares, finite numbers, a usable threshold and preprocessing;
-    raises ValueError before the network is built (a declared size could be huge)."""
+    """Shapes and dtypes the architecture declares, finite numbers, a usable threshold and
+    preprocessing; raises ValueError before the network is built (a declared size could be
+    huge)."""
     with torch.device("meta"):  # shapes only: nothing allocated
-        expected = {k: tuple(v.shape) for k, v in Autoencoder(artifact.config).state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in artifact.state.items()}
+        net = networks.build(artifact.architecture, artifact.config)
+        expected = {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
+    found = {k: (tuple(v.shape), v.dtype) for k, v in artifact.state.items()}
     if found != expected:
         wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-        raise ValueError(f"weights {', '.join(wrong[:4])} do not match the declared layer sizes")
-    if not all(torch.isfinite(t).all() for t in artifact.state.values() if t.is_floating_point()):
+        raise ValueError(
+            f"weights {', '.join(wrong[:4])} do not match the declared {artifact.architecture} "
+            "layers"
+        )
+    if not all(torch.isfinite(t).all() for t in artifact.state.values()):
         raise ValueError("weights hold NaN or infinity")
     stats = (artifact.standardizer.mean, artifact.standardizer.scale)
     if not all(np.isfinite(s).all() for s in stats):
@@ -237,22 +276,73 @@ def _check_content(artifact: Artifact) -> None:
         raise ValueError(f"max_gap {p.max_gap!r} is not a count of samples")
 
 
-def _references(raw: object) -> dict[str, float]:
-    if not isinstance(raw, dict):
-        raise ValueError("detector references are not a mapping")
-    refs = {str(k): float(v) for k, v in raw.items()}
-    if sorted(refs) != sorted(DETECTORS):
-        raise ValueError(f"detector references {sorted(refs)}, expected {list(DETECTORS)}")
-    if not all(np.isfinite(v) and v > 0 for v in refs.values()):
-        raise ValueError("detector references must be positive")
-    return refs
+def _check_names(tensors: dict[str, torch.Tensor], detectors: object) -> None:
+    """Every entry belongs to a part this format knows: nothing rides along unchecked."""
+    entries = detectors if isinstance(detectors, list) else []
+    listed = {d.get("name") for d in entries if isinstance(d, dict)}
+    for name in tensors:
+        part = name.split(".")
+        known = (
+            part[0] == "model"
+            or name in STANDARDIZER
+            or name == SCORE_QUANTILES
+            or (part[0] == "detector" and len(part) >= 3 and part[1] in listed)
+        )
+        if not known:
+            raise ValueError(f"unexpected entry {printable(name)[:60]!r}")
+    missing = [n for n in (*STANDARDIZER, SCORE_QUANTILES) if n not in tensors]
+    if missing:
+        raise ValueError(f"{missing[0]} is missing")
+
+
+def _detectors(
+    raw: object, tensors: dict[str, torch.Tensor], channels: int
+) -> tuple[tuple[Detector, ...], dict[str, float]]:
+    """The stored detectors in fusion order, each rebuilt from its own arrays."""
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("the detectors are not a non-empty list")
+    detectors, references = [], {}
+    for entry in raw:
+        if not isinstance(entry, dict) or set(entry) != {"name", "reference"}:
+            raise ValueError("a detector entry is not {name, reference}")
+        name, reference = entry["name"], entry["reference"]
+        if name not in DETECTORS:
+            raise ValueError(f"unknown detector {printable(name)[:40]!r}")
+        if name in references:
+            raise ValueError(f"detector {name} is listed twice")
+        if type(reference) not in (int, float) or not (np.isfinite(reference) and reference > 0):
+            raise ValueError(f"detector {name} reference {reference!r} is not a positive number")
+        prefix = f"detector.{name}."
+        arrays = {
+            k.removeprefix(prefix): v.numpy() for k, v in tensors.items() if k.startswith(prefix)
+        }
+        detectors.append(DETECTORS[name].from_arrays(arrays, channels))
+        references[name] = float(reference)
+    return tuple(detectors), references
+
+
+def _score_quantiles(tensor: torch.Tensor) -> np.ndarray:
+    quantiles = tensor.numpy().astype(np.float64)
+    if quantiles.shape != (QUANTILES,) or not np.isfinite(quantiles).all():
+        raise ValueError(f"the score distribution is not {QUANTILES} finite quantiles")
+    if (np.diff(quantiles) < 0).any() or quantiles[0] < 0:
+        raise ValueError("the score distribution's quantiles are not ascending from >= 0")
+    return quantiles
 
 
 def _checksum(meta: str, tensors: dict[str, torch.Tensor]) -> str:
+    """Over meta and, per tensor, a header (name, dtype, shape, size) then its bytes: the same
+    bytes read as another dtype or shape are another model."""
     digest = hashlib.sha256(meta.encode())
     for name in sorted(tensors):
-        tensor = tensors[name]
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        tensor = tensors[name].detach().cpu().contiguous()
+        data = tensor.numpy().tobytes()
+        header = [name, str(tensor.dtype), list(tensor.shape), len(data)]
+        digest.update(json.dumps(header).encode())
+        digest.update(data)
     return digest.hexdigest()
+
+
+def printable(value: object) -> str:
+    """A file's text made safe for one line on a terminal (no escape codes, no newlines)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))

@@ -1,4 +1,4 @@
-"""The specified autoencoder: input -> 512 -> 32 -> 512 -> input, and its MSE + L2 loss."""
+"""The specified autoencoder (architecture `dense`): input -> 512 -> 32 -> 512 -> input."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ class AutoencoderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check(self, window: int, channels: int) -> None:
+        """ValueError unless the shape is usable for windows of (window, channels)."""
+        if self.input_dim != window * channels:
+            raise ValueError(f"window {window} x {channels} channels != {self.input_dim}")
 
 
 class Autoencoder(nn.Module):
@@ -41,23 +46,7 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))  # (B, D) -> (B, D)
 
-    def weights(self) -> list[torch.Tensor]:
-        """The weight matrices the L2 term penalises; biases are left out on purpose."""
-        return [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def l2_penalty(model: Autoencoder) -> torch.Tensor:
-    """sum_l ||W_l||^2: its gradient is 2 * W_l, so lambda * penalty adds 2 * lambda * W_l."""
-    return sum(w.pow(2).sum() for w in model.weights())
-
-
-def loss_fn(
-    model: Autoencoder, x: torch.Tensor, l2_lambda: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L = MSE(x, x_hat) + lambda * sum ||W||^2; returns (loss, mse) so both can be logged."""
-    mse = nn.functional.mse_loss(model(x), x)
-    return mse + l2_lambda * l2_penalty(model), mse
+    def objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data term of the loss, reconstruction MSE): here both are the MSE."""
+        mse = nn.functional.mse_loss(self(x), x)
+        return mse, mse

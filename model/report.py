@@ -26,7 +26,7 @@ def write_report(result: TrainResult, path: str | Path) -> Path:
     hist_ax.axvline(result.artifact.threshold, color="tab:red", label="threshold")
     hist_ax.set(xlabel="score", ylabel="held-out windows", title="Held-out normal scores")
     hist_ax.legend()
-    fig.suptitle(f"faultwatch model {result.artifact.version}")
+    fig.suptitle(f"faultwatch model {result.artifact.version} ({result.artifact.architecture})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

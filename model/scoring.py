@@ -1,14 +1,14 @@
 """One scoring function for `score`, the worker and the benchmarks.
 
-Two detectors look at the same standardised window:
-- autoencoder: mean squared reconstruction error (the specified model);
-- level: the largest z-score of a channel's window mean, |mean| / the spread of that mean
-  over the training windows. An autoencoder can learn to reproduce a moderate level shift
-  (it saw levels vary in training); this z-score cannot miss one. Slow channels are centred
-  per window, so their level is 0: their slow drift raises no alarm.
-score = the larger of the two, each divided by its reference (its 99th percentile on held-out
-normal windows): 1 is the edge of normal, the threshold sits above it. Each channel's share
-of the leading detector tells an engineer where to look. Every window is scored on its own.
+Detectors (model/detectors.py) look at the same denoised, standardised window; by default:
+- autoencoder: the network's mean squared reconstruction error (any architecture);
+- level: the largest z-score of a channel's window mean. An autoencoder can learn to
+  reproduce a moderate level shift (it saw levels vary in training); this z-score cannot
+  miss one. Slow channels are centred per window, so their slow drift raises no alarm.
+Each detector's window score is divided by its reference (its 99th percentile on held-out
+normal windows); the window's score is the largest ratio: 1 is the edge of normal, the
+threshold sits above it. The detector with that ratio leads, and each channel's share of
+its score tells an engineer where to look. Every window is scored on its own.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from model import artifact as artifact_io
-from model.artifact import DETECTORS, Artifact
+from model.artifact import Artifact
+from model.detectors import Batch
 from model.errors import DataError
 from model.preprocessing import model_input
 
@@ -32,6 +33,9 @@ class Scores:
     score: np.ndarray  # (B,) float64
     channel_share: np.ndarray  # (B, C), each row sums to 1 (or 0 for a perfect window)
     anomaly: np.ndarray  # (B,) bool, score > threshold
+    detectors: tuple[str, ...] = ()  # fusion order
+    ratios: np.ndarray | None = None  # (B, D) each detector's score / its reference
+    leader: np.ndarray | None = None  # (B,) index in `detectors` of the one that led
 
     def top_channels(self, i: int, channels: list[str], n: int = 3) -> list[dict]:
         """The n channels that contributed most to window i's score."""
@@ -40,6 +44,14 @@ class Scores:
             {"channel": channels[c], "share": round(float(self.channel_share[i, c]), 4)}
             for c in order
         ]
+
+    def detector(self, i: int) -> str:
+        """The name of the detector that led window i's score."""
+        return self.detectors[int(self.leader[i])]
+
+    def detector_ratios(self, i: int) -> dict[str, float]:
+        """Window i's ratio to its reference, per detector: why it was (not) flagged."""
+        return {name: float(r) for name, r in zip(self.detectors, self.ratios[i], strict=True)}
 
 
 class Scorer:
@@ -52,6 +64,11 @@ class Scorer:
         self.window = artifact.window
         self.channels = artifact.channels
         self.threshold = artifact.threshold
+        self.architecture = artifact.architecture
+        self.detectors = artifact.detectors
+        self.detector_names = tuple(d.name for d in artifact.detectors)
+        self.references = np.array([artifact.references[n] for n in self.detector_names])
+        self.needs_network = any(d.needs_network for d in artifact.detectors)
 
     @classmethod
     def load(cls, path: str | Path) -> Scorer:
@@ -65,50 +82,48 @@ class Scorer:
 
     def score(self, windows: np.ndarray) -> Scores:
         """Score raw windows (B, W, C) in as few forward passes as memory allows."""
-        per_channel = self.per_channel(windows)
-        references = self.artifact.references
-        ratios = {name: _combine(name, per_channel[name]) / references[name] for name in DETECTORS}
-        score = np.maximum(ratios["autoencoder"], ratios["level"])
-        level_leads = (ratios["level"] > ratios["autoencoder"])[:, None]
-        share = _shares(
-            np.where(level_leads, per_channel["level"] ** 2, per_channel["autoencoder"])
-        )
-        return Scores(score, share, score > self.threshold)
+        raw, contributions = self._detect(windows)  # (D, B), (D, B, C)
+        ratios = raw / self.references[:, None]  # (D, B)
+        leader = ratios.argmax(axis=0)  # (B,) the first detector wins a tie
+        score = ratios[leader, np.arange(len(leader))]
+        share = _shares(contributions[leader, np.arange(len(leader))])
+        return Scores(score, share, score > self.threshold, self.detector_names, ratios.T, leader)
 
     def detector_scores(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """Each detector's raw (B,) window score, before division by its reference."""
-        return {name: _combine(name, c) for name, c in self.per_channel(windows).items()}
+        raw, _ = self._detect(windows)
+        return dict(zip(self.detector_names, raw, strict=True))
 
-    def per_channel(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, C) per detector: mean squared reconstruction error and the level z-score."""
+    def batch(self, windows: np.ndarray, error: bool = False) -> Batch:
+        """What the detectors see of raw windows (B, W, C): one forward pass when a detector
+        needs the network's reconstruction error (or `error` asks for it)."""
+        raw = np.asarray(windows, dtype=np.float64)
+        x = model_input(raw, self.artifact.preprocess, self.artifact.standardizer)  # (B, W*C)
+        shape = (len(raw), self.window, len(self.channels))
+        squared = None
+        if self.needs_network or error:
+            tensor = torch.from_numpy(x)
+            with torch.inference_mode():
+                err = (self.model(tensor) - tensor).pow(2)  # (B, W*C)
+            squared = err.double().numpy().reshape(shape)
+        return Batch(raw, x.reshape(shape), squared)
+
+    def _detect(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(D, B) window scores and (D, B, C) channel contributions, chunk by chunk."""
         windows = np.asarray(windows)
         expected = (self.window, len(self.channels))
         if windows.ndim != 3 or windows.shape[1:] != expected:
             raise DataError(f"windows of shape {windows.shape[1:]}, the model needs {expected}")
-        parts = [self._chunk(windows[i : i + CHUNK]) for i in range(0, len(windows), CHUNK)]
-        if not parts:
-            empty = np.empty((0, expected[1]))
-            return {"autoencoder": empty, "level": empty}
-        return {
-            "autoencoder": np.concatenate([p[0] for p in parts]),
-            "level": np.concatenate([p[1] for p in parts]),
-        }
-
-    def _chunk(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(
-            model_input(windows, self.artifact.preprocess, self.artifact.standardizer)
-        )
-        with torch.inference_mode():
-            err = (self.model(x) - x).pow(2)  # (B, W*C)
-        shape = (len(windows), self.window, len(self.channels))
-        err = err.double().numpy().reshape(shape).mean(axis=1)
-        level = np.abs(x.double().numpy().reshape(shape).mean(axis=1))
-        return err, level / self.artifact.level_scale
-
-
-def _combine(name: str, per_channel: np.ndarray) -> np.ndarray:
-    """(B, C) -> (B,): the mean error over channels (equal widths), the largest level z."""
-    return per_channel.mean(axis=1) if name == "autoencoder" else per_channel.max(axis=1)
+        raws, contributions = [], []
+        for i in range(0, len(windows), CHUNK):
+            batch = self.batch(windows[i : i + CHUNK])
+            parts = [d.score(batch) for d in self.detectors]
+            raws.append(np.stack([p[0] for p in parts]))
+            contributions.append(np.stack([p[1] for p in parts]))
+        if not raws:
+            d = len(self.detectors)
+            return np.empty((d, 0)), np.empty((d, 0, expected[1]))
+        return np.concatenate(raws, axis=1), np.concatenate(contributions, axis=1)
 
 
 def _shares(per_channel: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Training the autoencoder on normal recordings, with early stopping and a calibrated threshold."""
+"""Training a network of the family on normal recordings: early stopping, fitted detectors,
+calibrated references and the stored score distribution."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from model.artifact import DETECTORS, Artifact
-from model.autoencoder import Autoencoder, AutoencoderConfig, loss_fn
+from model import detectors as detector_registry
+from model import machines as machine_patterns
+from model import networks
+from model.artifact import QUANTILES, Artifact
+from model.detectors import DETECTORS
 from model.errors import DataError
+from model.networks import Architecture, loss_fn
 from model.preprocessing import (
     PreprocessConfig,
     Standardizer,
@@ -38,8 +43,14 @@ class TrainConfig:
     batch_size: int = 64
     holdout: float = 0.2  # last share of each recording's windows: early stopping, references
     patience: int = 15
-    hidden: int = 512
-    bottleneck: int = 32
+    architecture: Architecture = "dense"
+    hidden: int = 512  # dense and vae: units of the hidden layers
+    bottleneck: int = 32  # every architecture: the code's width
+    # Other hyper-parameters of the architecture, over its defaults (model/networks.py):
+    # conv filters/kernel, attention d_model/heads/blocks/project, vae beta.
+    network: dict = field(default_factory=dict)
+    detectors: tuple[str, ...] = detector_registry.DEFAULT_DETECTORS
+    machines: tuple[str, ...] = machine_patterns.ALL
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     threshold: ThresholdRule = field(default_factory=ThresholdRule)
 
@@ -70,6 +81,19 @@ def train(
             f"denoising kernel {config.preprocess.kernel} must be 1 to the window ({config.window})"
         )
     channels = _common_channels(recordings)
+    try:
+        names = detector_registry.resolve(config.detectors)
+        machines = machine_patterns.check(list(config.machines))
+        net_config = networks.configure(
+            config.architecture,
+            config.window,
+            len(channels),
+            hidden=config.hidden,
+            bottleneck=config.bottleneck,
+            **config.network,
+        )
+    except (ValueError, TypeError) as exc:
+        raise DataError(str(exc)) from None
     parts = [r.head(config.train_rows) for r in recordings]
     filled = [fill_gaps(p.values, config.preprocess.max_gap) for p in parts]
     fit_w, hold_w, skipped = _split_windows([v for v, _ in filled], config)
@@ -80,15 +104,12 @@ def train(
     x_hold = torch.from_numpy(model_input(hold_w, config.preprocess, standardizer))
 
     torch.manual_seed(config.seed)
-    net_config = AutoencoderConfig(x_fit.shape[1], config.hidden, config.bottleneck)
-    net = Autoencoder(net_config)
+    net = networks.build(config.architecture, net_config)
     losses, holdout_mse, best = _fit(net, x_fit, x_hold, config, progress)
     net.load_state_dict(best)
 
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    level_scale = _level_scale(torch.cat([x_fit, x_hold]).numpy(), config.window)
     # Scores are in units of each detector's reference, so the threshold is the factor itself.
-    # The references come from the raw detector scores, which do not depend on them.
     probe = Artifact(
         net_config,
         config.window,
@@ -97,11 +118,21 @@ def train(
         standardizer,
         config.threshold.factor,
         state,
-        references=dict.fromkeys(DETECTORS, 1.0),
-        level_scale=level_scale,
+        detectors=(),
+        references={},
+        score_quantiles=np.zeros(QUANTILES),
+        architecture=config.architecture,
+        machines=machines,
     )
+    # The detectors are fitted on all training windows, fitting and held-out ones alike (as
+    # the level scale always was), then calibrated on the held-out ones: each reference is
+    # the rule's quantile of that detector's raw scores, which do not depend on references.
+    fit_batch = Scorer(probe).batch(np.concatenate([fit_w, hold_w]), error=True)
+    detectors = tuple(DETECTORS[name].fit(fit_batch, config.seed) for name in names)
+    del fit_batch
+    probe = replace(probe, detectors=detectors, references=dict.fromkeys(names, 1.0))
     raw = Scorer(probe).detector_scores(hold_w)
-    references = {name: config.threshold.reference(raw[name]) for name in DETECTORS}
+    references = {name: config.threshold.reference(raw[name]) for name in names}
     seconds = time.monotonic() - started
     training = {
         "files": [r.path.name for r in recordings],
@@ -117,6 +148,10 @@ def train(
     }
     artifact = replace(probe, references=references, training=training)
     holdout_scores = Scorer(artifact).score(hold_w).score
+    # The model's own score distribution on normal data it was not fitted to: the baseline a
+    # running worker's recent scores can be compared with (score drift).
+    quantiles = np.quantile(holdout_scores, np.linspace(0.0, 1.0, QUANTILES))
+    artifact = replace(artifact, score_quantiles=quantiles)
     return TrainResult(
         artifact,
         losses,
@@ -128,18 +163,6 @@ def train(
         skipped,
         seconds,
     )
-
-
-def _level_scale(x: np.ndarray, window: int) -> np.ndarray:
-    """(C,) spread of a window's mean over the training windows, in standardised units.
-
-    It turns a window mean into a proper z-score: a channel whose samples are independent
-    averages its noise away over the window, an autocorrelated one does not. Slow channels
-    (centred per window) and constant ones get 1, as nothing varies.
-    """
-    means = x.reshape(len(x), window, -1).astype(np.float64).mean(axis=1)  # (B, C)
-    spread = means.std(axis=0)
-    return np.where(spread > 1e-6, spread, 1.0)
 
 
 def _common_channels(recordings: list[Recording]) -> list[str]:
@@ -179,13 +202,14 @@ def _split_windows(
 
 
 def _fit(
-    net: Autoencoder,
+    net: torch.nn.Module,
     x_fit: torch.Tensor,
     x_hold: torch.Tensor,
     config: TrainConfig,
     progress: Progress | None,
 ) -> tuple[list[float], list[float], dict[str, torch.Tensor]]:
-    """Adam on MSE + L2 (explicit, not decoupled weight decay), early stopping on held-out MSE."""
+    """Adam on the data term + L2 (explicit, not decoupled weight decay); early stopping on
+    the held-out reconstruction MSE."""
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     losses, holdout, best_state = [], [], None
@@ -215,12 +239,15 @@ def _fit(
             stale += 1
             if stale >= config.patience:
                 break
+    if best_state is None:
+        raise DataError("training diverged: the held-out error was never a finite number")
     return losses, holdout, best_state
 
 
 def summary(result: TrainResult) -> dict:
     """Figures for the end-of-training summary line."""
     return {
+        "architecture": result.artifact.architecture,
         "windows": result.windows_train,
         "held_out": result.windows_holdout,
         "epochs": len(result.train_loss),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -63,3 +64,23 @@ TINY = TrainConfig(
 def tiny_model() -> TrainResult:
     """Trained once per test session: a few seconds on 2 cores."""
     return train([recording(normal_values(600))], TINY)
+
+
+# The contract suite's members (tests/test_model_family.py): each architecture, listed once,
+# at a size that trains in seconds. A new architecture joins every contract test by a line here.
+FAMILY: dict[str, TrainConfig] = {
+    "dense": TINY,
+    "conv": dataclasses.replace(TINY, architecture="conv", network={"filters": 8, "kernel": 3}),
+    "vae": dataclasses.replace(TINY, architecture="vae"),
+    "attention": dataclasses.replace(
+        TINY, architecture="attention", network={"d_model": 8, "heads": 2}
+    ),
+}
+
+
+@functools.cache
+def family_model(architecture: str) -> TrainResult:
+    """A tiny trained model of `architecture`, once per test session."""
+    if architecture == "dense":
+        return tiny_model()
+    return train([recording(normal_values(600))], FAMILY[architecture])

@@ -133,6 +133,62 @@ def test_inspect_shows_no_terminal_escape_codes_from_the_file(tmp_path, capsys):
     assert code == 0 and "\x1b" not in out and "\\x1b[2J" in out
 
 
+DESIGN_INSPECT_KEYS = {
+    "parameters",
+    "input_dim",
+    "window",
+    "channels",
+    "threshold",
+    "version",
+    "architecture",
+    "layers",
+    "detectors",
+    "machines",
+}
+
+
+def test_train_takes_the_architecture_detectors_and_machines(tmp_path, capsys):
+    data = write_csv(tmp_path / "normal.csv", normal_values(200))
+    out = tmp_path / "m.fwm"
+    code, _, err = run_cli(
+        capsys,
+        *("train", data, "--out", out, "--window", 10, "--epochs", 1, "--quiet"),
+        *("--architecture", "attention", "--heads", 2, "--bottleneck", 8),
+        *("--detectors", "level,autoencoder", "--machines", "pump-*, p-1?"),
+    )
+    assert code == 0, err
+    code, stdout, _ = run_cli(capsys, "inspect", out, "--json")
+    info = json.loads(stdout)
+    assert DESIGN_INSPECT_KEYS <= info.keys()
+    assert info["architecture"] == "attention"
+    assert (info["network"]["heads"], info["network"]["bottleneck"]) == (2, 8)
+    assert [d["name"] for d in info["detectors"]] == ["level", "autoencoder"]
+    assert info["machines"] == ["pump-*", "p-1?"]
+    assert sum(layer["parameters"] for layer in info["layers"]) == info["parameters"]
+    code, stdout, _ = run_cli(capsys, "inspect", out)
+    assert "pump-*, p-1?" in stdout and "level (reference" in stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--detectors", "autoencoder,magic"), "unknown detector 'magic'"),
+        (("--machines", " , "), "--machines: a machine pattern is empty"),
+        (("--architecture", "conv", "--window", "10"), None),
+        (("--architecture", "attention", "--heads", "3"), "3 heads do not divide d_model 32"),
+        (("--heads", "2"), "dense has no hyper-parameter 'heads'"),
+    ],
+)
+def test_train_refuses_bad_model_choices_with_one_line(tmp_path, capsys, flags, message):
+    data = write_csv(tmp_path / "normal.csv", normal_values(100))
+    argv = ["train", data, "--out", tmp_path / "m.fwm", "--epochs", "1", "--quiet", *flags]
+    code, _, err = run_cli(capsys, *argv)
+    if message is None:  # the control: a valid choice trains
+        assert code == 0, err
+        return
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
 def test_score_writes_the_episodes_the_worker_would_publish(
     tmp_path, capsys, model_path, monkeypatch
 ):

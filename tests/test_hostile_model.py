@@ -16,14 +16,19 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cli import main as cli
 from model import artifact as artifact_io
+from model.attention import AttentionConfig
 from model.autoencoder import AutoencoderConfig
+from model.conv import ConvConfig
+from model.detectors import Level, Reconstruction
 from model.errors import ArtifactError
 from model.preprocessing import PreprocessConfig, Standardizer
+from model.vae import VaeConfig
 from tests.helpers import worker_env
 from tests.synthetic import tiny_model
 
@@ -180,6 +185,50 @@ INCONSISTENT = {
     "kernel-as-text": {"preprocess": PreprocessConfig(kernel="5")},
     "kernel-beyond-window": {"preprocess": PreprocessConfig(kernel=100_000_000)},
     "negative-kernel": {"preprocess": PreprocessConfig(kernel=-3)},
+    # The architecture and its hyper-parameters are checked against the tensors.
+    "attention-declared-dense-tensors": {
+        "architecture": "attention",
+        "config": AttentionConfig(window=ARTIFACT.window, channels=4),
+    },
+    "conv-declared-dense-tensors": {
+        "architecture": "conv",
+        "config": ConvConfig(window=ARTIFACT.window, channels=4),
+    },
+    "unknown-architecture": {"architecture": "lstm"},
+    "dense-config-for-vae": {"architecture": "vae"},
+    "heads-do-not-divide": {
+        "architecture": "attention",
+        "config": AttentionConfig(window=ARTIFACT.window, channels=4, d_model=8, heads=3),
+    },
+    "even-conv-kernel": {
+        "architecture": "conv",
+        "config": ConvConfig(window=ARTIFACT.window, channels=4, kernel=4),
+    },
+    "negative-beta": {"architecture": "vae", "config": VaeConfig(input_dim=40, beta=-1.0)},
+    "hidden-as-text": {"config": AutoencoderConfig(40, hidden="32", bottleneck=4)},
+    "hidden-as-bool": {"config": AutoencoderConfig(40, hidden=True, bottleneck=4)},
+    # Detectors: known, each once, positive references, arrays of the right shape.
+    "no-detectors": {"detectors": (), "references": {}},
+    "detector-twice": {
+        "detectors": (Reconstruction(), Reconstruction()),
+        "references": {"autoencoder": 1.0},
+    },
+    "zero-reference": {"references": {**ARTIFACT.references, "level": 0.0}},
+    "nan-reference": {"references": {**ARTIFACT.references, "autoencoder": float("nan")}},
+    "level-scale-wrong-shape": {
+        "detectors": (Reconstruction(), Level(np.ones(5))),
+    },
+    "level-scale-negative": {
+        "detectors": (Reconstruction(), Level(-np.ones(4))),
+    },
+    # Machines: a non-empty list of printable patterns.
+    "no-machines": {"machines": ()},
+    "empty-machine-pattern": {"machines": ("pump-*", "")},
+    "machine-pattern-with-escape-codes": {"machines": ("pump-\x1b[2J",)},
+    # The score distribution: QUANTILES finite numbers, ascending.
+    "descending-quantiles": {"score_quantiles": ARTIFACT.score_quantiles[::-1].copy()},
+    "nan-quantile": {"score_quantiles": np.full(101, np.nan)},
+    "too-few-quantiles": {"score_quantiles": ARTIFACT.score_quantiles[:10].copy()},
 }
 
 
@@ -190,7 +239,9 @@ def test_a_file_whose_checksum_is_right_but_whose_content_is_not_is_refused(chan
     assert "checksum mismatch" not in line  # the checksum is right: the content is not
 
 
-@pytest.mark.parametrize("name", ["standardizer.slow", "detector.level_scale"])
+@pytest.mark.parametrize(
+    "name", ["standardizer.slow", "detector.level.scale", "calibration.score_quantiles"]
+)
 def test_a_file_without_its_detector_statistics_is_refused(model, name):
     # Scored without them, level shifts would be misjudged: nothing to fall back on.
     payload = torch.load(model, weights_only=True)
@@ -198,6 +249,30 @@ def test_a_file_without_its_detector_statistics_is_refused(model, name):
     payload["checksum"] = artifact_io._checksum(payload["meta"], payload["tensors"])
     torch.save(payload, model)
     assert name in refused(model)
+
+
+def resealed(model: Path, change: Callable[[dict], None]) -> Path:
+    """The model file with its payload changed and its checksum made right again."""
+    payload = torch.load(model, weights_only=True)
+    change(payload)
+    payload["checksum"] = artifact_io._checksum(payload["meta"], payload["tensors"])
+    torch.save(payload, model)
+    return model
+
+
+@pytest.mark.parametrize("name", ["backdoor", "detector.level.extra", "detector.iqr.low"])
+def test_an_entry_no_part_of_the_model_claims_is_refused(model, name):
+    path = resealed(model, lambda payload: payload["tensors"].__setitem__(name, torch.ones(4)))
+    assert f"unexpected entry {name}" in refused(path).replace("'", "")
+
+
+def test_weights_of_another_dtype_are_refused(model):
+    # The same bytes read as integers: a checksum over the bytes alone would not see it.
+    def reinterpret(payload: dict) -> None:
+        name = "model.encoder.0.weight"
+        payload["tensors"][name] = payload["tensors"][name].view(torch.int32)
+
+    assert "do not match the declared dense layers" in refused(resealed(model, reinterpret))
 
 
 def test_the_unaltered_model_loads(model):
@@ -222,10 +297,18 @@ def peak_growth_mib(action: Callable[[], object]) -> tuple[float, float]:
     return (memory("VmHWM") - before) / 1024, time.monotonic() - started
 
 
-def test_huge_declared_layer_sizes_are_refused_before_anything_is_allocated(tmp_path):
-    # 2 million hidden units: ~700 MiB of weights the file does not hold, built then refused.
-    config = AutoencoderConfig(ARTIFACT.config.input_dim, hidden=2_000_000, bottleneck=4)
-    path = saved(tmp_path, config=config)
+HUGE = {
+    "dense": AutoencoderConfig(ARTIFACT.config.input_dim, hidden=2_000_000, bottleneck=4),
+    "vae": VaeConfig(ARTIFACT.config.input_dim, hidden=2_000_000, bottleneck=4),
+    "conv": ConvConfig(ARTIFACT.window, 4, filters=100_000, bottleneck=4),
+    "attention": AttentionConfig(ARTIFACT.window, 4, d_model=2_000_000, bottleneck=4),
+}
+
+
+@pytest.mark.parametrize("architecture", HUGE)
+def test_huge_declared_layer_sizes_are_refused_before_anything_is_allocated(architecture, tmp_path):
+    # Millions of units: gigabytes of weights the file does not hold, were they built.
+    path = saved(tmp_path, architecture=architecture, config=HUGE[architecture])
     grew, seconds = peak_growth_mib(lambda: refused(path))
     assert grew < 100 and seconds < 2, (grew, seconds)
 

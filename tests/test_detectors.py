@@ -1,0 +1,83 @@
+"""The detector interface: fitted on normal windows, scored per window and channel, stored as
+plain arrays, fused by ratio to each one's reference."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from model.detectors import DETECTORS, resolve
+from model.preprocessing import sliding_windows
+from model.scoring import Scorer
+from model.training import train
+from tests.synthetic import TINY, normal_values, recording, tiny_model
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Scorer:
+    return Scorer(tiny_model().artifact)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_a_detector_round_trips_through_its_arrays_and_scores_the_same(name, scorer):
+    batch = scorer.batch(sliding_windows(normal_values(200, seed=2), scorer.window), error=True)
+    detector = DETECTORS[name].fit(batch)
+    arrays = detector.arrays()
+    assert all(isinstance(a, np.ndarray) and a.dtype != object for a in arrays.values())
+    again = DETECTORS[name].from_arrays({k: a.copy() for k, a in arrays.items()}, 4)
+    windows, channels = detector.score(batch), again.score(batch)
+    assert windows[0].shape == (len(batch.x),) and windows[1].shape == (len(batch.x), 4)
+    assert np.array_equal(windows[0], channels[0]) and np.array_equal(windows[1], channels[1])
+    assert (windows[1] >= 0).all() and np.isfinite(windows[0]).all()
+    with pytest.raises(ValueError, match="unexpected entry"):
+        DETECTORS[name].from_arrays({**arrays, "extra": np.ones(4)}, 4)
+
+
+def test_the_level_detector_refuses_arrays_that_do_not_fit_the_channels():
+    level = DETECTORS["level"]
+    with pytest.raises(ValueError, match="detector.level.scale is missing"):
+        level.from_arrays({}, 4)
+    with pytest.raises(ValueError, match="shape"):
+        level.from_arrays({"scale": np.ones(3)}, 4)
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["autoencoder", "magic"], "unknown detector 'magic'"),
+        (["level", "level"], "once"),
+        ([], "once"),
+    ],
+)
+def test_detector_names_are_known_and_given_once(names, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(names)
+
+
+def test_scores_carry_each_detector_s_ratio_and_the_leader(scorer):
+    values = normal_values(120, seed=8)
+    values[60:, 1] += 1.0  # a level shift half-way
+    windows = sliding_windows(values, scorer.window)
+    scores = scorer.score(windows)
+    raw = scorer.detector_scores(windows)
+    assert scores.detectors == ("autoencoder", "level")
+    for j, name in enumerate(scores.detectors):
+        np.testing.assert_allclose(
+            scores.ratios[:, j], raw[name] / scorer.artifact.references[name]
+        )
+    assert np.array_equal(scores.score, scores.ratios.max(axis=1))
+    for i in range(len(windows)):
+        ratios = scores.detector_ratios(i)
+        assert ratios[scores.detector(i)] == scores.score[i] == max(ratios.values())
+    assert {scores.detector(i) for i in range(len(windows))} == {"autoencoder", "level"}
+
+
+def test_a_model_without_the_reconstruction_detector_scores_without_the_network():
+    config = dataclasses.replace(TINY, detectors=("level",), epochs=1)
+    scorer = Scorer(train([recording(normal_values(600))], config).artifact)
+    windows = sliding_windows(normal_values(50, seed=3), scorer.window)
+    assert scorer.batch(windows).error is None
+    scores = scorer.score(windows)
+    assert scores.detectors == ("level",) and set(scores.leader) == {0}
+    level = scorer.detector_scores(windows)["level"] / scorer.artifact.references["level"]
+    np.testing.assert_allclose(scores.score, level)
