@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, metavar="SCORES.csv")
     p.add_argument("--from-row", type=int, default=0, metavar="N")
+    p.add_argument(
+        "--episodes",
+        type=Path,
+        default=None,
+        metavar="EPISODES.csv",
+        help="also write the episodes the worker would publish (FAULTWATCH_EPISODE_* rules)",
+    )
+    p.add_argument("--machine-id", default=None, help="the episodes' machine (default: file name)")
     _add_data_options(p)
     p.set_defaults(handler=_offline("score_command"))
 
@@ -135,6 +143,8 @@ def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
     _add_data_options(p)
     p.set_defaults(handler=_replay)
 
+    _add_episode_commands(commands)
+
     from worker import service
 
     p = commands.add_parser("run", help="run the Kafka worker (settings from FAULTWATCH_*)")
@@ -144,6 +154,30 @@ def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="everything on an embedded broker, then a summary")
     p.add_argument("--keep-running", action="store_true", help="stay up for exploring")
     p.set_defaults(handler=_demo)
+
+
+def _add_episode_commands(commands: argparse._SubParsersAction) -> None:
+    from cli import episodes
+
+    server = {"default": None, "help": "default: FAULTWATCH_BOOTSTRAP_SERVERS"}
+    p = commands.add_parser("mute", help="mute a machine (or 'press-*'): scored, no episodes")
+    p.add_argument("machine", metavar="MACHINE|PATTERN")
+    span = p.add_mutually_exclusive_group()
+    span.add_argument("--for", dest="duration", type=episodes.duration, help="e.g. 2h, 30m, 1d")
+    span.add_argument("--until", type=episodes.moment, help="an RFC 3339 time")
+    p.add_argument("--reason", required=True, help="why, for the operators who see it")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=episodes.mute_command)
+
+    p = commands.add_parser("unmute", help="lift a mute written for this machine or pattern")
+    p.add_argument("machine", metavar="MACHINE|PATTERN")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=episodes.unmute_command)
+
+    p = commands.add_parser("episodes", help="the open episodes and the muted machines")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=episodes.episodes_command)
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:

@@ -90,6 +90,10 @@ def score_command(args: argparse.Namespace) -> int:
         f"{len(scores.score)} windows scored, {int(scores.anomaly.sum())} anomalous, "
         f"written to {args.out}" + (f"; {gaps} windows skipped over data gaps" if gaps else "")
     )
+    if getattr(args, "episodes", None):
+        from cli.episodes import score_episodes
+
+        print(score_episodes(args, recording, end_rows, scores, scorer))
     return 0
 
 

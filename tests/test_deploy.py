@@ -53,6 +53,14 @@ EXPORTED = {
     "faultwatch_seconds_since_last_commit",
     "faultwatch_model_info",
     "faultwatch_model_threshold",
+    "faultwatch_episodes_open",
+    "faultwatch_episodes_opened_total",
+    "faultwatch_episodes_closed_total",
+    "faultwatch_episode_duration_seconds_bucket",
+    "faultwatch_episode_duration_seconds_sum",
+    "faultwatch_episode_duration_seconds_count",
+    "faultwatch_late_windows_total",
+    "faultwatch_muted_machines",
 }
 ALLOWED = EXPORTED | {"up"}  # `up` is Prometheus' own, per scrape target
 
@@ -66,6 +74,8 @@ REQUIRED_SETTINGS = {
     "FAULTWATCH_GROUP_ID",
     "FAULTWATCH_MODEL_PATH",
     "FAULTWATCH_METRICS_PORT",
+    "FAULTWATCH_STATE_TOPIC",
+    "FAULTWATCH_CONTROL_TOPIC",
 }
 
 # Grafana's variables, replaced by a plausible value before PromQL is parsed.
@@ -193,6 +203,11 @@ def test_every_panel_queries_prometheus() -> None:
         ("since last commit", r"faultwatch_seconds_since_last_commit"),
         ("model version", r"by \(version\) \(faultwatch_model_info\)"),
         ("workers up", r'up\{job="faultwatch"\}'),
+        ("open episodes", r"sum\(faultwatch_episodes_open\)"),
+        ("mutes", r"faultwatch_muted_machines"),
+        ("episodes opened", r"rate\(faultwatch_episodes_opened_total\["),
+        ("episodes closed by reason", r"by \(reason\) \(rate\(faultwatch_episodes_closed_total\["),
+        ("episode duration", r"histogram_quantile\(0\.5, .*faultwatch_episode_duration_seconds"),
     ],
 )
 def test_dashboard_shows(topic: str, pattern: str) -> None:
@@ -294,10 +309,19 @@ def test_compose_settings_are_worker_settings() -> None:
 def test_topics_created_are_the_topics_used() -> None:
     topics = created_topics()
     env = next(iter(workers().values()))["environment"]
-    used = {env[f"FAULTWATCH_{n}_TOPIC"] for n in ("INPUT", "EVENTS", "SCORES", "DLQ")}
+    names = ("INPUT", "EVENTS", "SCORES", "DLQ", "STATE", "CONTROL")
+    used = {env[f"FAULTWATCH_{n}_TOPIC"] for n in names}
     assert set(topics) == used
     assert topics[env["FAULTWATCH_INPUT_TOPIC"]] >= len(workers())  # no idle worker
-    assert "--if-not-exists" in "\n".join(compose()["services"]["topics"]["command"])
+    script = "\n".join(compose()["services"]["topics"]["command"])
+    assert "--if-not-exists" in script
+    # the state topic is co-partitioned with the input; state and control are tables
+    assert topics[env["FAULTWATCH_STATE_TOPIC"]] == topics[env["FAULTWATCH_INPUT_TOPIC"]]
+    for name in ("STATE", "CONTROL"):
+        line = next(
+            li for li in script.splitlines() if f"--topic {env[f'FAULTWATCH_{name}_TOPIC']} " in li
+        )
+        assert "--config cleanup.policy=compact" in line, line
 
 
 def test_replay_feeds_the_workers_input_topic() -> None:
@@ -615,10 +639,19 @@ def prometheus(tmp_path: Path) -> Iterator[str]:
     exporter, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
     stop = threading.Event()
 
+    metrics.episodes_open.set(2)
+    metrics.muted_machines.set(1)
+
     def feed() -> None:
+        from collections import Counter
+
+        from worker.pipeline import EpisodeCounts
+
         scores = [0.01 * n for n in range(1, 100, 7)]
+        episodes = EpisodeCounts(1, Counter(cleared=1), [120.0], late=0)
         while not stop.wait(0.05):
             metrics.batch_committed(scores, anomalies=1, dead_letters={"schema": 1}, seconds=0.02)
+            metrics.episodes_committed(episodes)
 
     threading.Thread(target=feed, daemon=True).start()
     config = {

@@ -151,7 +151,14 @@ def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
     records = mixed_records(scorer.window, 4000, partitions=2)
     produce(bootstrap, topics["input_topic"], records)
     group = unique("group")
-    env = worker_env(bootstrap, tiny_model_path, group_id=group, max_poll_records=BATCH, **topics)
+    env = worker_env(
+        bootstrap,
+        tiny_model_path,
+        events="windows",
+        group_id=group,
+        max_poll_records=BATCH,
+        **topics,
+    )
 
     kills, progress = 3, 0
     for round_ in range(kills):
@@ -185,7 +192,14 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
         "dlq_topic": make_topic("dlq"),
     }
     group = unique("group")
-    env = worker_env(bootstrap, tiny_model_path, group_id=group, max_poll_records=BATCH, **topics)
+    env = worker_env(
+        bootstrap,
+        tiny_model_path,
+        events="windows",
+        group_id=group,
+        max_poll_records=BATCH,
+        **topics,
+    )
     ports = {name: free_port() for name in ("a", "b", "a2")}
 
     def start(name: str):
@@ -246,6 +260,7 @@ def test_a_frozen_broker_is_survived_without_a_restart(tiny_model_path, tmp_path
         env = worker_env(
             broker.bootstrap,
             tiny_model_path,
+            events="windows",
             group_id="frozen",
             max_poll_records=BATCH,
             metrics_port=port,
@@ -335,7 +350,12 @@ def test_events_the_broker_refuses_are_never_committed_past(tiny_model_path, tmp
         create_topics(bootstrap, {"windows": 1, "events": 1, "events-v2": 1, "scores": 1, "dlq": 1})
         produce(bootstrap, "windows", [(b"pump-1", v, 0) for v in values])
         env = worker_env(
-            bootstrap, tiny_model_path, group_id="strict", max_poll_records=BATCH, **topics
+            bootstrap,
+            tiny_model_path,
+            events="windows",
+            group_id="strict",
+            max_poll_records=BATCH,
+            **topics,
         )
         worker = run_worker(env, tmp_path / "refused.log", "--idle-exit", "5", timeout=90)
         assert worker.process.returncode == 1, worker.stderr

@@ -80,6 +80,7 @@ def test_skab_windows_are_scored_or_dead_lettered_exactly_once(
     env = worker_env(
         bootstrap,
         skab_model_path,
+        events="windows",
         input_topic=topics["windows"],
         events_topic=topics["events"],
         scores_topic=topics["scores"],

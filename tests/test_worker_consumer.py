@@ -56,7 +56,7 @@ def setup(bootstrap, make_topic, tiny_model_path, monkeypatch):
         }
     )
     values = synthetic_values(40, scorer.window)
-    produce(bootstrap, settings.input_topic, [(b"m", v, i % 2) for i, v in enumerate(values)])
+    produce(bootstrap, settings.input_topic, [(b"pump-1", v, i % 2) for i, v in enumerate(values)])
     return settings, scorer
 
 

@@ -31,6 +31,7 @@ def test_metrics_and_probes_over_http_during_a_run(
     env = worker_env(
         bootstrap,
         tiny_model_path,
+        events="windows",
         input_topic=source,
         events_topic=events,
         dlq_topic=dlq,
@@ -111,6 +112,7 @@ def test_sigterm_mid_stream_exits_0_and_a_restart_continues_without_gap(
     env = worker_env(
         bootstrap,
         tiny_model_path,
+        events="windows",
         input_topic=source,
         scores_topic=scores,
         events_topic=make_topic("events"),
@@ -160,6 +162,7 @@ def test_a_refused_dead_letter_stops_the_worker_and_commits_nothing(
     env = worker_env(
         bootstrap,
         tiny_model_path,
+        events="windows",
         input_topic=source,
         dlq_topic=dlq,
         events_topic=make_topic("events"),

@@ -147,6 +147,7 @@ class Loop:
         """One batch end to end; a retriable failure rewinds it and backs off."""
         started = self.clock()
         records = [record for batch in polled.values() for record in batch]
+        self.pipeline.restore(self._resume_points(polled))  # state of new partitions first
         result = self.pipeline.process(records)
         try:
             self.publisher.publish(result.outputs)
@@ -163,11 +164,21 @@ class Loop:
             return  # re-delivered to the partitions' next owner: counted then
         seconds = self.clock() - started
         self.metrics.batch_committed(result.scores, result.anomalies, result.dead_letters, seconds)
+        self.metrics.episodes_committed(result.episodes)
         self.totals.add(len(result.scores), result.anomalies, result.dead_letters.total(), seconds)
         if self._retry:
             log.info("batch retry succeeded after=%d failures", self._failures)
             self._retry, self._failures = None, 0
             self._update_readiness()
+
+    def _resume_points(self, polled: Polled) -> dict[int, int]:
+        """Where each assigned partition without restored state resumes (episodes only)."""
+        starts = {tp.partition: batch[0].offset for tp, batch in polled.items()}
+        missing = self.pipeline.unrestored(tp.partition for tp in self._assigned or ())
+        for tp in self._assigned or ():
+            if tp.partition in missing and tp.partition not in starts:
+                starts[tp.partition] = self.consumer.position(tp)
+        return {p: offset for p, offset in starts.items() if p in missing}
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
         """True once committed; False when the group refused it after a rebalance."""
@@ -274,6 +285,7 @@ class Loop:
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
         self._pending = {tp: o for tp, o in self._pending.items() if tp not in partitions}
+        self.pipeline.forget(tp.partition for tp in partitions)  # restored again if they return
         self._assigned = None  # until the group's next assignment
         self.metrics.assigned_partitions.set(0)
         self.metrics.forget_lag((tp.topic, tp.partition) for tp in partitions)

@@ -10,6 +10,8 @@ Reasons are stable codes, sent as the `faultwatch.error.reason` header of a dead
     shape         `values` is not window rows of one number per channel
     non_finite    a value is NaN or infinite (NaN/Infinity tokens, numbers beyond float range);
                   the pipeline adds windows whose values overflow the model (score not finite)
+    key_mismatch  the record's key is present and is not its machine_id (the pipeline checks:
+                  the window may sit in another partition than its machine's episode state)
 
 Fields the contract does not name are ignored, so producers may add their own.
 """
@@ -26,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from model.errors import DataError
 from model.recording import to_rfc3339
 
-Reason = Literal["too_large", "invalid_json", "schema", "channels", "shape", "non_finite"]
+Reason = Literal[
+    "too_large", "invalid_json", "schema", "channels", "shape", "non_finite", "key_mismatch"
+]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 MAX_MESSAGE = 300  # characters of an error message kept for the dead-letter header
 

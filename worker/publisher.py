@@ -95,7 +95,11 @@ class Publisher:
     def _send(self, output: Output):
         try:
             return self.producer.send(
-                output.topic, key=output.key, value=output.value, headers=output.headers
+                output.topic,
+                key=output.key,
+                value=output.value,
+                headers=output.headers,
+                partition=output.partition,
             )
         except KafkaError as exc:
             raise PublishError(
