@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     scores_topic: str = Field("", description="topic of every window's score (empty: off)")
     dlq_topic: str = Field("faultwatch.dead-letters", description="dead-letter topic")
     group_id: str = Field("faultwatch", min_length=1, description="consumer group")
+    # Static membership: a member restarted under the same id (the pod name) takes its
+    # partitions back without waiting for its old session; a clean stop does not leave.
+    group_instance_id: str = ""
     client_id: str = "faultwatch"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=1_000)
@@ -110,6 +113,13 @@ class Settings(BaseSettings):
     def _check_topic(cls, value: str) -> str:
         if not TOPIC_NAME.match(value):
             raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
+        return value
+
+    @field_validator("group_instance_id")
+    @classmethod
+    def _check_instance_id(cls, value: str) -> str:
+        if value and not TOPIC_NAME.match(value):
+            raise ValueError(f"{value!r} is not a group instance id ([A-Za-z0-9._-], 1-249)")
         return value
 
     @field_validator("scores_topic")
@@ -182,10 +192,11 @@ class Settings(BaseSettings):
     def summary(self) -> str:
         """The settings worth a start-up log line, as key=value; never a secret."""
         scores = self.scores_topic or "off"
+        instance = f" instance={self.group_instance_id}" if self.group_instance_id else ""
         return (
             f"bootstrap={self.bootstrap_servers} security={self.security_protocol} "
             f"input={self.input_topic} events={self.events_topic} scores={scores} "
-            f"dlq={self.dlq_topic} group={self.group_id} model={self.model_path}"
+            f"dlq={self.dlq_topic} group={self.group_id}{instance} model={self.model_path}"
         )
 
 
