@@ -373,3 +373,57 @@ def test_a_loop_blocked_longer_than_its_session_is_not_ready():
     assert not health.ready and health.liveness()[0]
     health.tick()
     assert health.readiness() == (True, "ready")
+
+
+def test_a_restarted_static_member_takes_its_partitions_back_before_its_session_ends(
+    bootstrap, make_topic, tiny_model_path, tmp_path
+):
+    # FAULTWATCH_GROUP_INSTANCE_ID (the pod name): a crashed worker restarted under the same id
+    # replaces its dead self at once. A new dynamic member would wait for the dead one's
+    # session (30 s here) to expire before the group could give it any partition.
+    scorer = Scorer.load(tiny_model_path)
+    topics = {
+        "input_topic": make_topic("windows", 2),
+        "events_topic": make_topic("events"),
+        "scores_topic": make_topic("scores", 2),
+        "dlq_topic": make_topic("dlq"),
+    }
+    records = mixed_records(scorer.window, 400, partitions=2)
+    first, second = records[:200], records[200:]
+    produce(bootstrap, topics["input_topic"], first)
+    group, ports = unique("group"), {"a": free_port(), "a2": free_port()}
+    env = worker_env(
+        bootstrap, tiny_model_path, group_id=group, group_instance_id="pod-a", **topics
+    )
+
+    def all_committed(records: list) -> bool:
+        return committed(bootstrap, group, topics["input_topic"], 2) == offsets_of(records)
+
+    long_session = {
+        "FAULTWATCH_SESSION_TIMEOUT_MS": "30000",
+        "FAULTWATCH_HEARTBEAT_INTERVAL_MS": "3000",
+    }
+    crashed = start_worker(
+        env | long_session | {"FAULTWATCH_METRICS_PORT": str(ports["a"])}, tmp_path / "a.log"
+    )
+    try:
+        wait_for(lambda: all_committed(first), 90, "the first worker to finish", interval=0.5)
+    finally:
+        kill(crashed)
+    killed_at = time.monotonic()
+    restarted = start_worker(
+        env | {"FAULTWATCH_METRICS_PORT": str(ports["a2"])}, tmp_path / "a2.log"
+    )
+    try:
+        wait_for(lambda: assigned(ports["a2"]) == 2, 60, "the restarted worker's partitions")
+        took = time.monotonic() - killed_at
+        print(f"restarted static member ready {took:.1f} s after the kill")
+        # Tansu takes session/2 (15 s) to settle any join; a dynamic member: 30 s and more.
+        assert took < 30, "it waited for its dead session: static membership did nothing"
+        produce(bootstrap, topics["input_topic"], second)
+        wait_for(lambda: all_committed(records), 60, "everything committed", interval=0.5)
+    finally:
+        code = restarted.terminate()
+    assert code == 0, restarted.stderr
+    assert "instance=pod-a" in restarted.stderr
+    Outputs(bootstrap, topics).check(offsets_of(records), duplicates=BATCH)
