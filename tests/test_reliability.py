@@ -30,6 +30,7 @@ from tests.helpers import (
     metric_samples,
     produce,
     read_topic,
+    run_until,
     run_worker,
     start_worker,
     synthetic_values,
@@ -148,10 +149,13 @@ def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
         "scores_topic": make_topic("scores", 2),
         "dlq_topic": make_topic("dlq"),
     }
-    records = mixed_records(scorer.window, 4000, partitions=2)
+    # Long enough that no worker finishes it in the moments between its 150th window and
+    # the kill (thousands of windows a second): every kill lands mid-stream.
+    records = mixed_records(scorer.window, 20_000, partitions=2)
     produce(bootstrap, topics["input_topic"], records)
     group = unique("group")
     env = worker_env(bootstrap, tiny_model_path, group_id=group, max_poll_records=BATCH, **topics)
+    produced = offsets_of(records)
 
     kills, progress = 3, 0
     for round_ in range(kills):
@@ -166,10 +170,14 @@ def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
         assert progress < now < len(records), f"kill {round_} was not mid-stream: {now}"
         progress = now
 
-    final = run_worker(env, tmp_path / "final.log", "--idle-exit", "3", timeout=120)
+    final = run_until(
+        env,
+        tmp_path / "final.log",
+        lambda: committed(bootstrap, group, topics["input_topic"], 2) == produced,
+        "the final worker to commit everything",
+        timeout=120,
+    )
     assert final.process.returncode == 0, final.stderr
-    produced = offsets_of(records)
-    assert committed(bootstrap, group, topics["input_topic"], 2) == produced
     Outputs(bootstrap, topics).check(produced, duplicates=kills * BATCH)
 
 
@@ -202,8 +210,8 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
         done = committed(bootstrap, group, topics["input_topic"], partitions)
         return done == offsets_of(records)
 
-    records = mixed_records(scorer.window, 5000, partitions)
-    first, second = records[:4000], records[4000:]
+    records = mixed_records(scorer.window, 21_000, partitions)  # a's kill lands mid-stream
+    first, second = records[:20_000], records[20_000:]
     workers = {"a": start("a"), "b": start("b")}
     try:
         wait_for(lambda: shared_by("a", "b"), 90, "two workers sharing the partitions")
@@ -237,8 +245,8 @@ def test_a_frozen_broker_is_survived_without_a_restart(tiny_model_path, tmp_path
         "scores_topic": "scores",
         "dlq_topic": "dlq",
     }
-    records = mixed_records(scorer.window, 3000, partitions=2)
-    before, after = records[:2400], records[2400:]
+    records = mixed_records(scorer.window, 20_600, partitions=2)  # frozen mid-stream
+    before, after = records[:20_000], records[20_000:]
     port = free_port()
     with EmbeddedBroker() as broker:
         create_topics(broker.bootstrap, {"windows": 2, "events": 1, "scores": 2, "dlq": 1})
@@ -337,7 +345,7 @@ def test_events_the_broker_refuses_are_never_committed_past(tiny_model_path, tmp
         env = worker_env(
             bootstrap, tiny_model_path, group_id="strict", max_poll_records=BATCH, **topics
         )
-        worker = run_worker(env, tmp_path / "refused.log", "--idle-exit", "5", timeout=90)
+        worker = run_worker(env, tmp_path / "refused.log", timeout=90)  # stops by itself
         assert worker.process.returncode == 1, worker.stderr
         error = worker.stderr.strip().splitlines()[-1]
         assert "ERROR" in error and "events" in error and "InvalidRecord" in error, error
@@ -350,9 +358,13 @@ def test_events_the_broker_refuses_are_never_committed_past(tiny_model_path, tmp
 
         # The operator points the worker at a topic that takes events: it resumes there.
         env["FAULTWATCH_EVENTS_TOPIC"] = "events-v2"
-        worker = run_worker(env, tmp_path / "fixed.log", "--idle-exit", "3", timeout=90)
+        worker = run_until(
+            env,
+            tmp_path / "fixed.log",
+            lambda: committed(bootstrap, "strict", "windows", 1) == {0: len(values)},
+            "everything committed",
+        )
         assert worker.process.returncode == 0, worker.stderr
-        assert committed(bootstrap, "strict", "windows", 1) == {0: len(values)}
         scores = [json.loads(r.value) for r in read_topic(bootstrap, "scores")]
         assert {_source(s) for s in scores} == {(0, o) for o in range(len(values))}
         events = [json.loads(r.value) for r in read_topic(bootstrap, "events-v2")]
