@@ -585,7 +585,7 @@ def test_prometheusrule_carries_the_alert_rules() -> None:
     )
 
 
-# --- a real Prometheus over the worker's real metrics --------------------------------------
+# --- a real Prometheus scraping a real worker -------------------------------------------
 
 
 def _get_json(url: str) -> dict:
@@ -600,34 +600,65 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[str]:
-    """Prometheus with deploy's rules, scraping worker.metrics fed with batches every 50 ms."""
-    from prometheus_client import CollectorRegistry, start_http_server
+def worker_metrics(bootstrap, make_topic, tiny_model_path, tmp_path: Path) -> Iterator[int]:
+    """A `faultwatch run` process fed real records (anomalies, dead letters): its port."""
+    from kafka import KafkaProducer
 
-    from worker.metrics import Metrics
+    from demo.broker import free_port
+    from model.scoring import Scorer
+    from tests.helpers import start_worker, synthetic_values, unique, worker_env
 
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is not on PATH: install it with `apt-get install -y prometheus`"
-    registry = CollectorRegistry()
-    metrics = Metrics(registry=registry)
-    metrics.set_model("0123abcd", 125, 8, 0.8)
-    metrics.set_lag({("faultwatch.windows", 0): 12, ("faultwatch.windows", 1): 0})
-    exporter, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    window = Scorer.load(tiny_model_path).window
+    source, port = make_topic("windows", 2), free_port()
+    env = worker_env(
+        bootstrap,
+        tiny_model_path,
+        input_topic=source,
+        events_topic=make_topic("events"),
+        scores_topic=make_topic("scores"),
+        dlq_topic=make_topic("dlq"),
+        group_id=unique("group"),
+        metrics_port=port,
+        lag_interval=0.5,
+    )
+    worker = start_worker(env, tmp_path / "worker.log")
+    normal = synthetic_values(400, window)
+    anomalous = synthetic_values(20, window, shift=25.0, seed=1)
     stop = threading.Event()
 
-    def feed() -> None:
-        scores = [0.01 * n for n in range(1, 100, 7)]
-        while not stop.wait(0.05):
-            metrics.batch_committed(scores, anomalies=1, dead_letters={"schema": 1}, seconds=0.02)
+    def feed() -> None:  # ten records every 100 ms: one anomalous, one broken
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        n = 0
+        while not stop.wait(0.1):
+            for i in range(10):
+                value = anomalous[n % 20] if i == 0 else normal[(n + i) % 400]
+                producer.send(source, key=b"pump-1", value=b"{" if i == 1 else value)
+            n += 1
+        producer.close(timeout=10)
 
-    threading.Thread(target=feed, daemon=True).start()
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        feeder.join(timeout=15)
+        code = worker.terminate()
+    assert code == 0, worker.stderr
+
+
+@pytest.fixture
+def prometheus(worker_metrics: int, tmp_path: Path) -> Iterator[str]:
+    """Prometheus with deploy's rules, scraping a real worker that is scoring records."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not on PATH: install it with `apt-get install -y prometheus`"
     config = {
         "global": {"scrape_interval": "500ms", "evaluation_interval": "500ms"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
             {
                 "job_name": "faultwatch",
-                "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_port}"]}],
+                "static_configs": [{"targets": [f"127.0.0.1:{worker_metrics}"]}],
             }
         ],
     }
@@ -645,27 +676,27 @@ def prometheus(tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
-        query = urllib.parse.quote("count_over_time(faultwatch_windows_scored_total[1m])")
-        # Prometheus 2.x first scrapes ~5 s after start (its discovery batches updates).
-        while True:  # until three scrapes are stored: enough for rate() and histogram_quantile()
+        deadline = time.monotonic() + 60
+        # Three scrapes of a worker that has scored windows: enough for rate() and quantiles.
+        # (Prometheus 2.x first scrapes ~5 s after start; the worker joins its group meanwhile.)
+        query = urllib.parse.quote(
+            "count_over_time(faultwatch_windows_scored_total[1m]) >= 3 "
+            "and faultwatch_windows_scored_total > 0"
+        )
+        while True:
             assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
             try:
-                result = _get_json(f"{url}/api/v1/query?query={query}")["data"]["result"]
-                if result and float(result[0]["value"][1]) >= 3:
+                if _get_json(f"{url}/api/v1/query?query={query}")["data"]["result"]:
                     break
             except OSError:
                 pass  # not listening yet
             time.sleep(0.25)
         yield url
     finally:
-        stop.set()
         process.terminate()
         process.wait(timeout=10)
         log.close()
-        exporter.shutdown()
-        exporter.server_close()
 
 
 def test_live_prometheus_answers_every_panel_and_evaluates_every_rule(prometheus: str) -> None:
@@ -679,6 +710,10 @@ def test_live_prometheus_answers_every_panel_and_evaluates_every_rule(prometheus
         if not answer["data"]["result"]:
             empty.append(expr)
     assert not empty, f"panels without data from the worker's metrics: {empty}"
+    fed = ["faultwatch_anomalies_total", 'faultwatch_dead_letters_total{reason="invalid_json"}']
+    for name in fed:
+        query = urllib.parse.quote(f"{name} > 0")  # what the feeder sent, seen by the worker
+        assert _get_json(f"{prometheus}/api/v1/query?query={query}")["data"]["result"], name
     deadline = time.monotonic() + 10
     while True:  # every rule evaluated at least once, none in error
         rules = [
