@@ -153,4 +153,7 @@ def parse_time(timestamp: str) -> datetime:
         raise DataError(f"timestamp {timestamp!r} is neither RFC 3339 nor epoch seconds") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise DataError(f"timestamp {timestamp!r} is out of range in UTC") from None
