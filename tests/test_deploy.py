@@ -33,6 +33,7 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "k8s"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
+README = ROOT / "README.md"
 
 # What the worker exports (worker/metrics.py), as Prometheus stores it: counters with _total,
 # histograms as _bucket/_sum/_count. Dashboards and rules may name nothing else but `up`.
@@ -484,7 +485,17 @@ def test_deployment_resources_fit_one_to_two_cores() -> None:
     assert set(resources_["requests"]) == set(resources_["limits"]) == {"cpu", "memory"}
     assert 0.5 <= float(resources_["requests"]["cpu"]) <= float(resources_["limits"]["cpu"]) <= 2
     assert config()["FAULTWATCH_TORCH_THREADS"] == "1"
-    assert spec["terminationGracePeriodSeconds"] >= 30  # finish the batch, commit
+
+
+def test_grace_periods_cover_the_worker_s_longest_shutdown() -> None:
+    from worker.service import SHUTDOWN_SECONDS
+
+    spec, _ = pod()
+    assert spec["terminationGracePeriodSeconds"] >= SHUTDOWN_SECONDS
+    for name, service in workers().items():
+        grace = service["stop_grace_period"]
+        assert grace.endswith("s") and int(grace[:-1]) >= SHUTDOWN_SECONDS, name
+    assert f"{SHUTDOWN_SECONDS} s" in README.read_text()  # the bound the README gives
 
 
 def test_deployment_runs_restricted() -> None:
@@ -575,6 +586,27 @@ def test_keda_scales_on_lag_up_to_the_partition_count() -> None:
     for ref in auth["spec"]["secretTargetRef"]:
         assert ref["name"] == secret_example()["metadata"]["name"]
         assert ref["key"] in secret_example()["stringData"]
+
+
+def test_one_input_partition_count_everywhere() -> None:
+    # README's topic guide, compose's topics job and KEDA's ceiling: one number.
+    guide = re.findall(
+        r"--create --topic faultwatch\.windows\s+--partitions (\d+)", README.read_text()
+    )
+    keda = resources()["ScaledObject"]["spec"]["maxReplicaCount"]
+    assert guide and {int(n) for n in guide} == {created_topics()["faultwatch.windows"], keda}
+
+
+def test_readme_documents_every_setting() -> None:
+    from worker.settings import Settings
+
+    text = README.read_text()
+    # The settings table names them without the prefix (in its first column); prose with it.
+    rows = re.findall(r"^\|([^|]*)\|", text, re.MULTILINE)
+    named = {name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row)}
+    named |= set(re.findall(r"FAULTWATCH_([A-Z0-9_]+)", text))
+    missing = sorted(f.upper() for f in Settings.model_fields if f.upper() not in named)
+    assert not missing, f"settings missing from README.md: {missing}"
 
 
 def test_prometheusrule_carries_the_alert_rules() -> None:
