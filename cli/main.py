@@ -1,7 +1,6 @@
-"""The `faultwatch` command: offline model work (train, score, inspect) and the worker's jobs.
+"""The `faultwatch` command: offline model work (train, score, inspect) and the worker's jobs."""
 
-Every user mistake ends as one line on stderr and a non-zero exit, never a traceback.
-"""
+# Every user mistake ends as one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 

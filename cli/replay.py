@@ -1,9 +1,8 @@
-"""Replay topics: recordings cut into contract windows, or a recorded range of another topic.
+"""Replay topics: recordings cut into contract windows, or a recorded range of another topic."""
 
-Windows are cut exactly as `faultwatch score` cuts them (Recording.windows), so the worker's
-scores of a replay can be compared row by row with `score`'s CSV. Copying a topic range uses
-its own partition assignment, without a consumer group: production offsets stay untouched.
-"""
+# Windows are cut exactly as `faultwatch score` cuts them (Recording.windows), so the worker's
+# scores of a replay can be compared row by row with `score`'s CSV. Copying a topic range uses
+# its own partition assignment, without a consumer group: production offsets stay untouched.
 
 from __future__ import annotations
 
@@ -86,10 +85,8 @@ def encode_window(
 def schedule(
     streams: list[Stream], rate: float | None, speed: float | None, loops: int | None
 ) -> Iterator[tuple[float | None, Stream, int, int]]:
-    """(send-at seconds from start or None, stream, window index, loop) in replay order.
-
-    Machines advance side by side: the k-th window of every machine, then the k+1-th.
-    """
+    """(send-at seconds from start or None, stream, window index, loop) in replay order."""
+    # Machines advance side by side: the k-th window of every machine, then the k+1-th.
     offsets = [s.seconds() for s in streams] if speed else None
     span = max((o[-1] for o in offsets if len(o)), default=0.0) + 1 if offsets else 0.0
     longest = max(len(s.end_rows) for s in streams)

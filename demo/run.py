@@ -1,9 +1,8 @@
-"""`faultwatch demo`: the whole product on one machine, from a broker to a summary.
+"""`faultwatch demo`: the whole product on one machine, from a broker to a summary."""
 
-It starts an embedded broker, trains a model on simulated normal operation, starts a worker
-process, replays five pumps (one healthy, four developing faults) faster than real time,
-prints events as they arrive, and ends with what was detected, when, and what was missed.
-"""
+# It starts an embedded broker, trains a model on simulated normal operation, starts a worker
+# process, replays five pumps (one healthy, four developing faults) faster than real time,
+# prints events as they arrive, and ends with what was detected, when, and what was missed.
 
 from __future__ import annotations
 

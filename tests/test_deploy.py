@@ -1,9 +1,8 @@
-"""deploy/: the Grafana dashboard, docker-compose, the Dockerfile and the Kubernetes manifests.
+"""deploy/: the Grafana dashboard, docker-compose, the Dockerfile and the Kubernetes manifests."""
 
-Docker and a cluster cannot run here, so these tests hold the files to the contracts they
-share with each other and with the worker: metric names, settings, topics, ports, probes.
-The alert rules are tested by promtool in test_alerts.py.
-"""
+# Docker and a cluster cannot run here, so these tests hold the files to the contracts they
+# share with each other and with the worker: metric names, settings, topics, ports, probes.
+# The alert rules are tested by promtool in test_alerts.py.
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""Hostile input records: near-valid JSON, bad encodings, huge and deep documents.
+"""Hostile input records: near-valid JSON, bad encodings, huge and deep documents."""
 
-Whatever the bytes, the decoder returns a window or one of the documented reasons, within
-bounded time, memory and stack; and whatever finite numbers a window holds, the pipeline
-publishes finite scores (RFC 8259 JSON) or a dead letter, never NaN or infinity.
-"""
+# Whatever the bytes, the decoder returns a window or one of the documented reasons, within
+# bounded time, memory and stack; and whatever finite numbers a window holds, the pipeline
+# publishes finite scores (RFC 8259 JSON) or a dead letter, never NaN or infinity.
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Hostile model files: refused with one line, before they can run code, eat memory or blind
-the worker. The checksum proves integrity, not origin: anyone can write a file whose
-checksum is right, so everything a file declares is checked against what it holds.
-"""
+"""Hostile model files: refused with one line, before they can run code or eat memory."""
+
+# ...or blind the worker. The checksum proves integrity, not origin: anyone can write a file
+# whose checksum is right, so everything a file declares is checked against what it holds.
 
 from __future__ import annotations
 

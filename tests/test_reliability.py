@@ -1,11 +1,10 @@
-"""Faults around `faultwatch run` on the real broker: nothing that enters the input is lost.
+"""Faults around `faultwatch run` on the real broker: nothing that enters the input is lost."""
 
-SIGKILL loops, a rebalance with a killed member, a frozen broker and a broker that refuses
-events. After each, every input offset ends as a score record or a dead letter; a kill may
-repeat at most about one batch (FAULTWATCH_MAX_POLL_RECORDS), and events de-duplicate by
-`event_id`. Brokers that are frozen or made strict are private to their test. Every wait
-is bounded.
-"""
+# SIGKILL loops, a rebalance with a killed member, a frozen broker and a broker that refuses
+# events. After each, every input offset ends as a score record or a dead letter; a kill may
+# repeat at most about one batch (FAULTWATCH_MAX_POLL_RECORDS), and events de-duplicate by
+# `event_id`. Brokers that are frozen or made strict are private to their test. Every wait
+# is bounded.
 
 from __future__ import annotations
 

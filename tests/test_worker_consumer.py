@@ -58,11 +58,10 @@ class SlowPublisher(Publisher):
 
 
 class RefusingConsumer(KafkaConsumer):
-    """A real consumer whose first commit is refused as the group refuses it mid-rebalance.
+    """A real consumer whose first commit is refused as the group refuses it mid-rebalance."""
 
-    kafka-python then keeps this member's positions when the group gives it the same
-    partitions back: what happens when the rebalance changed nothing for it.
-    """
+    # kafka-python then keeps this member's positions when the group gives it the same
+    # partitions back: what happens when the rebalance changed nothing for it.
 
     refusals = 1
 

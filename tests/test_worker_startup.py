@@ -1,8 +1,7 @@
-"""`faultwatch run` start-up failures: one clear line on stderr and the documented exit code.
+"""`faultwatch run` start-up failures: one clear line on stderr and the documented exit code."""
 
-Failures before the broker is tried run `main` in this process (torch is imported once);
-the others run the real command.
-"""
+# Failures before the broker is tried run `main` in this process (torch is imported once);
+# the others run the real command.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""One batch of input records in, every record it must publish out: events, scores, dead letters.
+"""One batch of input records in, every record it must publish out: events, scores, dead letters."""
 
-Pure: no Kafka here, so the batch logic is tested without a broker. All valid windows of a
-batch go through the model in one `Scorer.score` call.
-"""
+# Pure: no Kafka here, so the batch logic is tested without a broker. All valid windows of a
+# batch go through the model in one `Scorer.score` call.
 
 from __future__ import annotations
 

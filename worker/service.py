@@ -1,8 +1,7 @@
-"""`faultwatch run`: settings, logging, the model, the broker, the loop, and the exit code.
+"""`faultwatch run`: settings, logging, the model, the broker, the loop, and the exit code."""
 
-Exit codes: 0 stopped cleanly (SIGTERM, SIGINT or --idle-exit); 1 the model, the broker or
-a batch failed for good (one line on stderr); 2 a setting is invalid (one line on stderr).
-"""
+# Exit codes: 0 stopped cleanly (SIGTERM, SIGINT or --idle-exit); 1 the model, the broker or
+# a batch failed for good (one line on stderr); 2 a setting is invalid (one line on stderr).
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The worker's one settings object: FAULTWATCH_* environment variables, `run` flags over them.
+"""The worker's one settings object: FAULTWATCH_* environment variables, `run` flags over them."""
 
-Only this module reads the environment. Secrets are `SecretStr`: they print as stars and
-reach the Kafka client alone, through `kafka_options()`.
-"""
+# Only this module reads the environment. Secrets are `SecretStr`: they print as stars and
+# reach the Kafka client alone, through `kafka_options()`.
 
 from __future__ import annotations
 
