@@ -185,8 +185,8 @@ class Loop:
 
     def _seek_back(self, polled: Polled) -> None:
         """Each partition of the batch back to its first record: the group's committed offset."""
-        # kafka-python keeps the positions of partitions that the rebalance gives back to this
-        # member, so without this the batch would be skipped here and never counted.
+        # kafka-python keeps the positions of partitions a rebalance gives back to this member
+        # (unless the group dropped it), so the batch would be skipped here and never counted.
         assigned = self.consumer.assignment()
         for tp, batch in polled.items():
             if tp in assigned:
