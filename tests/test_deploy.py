@@ -708,11 +708,13 @@ def prometheus(worker_metrics: int, tmp_path: Path) -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + 60
-        # Three scrapes of a worker that has scored windows: enough for rate() and quantiles.
-        # (Prometheus 2.x first scrapes ~5 s after start; the worker joins its group meanwhile.)
+        # Three scrapes of a worker that has scored windows and reported its lag: enough for
+        # rate() and quantiles. (Prometheus 2.x first scrapes ~5 s after start; the worker
+        # joins its group meanwhile.)
         query = urllib.parse.quote(
             "count_over_time(faultwatch_windows_scored_total[1m]) >= 3 "
-            "and faultwatch_windows_scored_total > 0"
+            "and faultwatch_windows_scored_total > 0 "
+            "and on () count(faultwatch_consumer_lag) > 0"
         )
         while True:
             assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
