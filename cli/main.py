@@ -1,14 +1,12 @@
-"""The `faultwatch` command: offline model work (train, score, inspect) and the worker's jobs.
+"""The `faultwatch` command: offline model work (train, score, inspect) and the worker's jobs."""
 
-Every user mistake ends as one line on stderr and a non-zero exit, never a traceback.
-"""
+# Every user mistake ends as one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -16,7 +14,6 @@ from kafka.errors import KafkaError
 from model.detectors import DETECTORS
 from model.errors import FaultwatchError
 from model.networks import ARCHITECTURES
-from model.recording import parse_time
 from model.simulator import FAULTS
 from model.training import TrainConfig
 
@@ -138,8 +135,8 @@ def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--from-topic", default=None, help="copy a range of this topic instead")
     p.add_argument("--from-offset", type=int, default=None, help="first offset, each partition")
     p.add_argument("--to-offset", type=int, default=None, help="end offset (exclusive)")
-    p.add_argument("--since", type=_moment, default=None, help="e.g. 2h, 30m or an RFC 3339 time")
-    p.add_argument("--until", type=_moment, default=None, help="e.g. 1h or an RFC 3339 time")
+    p.add_argument("--since", default=None, help="e.g. 2h, 30m or an RFC 3339 time")
+    p.add_argument("--until", default=None, help="e.g. 1h or an RFC 3339 time")
     _add_data_options(p)
     p.set_defaults(handler=_replay)
 
@@ -227,17 +224,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
-
-
-def _moment(text: str) -> datetime:
-    """'2h', '30m', '45s', '1d' ago, or an RFC 3339 time."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        return datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    try:
-        return parse_time(text)
-    except FaultwatchError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 2h, 30m or a time") from exc
 
 
 if __name__ == "__main__":

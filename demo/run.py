@@ -1,11 +1,11 @@
-"""`faultwatch demo`: the whole product on one machine, from a broker to a summary.
+"""`faultwatch demo`: the whole product on one machine, from a broker to a summary."""
 
-It starts an embedded broker, trains a model on simulated normal operation, starts a worker
-process, replays five pumps (one healthy, four developing faults) faster than real time,
-prints anomaly episodes as they open and close, and ends with a summary by episode: per pump,
-when its episode opened, how long after the fault began, how long it lasted, its peak and the
-channels that carried it, and what was missed or falsely raised.
-"""
+
+# It starts an embedded broker, trains a model on simulated normal operation, starts a worker
+# process, replays five pumps (one healthy, four developing faults) faster than real time,
+# prints anomaly episodes as they open and close, and ends with a summary by episode: per
+# pump, when its episode opened, how long after the fault began, how long it lasted, its peak
+# and the channels that carried it, and what was missed or falsely raised.
 
 from __future__ import annotations
 

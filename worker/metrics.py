@@ -1,8 +1,7 @@
-"""Every Prometheus series of the worker, declared in one place.
+"""Every Prometheus series of the worker, declared in one place."""
 
-No per-machine label: label cardinality is the user's Prometheus bill. Lag has one series
-per assigned input partition, removed when the partition goes to another replica.
-"""
+# No per-machine label: label cardinality is the user's Prometheus bill. Lag has one series
+# per assigned input partition, removed when the partition goes to another replica.
 
 from __future__ import annotations
 

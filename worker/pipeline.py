@@ -1,11 +1,10 @@
-"""One batch of input records in, every record it must publish out: events, scores, dead letters.
+"""One batch of input records in, every record it must publish out: events, scores, dead letters."""
 
-Pure: no Kafka here, so the batch logic is tested without a broker. All valid windows of a
-batch go through the model in one `Scorer.score` call. Events are episodes (with the state
-records that let another worker carry them on) or, in `windows` mode, one per anomalous window.
-A record keyed other than by its machine id is a dead letter (`key_mismatch`): it could sit
-in another partition than its machine's episode.
-"""
+# Pure: no Kafka here, so the batch logic is tested without a broker. All valid windows of a
+# batch go through the model in one `Scorer.score` call. Events are episodes (with the state
+# records that let another worker carry them on) or, in `windows` mode, one per anomalous
+# window. A record keyed other than by its machine id is a dead letter (`key_mismatch`): it
+# could sit in another partition than its machine's episode.
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
-"""`faultwatch run`: settings, logging, the model, the broker, the loop, and the exit code.
+"""`faultwatch run`: settings, logging, the model, the broker, the loop, and the exit code."""
 
-Exit codes: 0 stopped cleanly (SIGTERM, SIGINT or --idle-exit); 1 the model, the broker or
-a batch failed for good (one line on stderr); 2 a setting is invalid (one line on stderr).
-"""
+# Exit codes: 0 stopped cleanly (SIGTERM, SIGINT or --idle-exit); 1 the model, the broker or
+# a batch failed for good (one line on stderr); 2 a setting is invalid (one line on stderr).
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -27,7 +27,7 @@ from prometheus_client import (
 from model.errors import FaultwatchError
 from model.scoring import Scorer
 from worker import settings as settings_io
-from worker.consumer import Loop, consumer_options
+from worker.consumer import COMMIT_TIMEOUT_MS, POLL_TIMEOUT_MS, Loop, consumer_options
 from worker.control import ControlReader, MuteTable
 from worker.errors import BrokerError, SettingsError, WorkerError
 from worker.health import Health, HealthServer
@@ -35,11 +35,32 @@ from worker.logs import configure_logging
 from worker.messages import Decoder
 from worker.metrics import Metrics
 from worker.pipeline import Episodes, Pipeline, Topics
-from worker.publisher import Publisher, producer_options
+from worker.publisher import (
+    CLOSE_TIMEOUT,
+    FLUSH_TIMEOUT,
+    PRODUCER_OPTIONS,
+    Publisher,
+    producer_options,
+)
 from worker.settings import ENV_PREFIX, FLAGS, Settings
 from worker.state import ChangelogReader, EpisodeState
 
 log = logging.getLogger(__name__)
+
+CONSUMER_CLOSE_MS = 5_000  # leaving the group when the worker stops
+# The longest a SIGTERM can take, for the orchestrator's grace period (terminationGracePeriod-
+# Seconds, stop_grace_period): the poll in hand, the batch in hand (sends blocked on a full
+# buffer or missing metadata, the flush, the commit), then closing both clients. A clean stop
+# takes about a second; a shorter grace is safe for the data (an unfinished batch is read
+# again after the restart), it only repeats that batch.
+SHUTDOWN_SECONDS = math.ceil(
+    POLL_TIMEOUT_MS / 1000
+    + PRODUCER_OPTIONS["max_block_ms"] / 1000
+    + FLUSH_TIMEOUT
+    + COMMIT_TIMEOUT_MS / 1000
+    + CONSUMER_CLOSE_MS / 1000
+    + CLOSE_TIMEOUT
+)
 
 
 METAVARS = {
@@ -131,7 +152,7 @@ def _consume(
     finally:
         for reader in readers:
             reader.close()
-        consumer.close(autocommit=False)
+        consumer.close(autocommit=False, timeout_ms=CONSUMER_CLOSE_MS)
         publisher.close()
     log.info("shutdown %s", loop.totals)
     return reason

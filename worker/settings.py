@@ -1,8 +1,7 @@
-"""The worker's one settings object: FAULTWATCH_* environment variables, `run` flags over them.
+"""The worker's one settings object: FAULTWATCH_* environment variables, `run` flags over them."""
 
-Only this module reads the environment. Secrets are `SecretStr`: they print as stars and
-reach the Kafka client alone, through `kafka_options()`.
-"""
+# Only this module reads the environment. Secrets are `SecretStr`: they print as stars and
+# reach the Kafka client alone, through `kafka_options()`.
 
 from __future__ import annotations
 
@@ -59,6 +58,9 @@ class Settings(BaseSettings):
     state_topic: str = Field("faultwatch.state", description="episode state (changelog) topic")
     control_topic: str = Field("faultwatch.control", description="mute commands topic")
     group_id: str = Field("faultwatch", min_length=1, description="consumer group")
+    # Static membership: a member restarted under the same id (the pod name) takes its
+    # partitions back without waiting for its old session; a clean stop does not leave.
+    group_instance_id: str = ""
     client_id: str = "faultwatch"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=1_000)
@@ -123,6 +125,13 @@ class Settings(BaseSettings):
     def _check_topic(cls, value: str) -> str:
         if not TOPIC_NAME.match(value):
             raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
+        return value
+
+    @field_validator("group_instance_id")
+    @classmethod
+    def _check_instance_id(cls, value: str) -> str:
+        if value and not TOPIC_NAME.match(value):
+            raise ValueError(f"{value!r} is not a group instance id ([A-Za-z0-9._-], 1-249)")
         return value
 
     @field_validator("scores_topic")
@@ -213,10 +222,11 @@ class Settings(BaseSettings):
     def summary(self) -> str:
         """The settings worth a start-up log line, as key=value; never a secret."""
         scores = self.scores_topic or "off"
+        instance = f" instance={self.group_instance_id}" if self.group_instance_id else ""
         line = (
             f"bootstrap={self.bootstrap_servers} security={self.security_protocol} "
             f"input={self.input_topic} events={self.events_topic} scores={scores} "
-            f"dlq={self.dlq_topic} group={self.group_id} model={self.model_path} "
+            f"dlq={self.dlq_topic} group={self.group_id}{instance} model={self.model_path} "
             f"event_mode={self.events}"
         )
         if self.events == "episodes":
