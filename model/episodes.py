@@ -61,7 +61,7 @@ class Episode:
     __slots__ = (
         "machine_id", "id", "phase", "started", "started_at", "opened_at", "windows",
         "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
-        "reported_peak", "reported", "clear_since", "clear_at",
+        "reported_peak", "reported", "clear_since", "clear_at", "versions", "peak_ratios",
     )  # fmt: skip
 
     def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
@@ -77,18 +77,23 @@ class Episode:
         self.reported_peak, self.reported = -math.inf, time  # at the last opened/updated
         self.clear_since: float | None = None
         self.clear_at: str | None = None
+        self.versions: list[str] = []  # the models that scored its windows, oldest first
+        self.peak_ratios: dict[str, float] = {}  # detector -> its ratio at the peak
 
     def copy(self) -> Episode:
         twin = Episode.__new__(Episode)
         for name in Episode.__slots__:
             setattr(twin, name, getattr(self, name))
         twin.weights = dict(self.weights)
+        twin.versions = list(self.versions)
         return twin
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for the state topic."""
         return {name: getattr(self, name) for name in Episode.__slots__} | {
             "weights": dict(self.weights),
+            "versions": list(self.versions),
+            "peak_ratios": dict(self.peak_ratios),
             "peak_score": _finite(self.peak_score),
             "reported_peak": _finite(self.reported_peak),
         }
@@ -97,17 +102,24 @@ class Episode:
     def from_dict(cls, data: dict[str, Any]) -> Episode:
         episode = cls.__new__(cls)
         for name in Episode.__slots__:
-            setattr(episode, name, data[name])
+            if name not in LATER_FIELDS:
+                setattr(episode, name, data[name])
+        # Saved before a model could change under an open episode: none recorded.
+        episode.versions = list(data.get("versions", []))
+        episode.peak_ratios = dict(data.get("peak_ratios", {}))
         episode.peak_score = _infinite(data["peak_score"])
         episode.reported_peak = _infinite(data["reported_peak"])
         episode.weights = dict(data["weights"])
         return episode
 
-    def add(self, timestamp: str, score: float, shares: Shares, detector: str) -> None:
+    def add(
+        self, timestamp: str, score: float, shares: Shares, detector: str, ratios: Ratios | None
+    ) -> None:
         """One more anomalous window."""
         self.windows += 1
         if score > self.peak_score:
             self.peak_score, self.peak_at, self.detector = score, timestamp, detector
+            self.peak_ratios = ratios() if ratios is not None else {}
         weights = self.weights
         for channel, share in shares():
             weights[channel] = weights.get(channel, 0.0) + score * share
@@ -120,6 +132,8 @@ class Episode:
 
 
 Shares = Callable[[], Sequence[tuple[str, float]]]  # a window's (channel, share), computed lazily
+Ratios = Callable[[], dict[str, float]]  # a window's ratio per detector, computed lazily
+LATER_FIELDS = ("versions", "peak_ratios")  # absent from state saved by earlier versions
 
 
 @dataclass
@@ -206,8 +220,14 @@ class Tracker:
         detector: str,
         source: dict[str, Any],
         muted: bool = False,
+        version: str = "",
+        ratios: Ratios | None = None,
     ) -> list[dict[str, Any]]:
-        """One scored window, in its partition's order; returns the events it causes."""
+        """One scored window, in its partition's order; returns the events it causes.
+
+        `version`: the model that scored it (an episode lives on across a model change and
+        lists every version that scored it); `ratios`: its detectors' ratios, kept at the peak.
+        """
         seen = self.seen.get(machine)
         if seen is not None and time < seen:
             self.late += 1  # out of order: the machine's episode has moved past it
@@ -230,11 +250,13 @@ class Tracker:
         else:
             self._touch(machine)
         episode.last, episode.last_at, episode.score = time, timestamp, score
+        if version and version not in episode.versions:
+            episode.versions.append(version)
         cause = Cause(time, timestamp, threshold, source)
         if muted:
             return events + self._end(episode, "muted", time, timestamp, cause)
         if score > threshold:
-            episode.add(timestamp, score, shares, detector)
+            episode.add(timestamp, score, shares, detector, ratios)
             episode.clear_since = episode.clear_at = None
             if episode.phase == "pending" and time - episode.started >= self.config.open_seconds:
                 episode.phase, episode.opened_at = "open", timestamp
@@ -337,6 +359,8 @@ class Tracker:
             "threshold": cause.threshold,
             "top_channels": episode.top_channels(self.top_n),
             "detector": episode.detector,
+            "detectors": _rounded(episode.peak_ratios),
+            "model_versions": list(episode.versions),
             "close_reason": None,
             "source": cause.source,
         }
@@ -362,6 +386,10 @@ def shares_of(channels: Sequence[str], row: np.ndarray) -> Shares:
 
 def _round(value: float) -> float:
     return float(f"{value:.{DIGITS}g}")
+
+
+def _rounded(ratios: dict[str, float]) -> dict[str, float]:
+    return {name: _round(value) for name, value in ratios.items()}
 
 
 def _finite(value: float) -> float | None:

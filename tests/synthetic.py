@@ -84,3 +84,21 @@ def family_model(architecture: str) -> TrainResult:
     if architecture == "dense":
         return tiny_model()
     return train([recording(normal_values(600))], FAMILY[architecture])
+
+
+PRESS_CHANNELS = ["force", "stroke", "oil_temperature"]
+PRESS = dataclasses.replace(TINY, window=6, machines=("press-*",))
+
+
+def press_values(rows: int, seed: int = 0) -> np.ndarray:
+    """(rows, 3) another machine type: other channels, other levels."""
+    return normal_values(rows, seed)[:, [0, 2, 3]] * np.array([10.0, 0.5, 1.2])
+
+
+@functools.cache
+def press_model() -> TrainResult:
+    """A tiny model of another machine type (window 6, 3 channels, serving `press-*`)."""
+    values = press_values(600)
+    stamps = [str(i) for i in range(len(values))]
+    press = Recording(Path("press.csv"), stamps, list(PRESS_CHANNELS), values)
+    return train([press], PRESS)

@@ -324,8 +324,7 @@ def test_any_finite_window_is_scored_finitely_or_dead_lettered(scorer, data):
         )
         for offset, w in enumerate(windows)
     ]
-    decoder = Decoder(scorer.window, scorer.channels, max_bytes=100_000)
-    pipeline = Pipeline(scorer, decoder, Topics("events", "dlq", "scores"))
+    pipeline = Pipeline(scorer, Topics("events", "dlq", "scores"), max_record_bytes=100_000)
     with np.errstate(all="ignore"):
         result = pipeline.process(records)
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+
+from model.scoring import Scorer
 
 from tests.helpers import http_get, metric_samples
 from worker.health import Health, HealthServer
 from worker.messages import REASONS
 from worker.metrics import Metrics
+from worker.pipeline import ModelBatch
+from worker.routing import Routes, Served
 
 
 class Clock:
@@ -26,22 +31,36 @@ def registry() -> CollectorRegistry:
     return CollectorRegistry()
 
 
+@pytest.fixture(scope="module")
+def routes(tiny_model_path) -> Routes:
+    return Routes.single(Scorer.load(tiny_model_path), name="pump")
+
+
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels)
 
 
-def test_a_committed_batch_counts_once(registry):
+def scored(served: Served, scores: list[float]) -> list[ModelBatch]:
+    scores_ = np.array(scores)
+    return [ModelBatch(served, scores_, scores_ > served.scorer.threshold)]
+
+
+def test_a_committed_batch_counts_once(registry, routes):
     clock = Clock()
     metrics = Metrics(registry, clock)
+    metrics.set_models(routes)
     clock.now += 42
     assert value(registry, "faultwatch_seconds_since_last_commit") == 42  # since start
-    metrics.batch_committed([0.1, 0.2, 30.0], 1, Counter(schema=2, too_large=1), seconds=0.05)
-    assert value(registry, "faultwatch_windows_scored_total") == 3
-    assert value(registry, "faultwatch_anomalies_total") == 1
+    assert value(registry, "faultwatch_windows_scored_total", model="pump") == 0  # from start
+    (served,) = routes.models
+    batch = scored(served, [0.1, 0.2, 30.0])
+    metrics.batch_committed(batch, Counter(schema=2, too_large=1), seconds=0.05)
+    assert value(registry, "faultwatch_windows_scored_total", model="pump") == 3
+    assert value(registry, "faultwatch_anomalies_total", model="pump") == 1
     assert value(registry, "faultwatch_dead_letters_total", reason="schema") == 2
     assert value(registry, "faultwatch_dead_letters_total", reason="too_large") == 1
-    assert value(registry, "faultwatch_score_count") == 3
-    assert value(registry, "faultwatch_score_bucket", le="0.2") == 2
+    assert value(registry, "faultwatch_score_count", model="pump") == 3
+    assert value(registry, "faultwatch_score_bucket", model="pump", le="0.2") == 2
     assert value(registry, "faultwatch_batch_duration_seconds_count") == 1
     assert value(registry, "faultwatch_seconds_since_last_commit") == 0
     clock.now += 7.5
@@ -63,11 +82,37 @@ def test_lag_series_follow_the_assignment(registry):
     assert value(registry, "faultwatch_consumer_lag", topic="in", partition="1") == 0
 
 
-def test_model_info_carries_the_version(registry):
-    Metrics(registry).set_model("0123456789ab", 125, 8, 0.75)
-    labels = {"version": "0123456789ab", "window": "125", "channels": "8"}
-    assert value(registry, "faultwatch_model_info", **labels) == 1
-    assert value(registry, "faultwatch_model_threshold") == 0.75
+def test_model_info_carries_the_version(registry, routes):
+    metrics = Metrics(registry)
+    metrics.set_models(routes)
+    (served,) = routes.models
+    labels = {"model": "pump", "version": served.version, "window": "10", "channels": "4"}
+    assert value(registry, "faultwatch_model_info", role="live", **labels) == 1
+    assert value(registry, "faultwatch_model_threshold", model="pump") == served.scorer.threshold
+    candidate = Routes.single(served.scorer, name="candidate")
+    metrics.set_models(None, candidate)  # live unchanged, a shadow model added
+    assert value(registry, "faultwatch_model_info", role="live", **labels) == 1
+    shadow = labels | {"model": "candidate"}
+    assert value(registry, "faultwatch_model_info", role="shadow", **shadow) == 1
+    says = {"live": "normal", "candidate": "anomaly"}
+    assert value(registry, "faultwatch_shadow_windows_total", model="candidate", **says) == 0
+    metrics.shadow_committed(Counter({("candidate", False, True): 3}))
+    assert value(registry, "faultwatch_shadow_windows_total", model="candidate", **says) == 3
+    metrics.set_models(Routes.single(served.scorer, name="press"))  # pump left service
+    assert value(registry, "faultwatch_model_info", role="live", **labels) is None
+    assert value(registry, "faultwatch_model_threshold", model="pump") is None
+
+
+def test_drift_appears_once_enough_normal_windows_were_committed(registry, routes):
+    metrics = Metrics(registry)
+    (served,) = routes.models
+    fresh = Routes.single(served.scorer, name="pump")  # a drift of its own
+    metrics.set_models(fresh)
+    normal = np.quantile(served.scorer.artifact.score_quantiles, np.linspace(0, 1, 499))
+    metrics.batch_committed(scored(fresh.models[0], list(normal)), {}, seconds=0.01)
+    assert value(registry, "faultwatch_score_drift", model="pump") is None  # 499: too few
+    metrics.batch_committed(scored(fresh.models[0], [float(normal[0])] * 2), {}, seconds=0.01)
+    assert 0 <= value(registry, "faultwatch_score_drift", model="pump") < 0.1
 
 
 def test_health_reports_readiness_and_a_stuck_loop():
@@ -84,14 +129,15 @@ def test_health_reports_readiness_and_a_stuck_loop():
     assert health.liveness() == (True, "alive")
 
 
-def test_one_server_answers_metrics_and_both_probes(registry):
+def test_one_server_answers_metrics_and_both_probes(registry, routes):
     metrics, health = Metrics(registry), Health()
-    metrics.batch_committed([0.5], 0, {}, seconds=0.01)
+    metrics.batch_committed(scored(routes.models[0], [0.5]), {}, seconds=0.01)
     server = HealthServer(health, registry, port=0, host="127.0.0.1").start()
     try:
         status, body = http_get(server.port, "/metrics")
         assert status == 200
-        assert metric_samples(body)[("faultwatch_windows_scored_total", ())] == 1
+        scored_total = ("faultwatch_windows_scored_total", (("model", "pump"),))
+        assert metric_samples(body)[scored_total] == 1
         assert http_get(server.port, "/healthz") == (200, "alive\n")
         assert http_get(server.port, "/readyz") == (503, "starting\n")
         health.set_ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -11,8 +12,8 @@ from model.episodes import EpisodeConfig
 from model.scoring import Scorer
 from tests.helpers import synthetic_values
 from worker.control import MuteTable
-from worker.messages import Decoder
 from worker.pipeline import Episodes, Pipeline, Topics
+from worker.routing import Routes
 from worker.state import CLOCK_KEY, EpisodeState
 
 CONFIG = EpisodeConfig(
@@ -52,10 +53,10 @@ class Changelog:
 
 
 def make(scorer: Scorer, changelog: Changelog, mutes: MuteTable | None = None) -> Pipeline:
-    decoder = Decoder(scorer.window, scorer.channels, max_bytes=10_000)
     state = EpisodeState(CONFIG, "windows", "group", changelog)
     episodes = Episodes(state, mutes or MuteTable())
-    return Pipeline(scorer, decoder, Topics("events", "dlq", "scores", "state"), 2, episodes)
+    topics = Topics("events", "dlq", "scores", "state")
+    return Pipeline(scorer, topics, 2, episodes, max_record_bytes=10_000)
 
 
 def stream(scorer: Scorer) -> list[Record]:
@@ -172,3 +173,25 @@ def test_an_expired_mute_mutes_nothing(scorer):
     mutes.apply(b"pump-1", json.dumps(document).encode())
     result = make(scorer, Changelog(), mutes).process(stream(scorer))
     assert [e["kind"] for e in events(result.outputs)] == ["opened", "updated", "closed"]
+
+
+def test_an_open_episode_carries_on_across_a_model_change_and_names_both_versions(scorer):
+    records = stream(scorer)
+    log = Changelog()
+    pipeline = make(scorer, log)
+    first = events(run(pipeline, records, [8], log))  # opened under the first model
+    retrained = Scorer(dataclasses.replace(scorer.artifact, training={"retrained": True}))
+    pipeline.serve(Routes.single(retrained))  # a reload, between two batches
+    second = events(run(pipeline, records[8:], [3, len(records) - 11], log))
+    assert [e["kind"] for e in first + second] == ["opened", "updated", "closed"]
+    assert first[0]["model_version"] == scorer.version
+    assert first[0]["model_versions"] == [scorer.version]
+    closed = second[-1]
+    assert closed["episode_id"] == first[0]["episode_id"]  # the same episode
+    assert closed["model_version"] == retrained.version
+    assert closed["model_versions"] == [scorer.version, retrained.version]
+    assert set(closed["detectors"]) == set(scorer.detector_names)  # ratios at the peak
+    assert closed["detectors"][closed["detector"]] == closed["peak_score"]
+    # A worker restoring as of offset 11 (still open then) knows both: they are in the state.
+    restored = EpisodeState(CONFIG, "windows", "group", log).tracker(2, 11)
+    assert restored.episodes["pump-1"].versions == [scorer.version, retrained.version]

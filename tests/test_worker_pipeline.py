@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.scoring import Scorer
-from tests.helpers import synthetic_values
-from worker.messages import Decoder
+from tests.helpers import synthetic_values, window_value
+from tests.synthetic import normal_values, press_model, press_values, tiny_model
+from worker.drift import ScoreDrift
 from worker.pipeline import Pipeline, Topics, event_id
+from worker.routing import Routes, Served
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,8 @@ def scorer(tiny_model_path) -> Scorer:
 
 
 def pipeline(scorer: Scorer, scores_topic: str | None = "scores") -> Pipeline:
-    decoder = Decoder(scorer.window, scorer.channels, max_bytes=10_000)
-    return Pipeline(scorer, decoder, Topics("events", "dlq", scores_topic), top_channels=2)
+    topics = Topics("events", "dlq", scores_topic)
+    return Pipeline(scorer, topics, top_channels=2, max_record_bytes=10_000)
 
 
 def batch(scorer: Scorer) -> list[Record]:
@@ -125,3 +129,68 @@ def test_a_batch_of_only_bad_records_scores_nothing(scorer):
     result = pipeline(scorer).process([Record(1, b"{"), Record(2, b"")])
     assert len(result.scores) == 0 and result.anomalies == 0
     assert [o.topic for o in result.outputs] == ["dlq", "dlq"]
+
+
+# --- several models: routed by machine id, one forward pass per model
+
+
+def two_models() -> Routes:
+    """pump-* (window 10, 4 channels) and press-* (window 6, 3 channels)."""
+    pump = dataclasses.replace(tiny_model().artifact, machines=("pump-*",))
+    press = press_model().artifact
+    return Routes(
+        [
+            Served(name, Path(f"{name}.fwm"), Scorer(a), ScoreDrift(a.score_quantiles))
+            for name, a in (("pump", pump), ("press", press))
+        ]
+    )
+
+
+def test_each_machine_is_scored_by_its_model_in_batch_order_and_unserved_ones_dead_letter():
+    routes = two_models()
+    pump, press = (m.scorer for m in routes.models)
+    pump_rows = normal_values(20, seed=3)
+    press_rows = press_values(20, seed=4)
+    press_rows[8:] *= 1.5  # an anomaly on the press
+    records, expected = [], []
+    for t in range(8):
+        p = pump_rows[t : t + pump.window]
+        q = press_rows[t + 4 : t + 4 + press.window]
+        records += [
+            Record(2 * t, window_value("pump-1", 1_700_000_000 + t, p)),
+            Record(2 * t + 1, window_value("press-1", 1_700_000_000 + t, q), key=b"press-1"),
+        ]
+        expected += [pump.score(p[None]).score[0], press.score(q[None]).score[0]]
+    records += [
+        Record(50, window_value("compressor-1", 0, pump_rows[:10]), key=b"compressor-1"),
+        Record(51, window_value("press-2", 0, pump_rows[:10]), key=b"press-2"),  # pump's shape
+    ]
+    result = Pipeline(routes, Topics("events", "dlq", "scores"), max_record_bytes=10_000).process(
+        records
+    )
+    scores = [json.loads(o.value) for o in result.outputs if o.topic == "scores"]
+    assert [s["source"]["offset"] for s in scores] == list(range(16))  # batch order kept
+    np.testing.assert_allclose([s["score"] for s in scores], expected, rtol=1e-6)
+    assert {s["machine_id"]: s["model_version"] for s in scores} == {
+        "pump-1": pump.version,
+        "press-1": press.version,
+    }
+    assert result.dead_letters == {"no_model": 1, "shape": 1}
+    dead = {o.key: dict(o.headers) for o in result.outputs if o.topic == "dlq"}
+    assert dead[b"compressor-1"]["faultwatch.error.message"] == (
+        b"no model serves machine 'compressor-1'"
+    )
+    assert [(b.served.name, len(b.scores)) for b in result.models] == [("pump", 8), ("press", 8)]
+    events = [json.loads(o.value) for o in result.outputs if o.topic == "events"]
+    assert events and {e["machine_id"] for e in events} == {"press-1"}
+
+
+def test_events_and_score_records_name_the_leading_detector_and_every_ratio(scorer):
+    result = pipeline(scorer).process(batch(scorer))
+    records = [json.loads(o.value) for o in result.outputs if o.topic in ("events", "scores")]
+    assert records
+    names = set(scorer.detector_names)
+    for record in records:
+        assert set(record["detectors"]) == names
+        assert record["detector"] in names
+        assert record["detectors"][record["detector"]] == pytest.approx(record["score"], 1e-5)

@@ -6,6 +6,8 @@
 # while the batch was in hand) rewinds the batch's partitions to their committed offsets:
 # whoever holds them after the rebalance, this worker included, reads the batch again and
 # counts it when its commit succeeds. A failed publish or commit rewinds too, and backs off.
+# Models are re-read between two batches (worker/models.py): a batch is scored, published and
+# committed by one set of models, so a reload neither loses nor repeats a window.
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from kafka.structs import OffsetAndMetadata
 from worker.errors import BatchError, CommitError
 from worker.health import Health
 from worker.metrics import Metrics
+from worker.models import Lifecycle
 from worker.pipeline import Pipeline
 from worker.publisher import Publisher
 from worker.settings import Settings
@@ -102,8 +105,10 @@ class Loop:
         settings: Settings,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        models: Lifecycle | None = None,
     ) -> None:
         self.consumer = consumer
+        self.models = models  # None: the models loaded at start, never re-read
         self.publisher = publisher
         self.pipeline = pipeline
         self.metrics = metrics
@@ -135,6 +140,8 @@ class Loop:
         try:
             while not self._stop.is_set():
                 self.health.tick()
+                if self.models is not None:
+                    self.models.between_batches()
                 polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
                 if polled:
                     self._last_activity = self.clock()
@@ -152,7 +159,7 @@ class Loop:
         self.pipeline.restore(self._resume_points(polled))  # state of new partitions first
         result = self.pipeline.process(records)
         try:
-            self.publisher.publish(result.outputs)
+            lost = self.publisher.publish(result.outputs)
             offsets = {
                 tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1) for tp, batch in polled.items()
             }
@@ -166,8 +173,10 @@ class Loop:
             self._seek_back(polled)  # read again by the partitions' next owner: counted then
             return
         seconds = self.clock() - started
-        self.metrics.batch_committed(result.scores, result.anomalies, result.dead_letters, seconds)
+        self.metrics.batch_committed(result.models, result.dead_letters, seconds)
         self.metrics.episodes_committed(result.episodes)
+        self.metrics.shadow_committed(result.shadow)
+        self.metrics.shadow_failures.inc(result.shadow_failures + (lost or 0))
         self.totals.add(len(result.scores), result.anomalies, result.dead_letters.total(), seconds)
         if self._retry:
             log.info("batch retry succeeded after=%d failures", self._failures)

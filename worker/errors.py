@@ -4,6 +4,7 @@
     └── WorkerError
         ├── SettingsError    a setting is missing or invalid (exit 2)
         ├── BrokerError      the broker cannot be reached, or a topic is missing (exit 1)
+        ├── ModelError       the model path serves nothing, or two models serve alike (exit 1)
         └── BatchError       a batch could not be finished (`retriable`: back off and retry)
             ├── PublishError an output was not acknowledged: the batch is not committed
             └── CommitError  the offsets were not committed: the batch will be re-delivered
@@ -26,6 +27,10 @@ class SettingsError(WorkerError):
 
 class BrokerError(WorkerError):
     """Kafka is unreachable, refuses us, or lacks a topic the worker needs."""
+
+
+class ModelError(WorkerError):
+    """FAULTWATCH_MODEL_PATH holds no model, or models whose machine patterns are ambiguous."""
 
 
 class BatchError(WorkerError):

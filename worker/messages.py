@@ -6,6 +6,7 @@
 #   invalid_json  not UTF-8 JSON text (also: an empty value, nesting deeper than parsers allow)
 #   schema        not an object with a machine_id, a timestamp (RFC 3339 or epoch seconds,
 #                 within years 1-9999) and values made of numbers
+#   no_model      no model in service serves the machine_id (worker/routing.py)
 #   channels      `channels` is given and is not the model's channel list, in its order
 #   shape         `values` is not window rows of one number per channel
 #   non_finite    a value is NaN or infinite (NaN/Infinity tokens, numbers beyond float range);
@@ -17,7 +18,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
 
@@ -28,7 +29,14 @@ from model.errors import DataError
 from model.recording import to_rfc3339
 
 Reason = Literal[
-    "too_large", "invalid_json", "schema", "channels", "shape", "non_finite", "key_mismatch"
+    "too_large",
+    "invalid_json",
+    "schema",
+    "no_model",
+    "channels",
+    "shape",
+    "non_finite",
+    "key_mismatch",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 MAX_MESSAGE = 300  # characters of an error message kept for the dead-letter header
@@ -68,29 +76,79 @@ class Invalid:
 
 
 @dataclass(frozen=True)
-class Decoded:
-    """A batch split into scoreable windows and dead letters, by position in the batch."""
+class Group:
+    """The windows of one model in a batch: that model's (G, W, C) array."""
 
-    windows: np.ndarray  # (V, W, C) float64, the valid records in batch order
-    valid: list[tuple[int, Origin]]
-    invalid: list[tuple[int, Invalid]]
+    slot: int  # the model's index in the routes
+    windows: np.ndarray  # (G, W, C) float64, in batch order
+    members: np.ndarray  # (G,) their positions in Decoded.valid, ascending
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A batch split into scoreable windows, grouped by model, and dead letters."""
+
+    valid: list[tuple[int, Origin]]  # (position in the batch, origin), in batch order
+    invalid: list[tuple[int, Invalid]]  # (position in the batch, why), in batch order
+    groups: list[Group]
+
+    @property
+    def windows(self) -> np.ndarray:
+        """The valid windows of a batch that one model scores: (V, W, C)."""
+        (group,) = self.groups
+        return group.windows
+
+    def drop(self, problems: dict[int, Invalid]) -> Decoded:
+        """The same batch with the valid windows at these positions (of `valid`) dead-lettered."""
+        if not problems:
+            return self
+        keep = np.ones(len(self.valid), dtype=bool)
+        keep[list(problems)] = False
+        renumber = np.cumsum(keep) - 1  # old position in `valid` -> new one
+        invalid = self.invalid + [(self.valid[j][0], why) for j, why in problems.items()]
+        invalid.sort(key=lambda item: item[0])
+        groups = []
+        for group in self.groups:
+            kept = keep[group.members]
+            groups.append(Group(group.slot, group.windows[kept], renumber[group.members[kept]]))
+        valid = [v for j, v in enumerate(self.valid) if keep[j]]
+        return Decoded(valid, invalid, groups)
+
+
+Shape = tuple[int, Sequence[str]]  # (window, channels) of a model
+Router = Callable[[str], int | None]  # machine id -> the index of its model, None: no model
 
 
 class Decoder:
-    """Checks records against the model's window and channels."""
+    """Checks records against the window and channels of the model that serves their machine."""
 
     def __init__(self, window: int, channels: Sequence[str], max_bytes: int) -> None:
-        self.window = window
-        self.channels = list(channels)
+        """One model for every machine."""
         self.max_bytes = max_bytes
-        self._row_lengths = [len(self.channels)] * window  # what a well-shaped window has
+        self._use([(window, channels)], _first)
+
+    @classmethod
+    def routed(cls, shapes: Sequence[Shape], route: Router, max_bytes: int) -> Decoder:
+        """Models by machine: `route` names the index in `shapes` of each machine's model."""
+        decoder = cls.__new__(cls)
+        decoder.max_bytes = max_bytes
+        decoder._use(shapes, route)
+        return decoder
+
+    def _use(self, shapes: Sequence[Shape], route: Router) -> None:
+        self.shapes = [(window, list(channels)) for window, channels in shapes]
+        self.route = route
+        # What a well-shaped window of each model has: a row length per time step.
+        self._row_lengths = [[len(channels)] * window for window, channels in self.shapes]
 
     def decode_batch(self, values: Sequence[bytes | None]) -> Decoded:
-        """One pydantic parse per record, whose rows go straight into the batch's array."""
+        """One pydantic parse per record, whose rows go straight into its model's array."""
         # A record's nested lists die as soon as they are copied: kept for the whole batch,
         # they would outlive the collector's young generations and trigger full passes over
         # every object of the process (torch's and kafka's included): more than the parse.
-        windows = np.empty((len(values), self.window, len(self.channels)))  # (N, W, C)
+        n = len(values)
+        arrays: list[np.ndarray | None] = [None] * len(self.shapes)  # (N, W, C) per model
+        members: list[list[int]] = [[] for _ in self.shapes]
         valid: list[tuple[int, Origin]] = []
         invalid: list[tuple[int, Invalid]] = []
         for i, value in enumerate(values):
@@ -98,20 +156,32 @@ class Decoder:
             if isinstance(result, Invalid):
                 invalid.append((i, result))
                 continue
-            message, timestamp = result
-            windows[len(valid)] = message.values
+            message, timestamp, slot = result
+            rows, array = members[slot], arrays[slot]
+            if array is None:
+                window, channels = self.shapes[slot]
+                array = arrays[slot] = np.empty((n, window, len(channels)))
+            array[len(rows)] = message.values
+            rows.append(len(valid))
             valid.append((i, Origin(message.machine_id, timestamp)))
-        windows = windows[: len(valid)]  # (V, W, C)
-        finite = np.isfinite(windows).all(axis=(1, 2))  # (V,)
-        if finite.all():
-            return Decoded(windows, valid, invalid)
-        for j in np.flatnonzero(~finite):
-            invalid.append((valid[j][0], Invalid("non_finite", "values hold NaN or infinity")))
-        invalid.sort(key=lambda item: item[0])
-        return Decoded(windows[finite], [valid[j] for j in np.flatnonzero(finite)], invalid)
+        groups = [
+            Group(slot, array[: len(rows)], np.array(rows, dtype=np.intp))
+            for slot, (array, rows) in enumerate(zip(arrays, members, strict=True))
+            if array is not None
+        ]
+        if not groups and len(self.shapes) == 1:  # one model: its (0, W, C) batch
+            window, channels = self.shapes[0]
+            groups = [Group(0, np.empty((0, window, len(channels))), np.empty(0, np.intp))]
+        decoded = Decoded(valid, invalid, groups)
+        problems = {}
+        for group in groups:
+            finite = np.isfinite(group.windows).all(axis=(1, 2))  # (G,)
+            for j in group.members[~finite].tolist():
+                problems[j] = Invalid("non_finite", "values hold NaN or infinity")
+        return decoded.drop(problems)
 
-    def _check(self, value: bytes | None) -> tuple[WindowMessage, str] | Invalid:
-        """The parsed message and its RFC 3339 timestamp, or the reason it cannot be scored."""
+    def _check(self, value: bytes | None) -> tuple[WindowMessage, str, int] | Invalid:
+        """The parsed message, its RFC 3339 timestamp and its model, or why it cannot be scored."""
         if not value:
             return Invalid("invalid_json", "empty value, expected a JSON object")
         if len(value) > self.max_bytes:
@@ -120,28 +190,37 @@ class Decoder:
             message = WindowMessage.model_validate_json(value)
         except ValidationError as exc:
             return _invalid(exc)
-        if message.channels is not None and message.channels != self.channels:
+        slot = self.route(message.machine_id)
+        if slot is None:
+            return Invalid("no_model", _clip(f"no model serves machine {message.machine_id!r}"))
+        window, channels = self.shapes[slot]
+        if message.channels is not None and message.channels != channels:
             return Invalid(
                 "channels",
-                _clip(f"channels {message.channels} are not the model's {self.channels}"),
+                _clip(f"channels {message.channels} are not the model's {channels}"),
             )
         rows = message.values
         # Checked before copying: numpy would broadcast a row of one number, or one row.
-        if list(map(len, rows)) != self._row_lengths:
-            return Invalid("shape", self._shape_problem(rows))
+        if list(map(len, rows)) != self._row_lengths[slot]:
+            return Invalid("shape", _shape_problem(rows, window, len(channels)))
         stamp = message.timestamp
         try:
             timestamp = to_rfc3339(stamp if isinstance(stamp, str) else repr(stamp))
         except DataError as exc:  # it says which: not a time, out of range, milliseconds?
             return Invalid("schema", _clip(str(exc)))
-        return message, timestamp
+        return message, timestamp, slot
 
-    def _shape_problem(self, rows: list[list[float]]) -> str:
-        expected = f"the model needs {self.window} rows of {len(self.channels)} numbers"
-        if len(rows) != self.window:
-            return f"{len(rows)} rows, {expected}"
-        bad = next(i for i, row in enumerate(rows) if len(row) != len(self.channels))
-        return f"row {bad} has {len(rows[bad])} numbers, {expected}"
+
+def _first(machine: str) -> int:
+    return 0
+
+
+def _shape_problem(rows: list[list[float]], window: int, channels: int) -> str:
+    expected = f"the model needs {window} rows of {channels} numbers"
+    if len(rows) != window:
+        return f"{len(rows)} rows, {expected}"
+    bad = next(i for i, row in enumerate(rows) if len(row) != channels)
+    return f"row {bad} has {len(rows[bad])} numbers, {expected}"
 
 
 def _invalid(exc: ValidationError) -> Invalid:

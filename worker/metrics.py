@@ -1,12 +1,15 @@
 """Every Prometheus series of the worker, declared in one place."""
 
 # No per-machine label: label cardinality is the user's Prometheus bill. Lag has one series
-# per assigned input partition, removed when the partition goes to another replica.
+# per assigned input partition, removed when the partition goes to another replica. The `model`
+# label is a model file's name (its stem: `pump` for pump.fwm), so there are as many as model
+# files, and a retrained `pump` goes on in the same series; its version is in
+# faultwatch_model_info, whose series of a model out of service are removed.
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -23,7 +26,8 @@ DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 
 Partition = tuple[str, int]  # (topic, partition)
 
 if TYPE_CHECKING:
-    from worker.pipeline import EpisodeCounts
+    from worker.pipeline import EpisodeCounts, ModelBatch
+    from worker.routing import Routes
 
 
 class Metrics:
@@ -36,11 +40,20 @@ class Metrics:
     ) -> None:
         self._clock = clock
         self._last_commit = clock()
+        self._live: Routes | None = None
+        self._shadow: Routes | None = None
+        self._live_names: set[str] = set()
         self.windows_scored = Counter(
-            "faultwatch_windows_scored", "Windows scored and committed.", registry=registry
+            "faultwatch_windows_scored",
+            "Windows scored and committed, by model.",
+            ["model"],
+            registry=registry,
         )
         self.anomalies = Counter(
-            "faultwatch_anomalies", "Windows above the threshold (events).", registry=registry
+            "faultwatch_anomalies",
+            "Windows above the threshold, by model.",
+            ["model"],
+            registry=registry,
         )
         self.dead_letters = Counter(
             "faultwatch_dead_letters",
@@ -50,7 +63,8 @@ class Metrics:
         )
         self.score = Histogram(
             "faultwatch_score",
-            "Anomaly score of scored windows.",
+            "Anomaly score of scored windows, by model.",
+            ["model"],
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
@@ -85,13 +99,36 @@ class Metrics:
         self.since_commit.set_function(lambda: self._clock() - self._last_commit)
         self.model_info = Gauge(
             "faultwatch_model_info",
-            "The model being served (value 1).",
-            ["version", "window", "channels"],
+            "The models in service (value 1): live ones score, shadow ones are candidates.",
+            ["model", "version", "window", "channels", "role"],
             registry=registry,
         )
         self.model_threshold = Gauge(
             "faultwatch_model_threshold",
-            "Score above which a window is an anomaly.",
+            "Score above which a window is an anomaly, by live model.",
+            ["model"],
+            registry=registry,
+        )
+        self.model_reload_failures = Counter(
+            "faultwatch_model_reload_failures",
+            "Model files refused on a re-read (load, checks, ambiguous patterns): not served.",
+            registry=registry,
+        )
+        self.score_drift = Gauge(
+            "faultwatch_score_drift",
+            "PSI of a live model's recent normal scores against its held-out ones at training.",
+            ["model"],
+            registry=registry,
+        )
+        self.shadow_windows = Counter(
+            "faultwatch_shadow_windows",
+            "Windows scored by a shadow model and by the live one, by what each said.",
+            ["model", "live", "candidate"],
+            registry=registry,
+        )
+        self.shadow_failures = Counter(
+            "faultwatch_shadow_failures",
+            "Shadow scoring errors and shadow records the broker did not take.",
             registry=registry,
         )
         self.episodes_open = Gauge(
@@ -129,28 +166,60 @@ class Metrics:
         for reason in CLOSE_REASONS:
             self.episodes_closed.labels(reason)
 
-    def set_model(self, version: str, window: int, channels: int, threshold: float) -> None:
-        self.model_info.labels(version, str(window), str(channels)).set(1)
-        self.model_threshold.set(threshold)
+    def set_models(self, live: Routes | None, shadow: Routes | None = None) -> None:
+        """The models in service now (None: unchanged): info, thresholds, drift series."""
+        if live is not None:
+            self._live = live
+            names = {served.name for served in live.models}
+            for gone in self._live_names - names:
+                for gauge in (self.model_threshold, self.score_drift):
+                    _remove(gauge, gone)
+            self._live_names = names
+            for served in live.models:
+                # Series from the start, so that rate() and sum() see the first window.
+                self.windows_scored.labels(served.name)
+                self.anomalies.labels(served.name)
+                self.score.labels(served.name)
+                self.model_threshold.labels(served.name).set(served.scorer.threshold)
+        if shadow is not None:
+            self._shadow = shadow
+            for served in shadow.models:
+                for live_says in ("normal", "anomaly"):
+                    for candidate_says in ("normal", "anomaly"):
+                        self.shadow_windows.labels(served.name, live_says, candidate_says)
+        self.model_info.clear()
+        for role, routes in (("live", self._live), ("shadow", self._shadow)):
+            for served in routes.models if routes is not None else ():
+                window, channels = str(served.scorer.window), str(len(served.scorer.channels))
+                self.model_info.labels(served.name, served.version, window, channels, role).set(1)
 
     def batch_committed(
         self,
-        scores: Iterable[float],
-        anomalies: int,
+        models: Sequence[ModelBatch],
         dead_letters: Mapping[str, int],
         seconds: float,
     ) -> None:
         """Count a batch once its offsets are committed, so a retried batch counts once."""
-        scored = 0
-        for score in scores:
-            self.score.observe(score)
-            scored += 1
-        self.windows_scored.inc(scored)
-        self.anomalies.inc(anomalies)
+        for batch in models:
+            name = batch.served.name
+            histogram = self.score.labels(name)
+            for score in batch.scores.tolist():
+                histogram.observe(score)
+            self.windows_scored.labels(name).inc(len(batch.scores))
+            self.anomalies.labels(name).inc(int(batch.anomaly.sum()))
+            drift = batch.served.drift
+            drift.add(batch.scores[~batch.anomaly])  # normal windows: a fault is not drift
+            if name in self._live_names and (value := drift.value()) is not None:
+                self.score_drift.labels(name).set(value)
         for reason, count in dead_letters.items():
             self.dead_letters.labels(reason).inc(count)
         self.batch_duration.observe(seconds)
         self._last_commit = self._clock()
+
+    def shadow_committed(self, counts: Mapping[tuple[str, bool, bool], int]) -> None:
+        """Count a batch's shadow windows once its offsets are committed."""
+        for (name, live, candidate), count in counts.items():
+            self.shadow_windows.labels(name, SAYS[live], SAYS[candidate]).inc(count)
 
     def episodes_committed(self, counts: EpisodeCounts | None) -> None:
         """Count a batch's episodes once its offsets are committed."""
@@ -174,3 +243,13 @@ class Metrics:
                 self.consumer_lag.remove(topic, str(partition))
             except KeyError:
                 pass
+
+
+SAYS = {False: "normal", True: "anomaly"}
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass

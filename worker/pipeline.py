@@ -1,10 +1,13 @@
 """One batch of input records in, every record it must publish out: events, scores, dead letters."""
 
-# Pure: no Kafka here, so the batch logic is tested without a broker. All valid windows of a
-# batch go through the model in one `Scorer.score` call. Events are episodes (with the state
-# records that let another worker carry them on) or, in `windows` mode, one per anomalous
-# window. A record keyed other than by its machine id is a dead letter (`key_mismatch`): it
-# could sit in another partition than its machine's episode.
+# Pure: no Kafka here, so the batch logic is tested without a broker. Each record's machine id
+# names its model (worker/routing.py); the valid windows of one model go through it in one
+# `Scorer.score` call, and the windows come back together in batch order, for the episodes
+# need each partition's windows in order whatever their models. Events are episodes (with the
+# state records that let another worker carry them on) or, in `windows` mode, one per
+# anomalous window. A record keyed other than by its machine id is a dead letter
+# (`key_mismatch`): it could sit in another partition than its machine's episode. Shadow
+# models (worker/shadow.py) score the same windows afterwards, into their own topic only.
 
 from __future__ import annotations
 
@@ -13,20 +16,23 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import pydantic_core
 
-from model.episodes import Cause, Tracker, leading_detectors, parse_seconds, shares_of
+from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
 from worker.control import MuteTable
 from worker.messages import Decoded, Decoder, Invalid, Origin
+from worker.outputs import Output, json_bytes
+from worker.routing import Routes, Served
 from worker.state import EpisodeState
 
 log = logging.getLogger(__name__)
 
-Header = tuple[str, bytes]
+if TYPE_CHECKING:
+    from worker.shadow import Shadow
+
 OUT_OF_RANGE = Invalid("non_finite", "values too large for the model: the score is not finite")
 
 
@@ -40,17 +46,6 @@ class Record(Protocol):
     value: bytes | None
 
 
-@dataclass(frozen=True)
-class Output:
-    """One record to publish (to `partition`, else where its key's hash puts it)."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[Header] = field(default_factory=list)
-    partition: int | None = None
-
-
 @dataclass
 class EpisodeCounts:
     """What a batch did to episodes, for the metrics."""
@@ -62,6 +57,15 @@ class EpisodeCounts:
     open_now: int = 0  # open episodes in this worker's partitions after the batch
 
 
+@dataclass(frozen=True)
+class ModelBatch:
+    """What one model scored in a batch, for its metrics and its drift."""
+
+    served: Served
+    scores: np.ndarray  # (G,) finite scores
+    anomaly: np.ndarray  # (G,) bool
+
+
 @dataclass
 class BatchResult:
     """What a batch produced, for the publisher and the metrics."""
@@ -71,6 +75,21 @@ class BatchResult:
     anomalies: int
     dead_letters: Counter[str]
     episodes: EpisodeCounts | None = None  # None in `windows` mode
+    models: list[ModelBatch] = field(default_factory=list)
+    # (candidate, live flagged, candidate flagged) -> windows both scored
+    shadow: Counter[tuple[str, bool, bool]] = field(default_factory=Counter)
+    shadow_failures: int = 0
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A batch's valid windows, each scored by its machine's model, in batch order."""
+
+    score: np.ndarray  # (V,)
+    anomaly: np.ndarray  # (V,) bool
+    slot: list[int]  # (V,) the model's index in the routes
+    row: list[int]  # (V,) the window's row in its model's Scores
+    by_slot: dict[int, Scores]
 
 
 @dataclass(frozen=True)
@@ -99,39 +118,116 @@ class Pipeline:
 
     def __init__(
         self,
-        scorer: Scorer,
-        decoder: Decoder,
+        models: Routes | Scorer,
         topics: Topics,
         top_channels: int = 3,
         episodes: Episodes | None = None,
+        *,
+        max_record_bytes: int = 1_000_000,
+        shadow: Shadow | None = None,
     ):
-        self.scorer = scorer
-        self.decoder = decoder
         self.topics = topics
         self.top_channels = top_channels
+        self.max_record_bytes = max_record_bytes
         self.episodes = episodes  # None: one event per anomalous window
+        self.shadow = shadow  # None: no shadow models
         self._mute_versions: dict[int, int] = {}  # partition -> mute table version it saw
+        self.serve(models if isinstance(models, Routes) else Routes.single(models))
+
+    def serve(self, models: Routes) -> None:
+        """Score with these models from the next batch on (a reload swaps them here)."""
+        self.models = models
+        if models.every_machine:
+            (served,) = models.models
+            scorer = served.scorer
+            self.decoder = Decoder(scorer.window, scorer.channels, self.max_record_bytes)
+        else:
+            shapes = [(m.scorer.window, m.scorer.channels) for m in models.models]
+            self.decoder = Decoder.routed(shapes, models.route, self.max_record_bytes)
+
+    @property
+    def scorer(self) -> Scorer:
+        """The one model of a single-model pipeline."""
+        (served,) = self.models.models
+        return served.scorer
 
     def process(self, records: Sequence[Record]) -> BatchResult:
         """Every record of the batch ends as a score (and maybe an event) or a dead letter."""
         decoded = _keyed(self.decoder.decode_batch([r.value for r in records]), records)
-        scores = self.scorer.score(decoded.windows)
-        finite = np.isfinite(scores.score)  # (V,) 1e300 is a number, yet overflows the model
+        scored = self._score(decoded)
+        finite = np.isfinite(scored.score)  # (V,) 1e300 is a number, yet overflows the model
         invalid = decoded.invalid + [
             (decoded.valid[j][0], OUT_OF_RANGE) for j in np.flatnonzero(~finite)
         ]
         outputs = [self._dead_letter(records[i], problem) for i, problem in invalid]
         reasons = Counter(problem.reason for _, problem in invalid)
-        anomalies = int(scores.anomaly[finite].sum())
+        anomalies = int(scored.anomaly[finite].sum())
+        result = BatchResult(outputs, scored.score[finite], anomalies, reasons)
+        result.models = self._model_batches(decoded, scored, finite)
         if self.episodes is None:
             # Only windows with an output cost Python work: without score records, the anomalies.
-            with_output = finite if self.topics.scores else finite & scores.anomaly  # (V,)
-            for j in np.flatnonzero(with_output):
+            with_output = finite if self.topics.scores else finite & scored.anomaly  # (V,)
+            models, slots, rows = self.models.models, scored.slot, scored.row
+            for j in np.flatnonzero(with_output).tolist():
                 i, origin = decoded.valid[j]
-                outputs.extend(self._results(records[i], origin, scores, j))
-            return BatchResult(outputs, scores.score[finite], anomalies, reasons)
-        counts = self._episodes(records, decoded, scores, finite, outputs)
-        return BatchResult(outputs, scores.score[finite], anomalies, reasons, counts)
+                served, scores = models[slots[j]], scored.by_slot[slots[j]]
+                outputs.extend(self._results(records[i], origin, served, scores, rows[j]))
+        else:
+            result.episodes = self._episodes(records, decoded, scored, finite, outputs)
+        if self.shadow is not None:
+            self._shadow(records, decoded, scored, finite, result)
+        return result
+
+    def _score(self, decoded: Decoded) -> Scored:
+        """Each model's windows in one call; the scores back in batch order."""
+        models, groups = self.models.models, decoded.groups
+        if len(groups) == 1:  # one model: nothing to reorder
+            group = groups[0]
+            scores = models[group.slot].scorer.score(group.windows)
+            size = len(scores.score)
+            return Scored(
+                scores.score, scores.anomaly, [group.slot] * size, list(range(size)),
+                {group.slot: scores},
+            )  # fmt: skip
+        size = len(decoded.valid)
+        score, anomaly = np.empty(size), np.zeros(size, dtype=bool)
+        slot, row = np.empty(size, dtype=np.intp), np.empty(size, dtype=np.intp)
+        by_slot = {}
+        for group in groups:
+            scores = by_slot[group.slot] = models[group.slot].scorer.score(group.windows)
+            score[group.members], anomaly[group.members] = scores.score, scores.anomaly
+            slot[group.members] = group.slot
+            row[group.members] = np.arange(len(group.members))
+        return Scored(score, anomaly, slot.tolist(), row.tolist(), by_slot)
+
+    def _model_batches(
+        self, decoded: Decoded, scored: Scored, finite: np.ndarray
+    ) -> list[ModelBatch]:
+        batches = []
+        for group in decoded.groups:
+            scores, ok = scored.by_slot[group.slot], finite[group.members]
+            served = self.models.models[group.slot]
+            batches.append(ModelBatch(served, scores.score[ok], scores.anomaly[ok]))
+        return batches
+
+    def _shadow(
+        self,
+        records: Sequence[Record],
+        decoded: Decoded,
+        scored: Scored,
+        finite: np.ndarray,
+        result: BatchResult,
+    ) -> None:
+        """Candidates score the batch into their own topic; their failure changes nothing live."""
+        assert self.shadow is not None
+        try:
+            outputs, counts = self.shadow.score(records, decoded, scored, self.models, finite)
+        except Exception as exc:  # noqa: BLE001 (a candidate must never stop live scoring)
+            result.shadow_failures += 1
+            self.shadow.failed(exc)
+            return
+        result.outputs.extend(outputs)
+        result.shadow = counts
 
     def unrestored(self, partitions: Iterable[int]) -> set[int]:
         """The partitions whose episode state is not in hand yet (none in `windows` mode)."""
@@ -153,7 +249,7 @@ class Pipeline:
         self,
         records: Sequence[Record],
         decoded: Decoded,
-        scores: Scores,
+        scored: Scored,
         finite: np.ndarray,
         outputs: list[Output],
     ) -> EpisodeCounts:
@@ -170,9 +266,18 @@ class Pipeline:
         trackers = state.trackers({p: first for p, (first, _) in spans.items()})
         muted, version = table.checker(), table.version
         rescan = {p for p in spans if self._mute_versions.get(p, 0) != version}
-        threshold, channels = self.scorer.threshold, self.scorer.channels
-        detectors = leading_detectors(scores)
-        share, values = scores.channel_share, scores.score.tolist()
+        models = self.models.models
+        about = {  # per model in the batch: what each of its windows needs
+            slot: (
+                models[slot].scorer.threshold,
+                models[slot].scorer.channels,
+                models[slot].version,
+                scores.channel_share,
+                leading_detectors(scores) or [DEFAULT_DETECTOR] * len(scores.score),
+            )
+            for slot, scores in scored.by_slot.items()
+        }
+        values, slots, rows = scored.score.tolist(), scored.slot, scored.row
         events: list[dict] = []
         stamp, time = "", 0.0  # machines often share a timestamp: parse each one once
         for j in np.flatnonzero(finite).tolist():
@@ -180,7 +285,8 @@ class Pipeline:
             record = records[i]
             tracker: Tracker = trackers[record.partition]
             source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-            timestamp, score = origin.timestamp, values[j]
+            timestamp, score, slot, k = origin.timestamp, values[j], slots[j], rows[j]
+            threshold, channels, model_version, share, detectors = about[slot]
             if timestamp != stamp:
                 stamp, time = timestamp, parse_seconds(timestamp)
             if record.partition in rescan:  # mutes changed: close what they silence now
@@ -193,19 +299,22 @@ class Pipeline:
                 timestamp,
                 score,
                 threshold,
-                shares_of(channels, share[j]),
-                detectors[j] if detectors is not None else DEFAULT_DETECTOR,
+                shares_of(channels, share[k]),
+                detectors[k],
                 source,
                 muted(origin.machine_id),
+                model_version,
+                _ratios_of(scored.by_slot[slot], k) if score > threshold else None,
             )
             if self.topics.scores:
-                outputs.append(self._score_record(record, origin, scores, j))
+                served = models[slot]
+                outputs.append(self._score_record(record, origin, served, scored.by_slot[slot], k))
         for p in spans:
             if p not in rescan:
                 self._mute_versions[p] = version
         counts = EpisodeCounts()
         for event in events:
-            event["model_version"] = self.scorer.version
+            self._stamp(event)
             outputs.append(Output(self.topics.events, event["machine_id"].encode(), _json(event)))
             if event["kind"] == "opened":
                 counts.opened += 1
@@ -219,33 +328,53 @@ class Pipeline:
         counts.open_now = state.open_count()
         return counts
 
-    def _results(self, record: Record, origin: Origin, scores: Scores, j: int) -> list[Output]:
+    def _stamp(self, event: dict) -> None:
+        """The model of the event's machine: its version, and its threshold (a silent close is
+        caused by another machine's window, which another model may have scored)."""
+        served = self.models.served(event["machine_id"])
+        if served is not None:
+            event["threshold"] = served.scorer.threshold
+            event["model_version"] = served.version
+        else:  # its model has left service: the last one that scored it
+            versions = event["model_versions"]
+            event["model_version"] = versions[-1] if versions else ""
+
+    def _results(
+        self, record: Record, origin: Origin, served: Served, scores: Scores, j: int
+    ) -> list[Output]:
         """The event of an anomalous window and, when configured, its score record."""
         outputs = []
         if scores.anomaly[j]:
+            scorer = served.scorer
             event = {
                 "event_id": event_id(record.topic, record.partition, record.offset),
                 "machine_id": origin.machine_id,
                 "timestamp": origin.timestamp,
                 "score": float(scores.score[j]),
-                "threshold": self.scorer.threshold,
-                "model_version": self.scorer.version,
-                "top_channels": scores.top_channels(j, self.scorer.channels, self.top_channels),
+                "threshold": scorer.threshold,
+                "model_version": served.version,
+                "top_channels": scores.top_channels(j, scorer.channels, self.top_channels),
+                "detector": scores.detector(j),
+                "detectors": window_ratios(scores, j),
                 "source": _source(record),
             }
             outputs.append(Output(self.topics.events, _key(record, origin), _json(event)))
         if self.topics.scores:
-            outputs.append(self._score_record(record, origin, scores, j))
+            outputs.append(self._score_record(record, origin, served, scores, j))
         return outputs
 
-    def _score_record(self, record: Record, origin: Origin, scores: Scores, j: int) -> Output:
+    def _score_record(
+        self, record: Record, origin: Origin, served: Served, scores: Scores, j: int
+    ) -> Output:
         score = {
             "machine_id": origin.machine_id,
             "timestamp": origin.timestamp,
             "score": float(scores.score[j]),
-            "threshold": self.scorer.threshold,
+            "threshold": served.scorer.threshold,
             "anomaly": bool(scores.anomaly[j]),
-            "model_version": self.scorer.version,
+            "model_version": served.version,
+            "detector": scores.detector(j),
+            "detectors": window_ratios(scores, j),
             "source": _source(record),
         }
         return Output(self.topics.scores or "", _key(record, origin), _json(score))
@@ -272,34 +401,30 @@ class Pipeline:
         return Output(self.topics.dlq, record.key, value, headers)
 
 
-def _json(document: dict) -> bytes:
-    """Compact JSON, 5x faster than json.dumps; RFC 8259 (non-finite scores never get here)."""
-    return pydantic_core.to_json(document, inf_nan_mode="null")
-
-
+_json = json_bytes
 DEFAULT_DETECTOR = "autoencoder"
+
+
+def window_ratios(scores: Scores, j: int) -> dict[str, float]:
+    """Each detector's ratio to its reference for window j, 6 significant digits (so a window
+    scored again in another batch gives the same bytes)."""
+    return {name: float(f"{ratio:.6g}") for name, ratio in scores.detector_ratios(j).items()}
+
+
+def _ratios_of(scores: Scores, j: int) -> Ratios:
+    """Window j's ratios, computed only if it becomes an episode's peak."""
+    return lambda: scores.detector_ratios(j)
 
 
 def _keyed(decoded: Decoded, records: Sequence[Record]) -> Decoded:
     """Windows whose record key is not their machine id leave the batch as dead letters."""
-    wrong = [
-        j
-        for j, (i, origin) in enumerate(decoded.valid)
-        if records[i].key is not None and records[i].key != origin.machine_id.encode()
-    ]
-    if not wrong:
-        return decoded
-    invalid = list(decoded.invalid)
-    for j in wrong:
-        i, origin = decoded.valid[j]
-        key = records[i].key or b""
-        message = f"key {key[:100]!r} is not the machine_id {origin.machine_id[:100]!r}"
-        invalid.append((i, Invalid("key_mismatch", message)))
-    invalid.sort(key=lambda item: item[0])
-    keep = np.ones(len(decoded.valid), dtype=bool)
-    keep[wrong] = False
-    valid = [v for j, v in enumerate(decoded.valid) if keep[j]]
-    return Decoded(decoded.windows[keep], valid, invalid)
+    problems = {}
+    for j, (i, origin) in enumerate(decoded.valid):
+        key = records[i].key
+        if key is not None and key != origin.machine_id.encode():
+            message = f"key {key[:100]!r} is not the machine_id {origin.machine_id[:100]!r}"
+            problems[j] = Invalid("key_mismatch", message)
+    return decoded.drop(problems)
 
 
 def _source(record: Record) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,9 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.partitioner import DefaultPartitioner
 
 from worker.errors import PublishError
-from worker.pipeline import Output
+from worker.outputs import Output
+
+log = logging.getLogger(__name__)
 
 # Measured on the test broker: 8-13k records/s with these, 2-5k/s with kafka-python's defaults.
 PRODUCER_OPTIONS: dict[str, Any] = {
@@ -76,14 +79,30 @@ class Publisher:
         self.producer = producer
         self.flush_timeout = flush_timeout
 
-    def publish(self, outputs: Sequence[Output]) -> None:
-        """Send everything, flush, then check each acknowledgement."""
-        futures = [(output, self._send(output)) for output in outputs]
+    def publish(self, outputs: Sequence[Output]) -> int:
+        """Send everything, flush, then check each acknowledgement. Returns how many best-effort
+        outputs (shadow score records) were not acknowledged: those never fail the batch."""
+        futures, lost = [], 0
+        for output in outputs:
+            if output.best_effort:
+                if lost:  # its topic refused one already: the batch goes on without the rest
+                    lost += 1
+                    continue
+                try:
+                    futures.append((output, self._send(output)))
+                except PublishError as exc:
+                    log.warning("shadow record not sent topic=%s error=%s", output.topic, exc)
+                    lost += 1
+            else:
+                futures.append((output, self._send(output)))
         try:
             self.producer.flush(timeout=self.flush_timeout)
         except KafkaError as exc:
             raise PublishError(f"outputs not acknowledged: {exc}", retriable=True) from exc
         for output, future in futures:
+            if output.best_effort and (not future.is_done or future.failed()):
+                lost += 1
+                continue
             if not future.is_done:
                 raise PublishError(f"no acknowledgement from {output.topic}", retriable=True)
             if future.failed():
@@ -92,6 +111,7 @@ class Publisher:
                     f"{output.topic} refused a record: {exc}{_hint(exc)}",
                     retriable=future.retriable(),
                 ) from exc
+        return lost
 
     def _send(self, output: Output):
         try:

@@ -32,8 +32,8 @@ from worker.control import ControlReader, MuteTable
 from worker.errors import BrokerError, SettingsError, WorkerError
 from worker.health import Health, HealthServer
 from worker.logs import configure_logging
-from worker.messages import Decoder
 from worker.metrics import Metrics
+from worker.models import Lifecycle, ModelStore
 from worker.pipeline import Episodes, Pipeline, Topics
 from worker.publisher import (
     CLOSE_TIMEOUT,
@@ -42,7 +42,9 @@ from worker.publisher import (
     Publisher,
     producer_options,
 )
+from worker.routing import Routes
 from worker.settings import ENV_PREFIX, FLAGS, Settings
+from worker.shadow import Shadow
 from worker.state import ChangelogReader, EpisodeState
 
 log = logging.getLogger(__name__)
@@ -111,30 +113,53 @@ def serve(
     stop: threading.Event | None = None,
     registry: CollectorRegistry | None = None,
 ) -> str:
-    """Load the model, serve the probes, consume until stopped; returns why it stopped."""
+    """Load the models, serve the probes, consume until stopped; returns why it stopped."""
     stop = stop or threading.Event()
     torch.set_num_threads(settings.torch_threads)
-    scorer = Scorer.load(settings.model_path)
+    store = ModelStore(settings.model_path)
+    live = store.open()
     for name in settings_io.unknown_variables():
         log.warning("unknown variable ignored name=%s", name)
-    log.info("starting model_version=%s %s", scorer.version, settings.summary())
+    log.info("starting models=%s %s", live.describe(), settings.summary())
+    if live.every_machine and live.models[0].patterns != ("*",):
+        log.info(
+            "a model file serves every machine: its patterns %s route only in a directory",
+            ",".join(live.models[0].patterns),
+        )
     registry = registry or process_registry()
     # A loop blocked longer than a session (a frozen broker answers nothing) is not ready.
     health = Health(blocked_after=settings.session_timeout_ms / 1000)
     metrics = Metrics(registry)
-    metrics.set_model(scorer.version, scorer.window, len(scorer.channels), scorer.threshold)
+    reload = threading.Event()  # SIGHUP: re-read the model paths between two batches
+    shadow_store = ModelStore(settings.shadow_model_path) if settings.shadow_model_path else None
+    models = Lifecycle(
+        store,
+        shadow_store,
+        settings.model_reload_seconds,
+        apply=lambda live, shadow: None,  # the pipeline's, once it exists
+        failed=metrics.model_reload_failures.inc,
+        requested=reload,
+    )
+    shadow = models.open_shadow() if shadow_store is not None else None
+    metrics.set_models(live, shadow)
     metrics.ready.set_function(lambda: float(health.ready))
     server = _start_server(settings, health, registry)
-    _on_signals(stop, health)
+    _on_signals(stop, health, reload)
     try:
-        return _consume(settings, scorer, metrics, health, stop)
+        return _consume(settings, live, shadow, models, metrics, health, stop)
     finally:
         if server:
             server.stop()
 
 
 def _consume(
-    settings: Settings, scorer: Scorer, metrics: Metrics, health: Health, stop: threading.Event
+    settings: Settings,
+    live: Routes,
+    shadow: Routes | None,
+    models: Lifecycle,
+    metrics: Metrics,
+    health: Health,
+    stop: threading.Event,
 ) -> str:
     consumer, producer = connect(settings)
     publisher = Publisher(producer)
@@ -146,8 +171,19 @@ def _consume(
             episodes, readers = episode_stage(settings)
             metrics.muted_machines.set_function(lambda: len(episodes.mutes.active()))
             metrics.episodes_open.set_function(lambda: episodes.state.open_now)
-        pipeline = pipeline_for(scorer, settings, episodes)
-        loop = Loop(consumer, publisher, pipeline, metrics, health, settings, stop=stop)
+        pipeline = pipeline_for(live, settings, episodes, shadow)
+
+        def apply(live: Routes | None, shadow: Routes | None) -> None:
+            if live is not None:
+                pipeline.serve(live)
+            if shadow is not None and pipeline.shadow is not None:
+                pipeline.shadow = Shadow(shadow, pipeline.shadow.topic)
+            metrics.set_models(live, shadow)
+
+        models.apply = apply
+        loop = Loop(
+            consumer, publisher, pipeline, metrics, health, settings, stop=stop, models=models
+        )
         reason = loop.run()
     finally:
         for reader in readers:
@@ -199,6 +235,7 @@ def check_topics(consumer: KafkaConsumer, settings: Settings) -> None:
     """The worker creates no topic: a missing one is a deployment mistake, said at once."""
     needed = [settings.input_topic, settings.events_topic, settings.dlq_topic]
     needed += [settings.scores_topic] if settings.scores_topic else []
+    needed += [settings.shadow_topic] if settings.shadow_topic else []
     if settings.events == "episodes":
         needed += [settings.state_topic, settings.control_topic]
     existing = consumer.topics()
@@ -219,16 +256,27 @@ def check_topics(consumer: KafkaConsumer, settings: Settings) -> None:
             )
 
 
-def pipeline_for(scorer: Scorer, settings: Settings, episodes: Episodes | None = None) -> Pipeline:
-    """The batch logic for this model and these topics (episodes: None in `windows` mode)."""
-    decoder = Decoder(scorer.window, scorer.channels, settings.max_record_bytes)
+def pipeline_for(
+    models: Routes | Scorer,
+    settings: Settings,
+    episodes: Episodes | None = None,
+    shadow: Routes | None = None,
+) -> Pipeline:
+    """The batch logic for these models and topics (episodes: None in `windows` mode)."""
     topics = Topics(
         settings.events_topic,
         settings.dlq_topic,
         settings.scores_topic or None,
         settings.state_topic if episodes is not None else None,
     )
-    return Pipeline(scorer, decoder, topics, settings.top_channels, episodes)
+    return Pipeline(
+        models,
+        topics,
+        settings.top_channels,
+        episodes,
+        max_record_bytes=settings.max_record_bytes,
+        shadow=Shadow(shadow, settings.shadow_topic) if shadow is not None else None,
+    )
 
 
 def episode_stage(
@@ -283,8 +331,9 @@ def _start_server(
     return server.start()
 
 
-def _on_signals(stop: threading.Event, health: Health) -> None:
-    """SIGTERM or SIGINT: finish the batch in hand, commit, exit 0; a second one kills."""
+def _on_signals(stop: threading.Event, health: Health, reload: threading.Event) -> None:
+    """SIGTERM or SIGINT: finish the batch in hand, commit, exit 0; a second one kills.
+    SIGHUP: re-read the model paths between two batches."""
 
     def handle(signum: int, frame: Any) -> None:
         log.info("shutdown requested signal=%s", signal.Signals(signum).name)
@@ -292,6 +341,10 @@ def _on_signals(stop: threading.Event, health: Health) -> None:
         stop.set()
         signal.signal(signum, signal.SIG_DFL)
 
+    def hang_up(signum: int, frame: Any) -> None:
+        reload.set()
+
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, handle)
+        signal.signal(signal.SIGHUP, hang_up)

@@ -86,8 +86,13 @@ class Settings(BaseSettings):
     ssl_keyfile: FilePath | None = None
     ssl_check_hostname: bool = True
 
-    # The model
-    model_path: Path = Field(Path("model.fwm"), description="model file to score with")
+    # The models: a file for every machine, or a directory of files routed by machine id
+    model_path: Path = Field(
+        Path("model.fwm"), description="model file, or directory of model files, to score with"
+    )
+    model_reload_seconds: float = Field(30.0, ge=0)  # re-read the model path (0: only SIGHUP)
+    shadow_model_path: Path | None = None  # candidates: score into shadow_topic only
+    shadow_topic: str = ""
     torch_threads: int = Field(1, ge=1, le=256)
     top_channels: int = Field(3, ge=1)
 
@@ -134,14 +139,29 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a group instance id ([A-Za-z0-9._-], 1-249)")
         return value
 
-    @field_validator("scores_topic")
+    @field_validator("scores_topic", "shadow_topic")
     @classmethod
     def _check_optional_topic(cls, value: str) -> str:
         return cls._check_topic(value) if value else value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
-        outputs = {self.events_topic, self.dlq_topic, self.scores_topic}
+        outputs = {self.events_topic, self.dlq_topic, self.scores_topic, self.shadow_topic}
+        outputs.discard("")
+        if bool(self.shadow_model_path) != bool(self.shadow_topic):
+            raise ValueError(
+                "FAULTWATCH_SHADOW_MODEL_PATH and FAULTWATCH_SHADOW_TOPIC go together: the "
+                "candidates' score records need a topic of their own"
+            )
+        if self.shadow_topic and self.shadow_topic in {
+            self.events_topic,
+            self.dlq_topic,
+            self.scores_topic,
+        }:
+            raise ValueError(
+                "FAULTWATCH_SHADOW_TOPIC must be a topic of its own, apart from the events, "
+                "scores and dead-letter topics"
+            )
         if self.events == "episodes":
             own = {self.state_topic, self.control_topic}
             if len(own) < 2 or own & (outputs | {self.input_topic}):
@@ -227,8 +247,10 @@ class Settings(BaseSettings):
             f"bootstrap={self.bootstrap_servers} security={self.security_protocol} "
             f"input={self.input_topic} events={self.events_topic} scores={scores} "
             f"dlq={self.dlq_topic} group={self.group_id}{instance} model={self.model_path} "
-            f"event_mode={self.events}"
+            f"event_mode={self.events} model_reload={self.model_reload_seconds:g}s"
         )
+        if self.shadow_model_path:
+            line += f" shadow_model={self.shadow_model_path} shadow={self.shadow_topic}"
         if self.events == "episodes":
             line += f" state={self.state_topic} control={self.control_topic}"
         return line
