@@ -40,11 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faultwatch", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("train", help="train a model on normal recordings")
-    p.add_argument("data", nargs="+", type=Path, metavar="DATA.csv")
+    p = commands.add_parser("train", help="train a model on normal recordings (or a topic)")
+    p.add_argument("data", nargs="*", type=Path, metavar="DATA.csv")
     p.add_argument("--out", required=True, type=Path, metavar="MODEL")
     _add_data_options(p)
-    p.add_argument("--window", type=_positive, default=DEFAULTS.window)
+    _add_training_topic(p)
+    p.add_argument(
+        "--window",
+        type=_positive,
+        default=None,
+        help=f"default {DEFAULTS.window}; from a topic, its windows' own length",
+    )
     p.add_argument("--train-rows", type=_positive, default=None, metavar="N")
     p.add_argument("--epochs", type=_positive, default=DEFAULTS.epochs)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
@@ -175,6 +181,26 @@ def _add_episode_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--bootstrap-servers", **server)
     p.set_defaults(handler=episodes.episodes_command)
+
+
+def _add_training_topic(p: argparse.ArgumentParser) -> None:
+    """`train --from-topic`: contract windows read back from Kafka instead of DATA files."""
+    topic = p.add_argument_group("training from a topic (instead of DATA.csv)")
+    topic.add_argument("--from-topic", default=None, metavar="TOPIC", help="its windows")
+    topic.add_argument("--since", default=None, help="e.g. 24h, 30m or an RFC 3339 time")
+    topic.add_argument("--until", default=None, help="e.g. 1h or a time (default: now)")
+    topic.add_argument("--from-offset", type=int, default=None, help="first offset, each partition")
+    topic.add_argument("--to-offset", type=int, default=None, help="end offset (exclusive)")
+    topic.add_argument(
+        "--exclude-episodes",
+        action="store_true",
+        help="leave out windows inside an episode (events topic) or a mute (control topic)",
+    )
+    topic.add_argument("--events-topic", default=None, help="default: FAULTWATCH_EVENTS_TOPIC")
+    topic.add_argument("--control-topic", default=None, help="default: FAULTWATCH_CONTROL_TOPIC")
+    topic.add_argument(
+        "--bootstrap-servers", default=None, help="default: FAULTWATCH_BOOTSTRAP_SERVERS"
+    )
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:

@@ -26,9 +26,9 @@ def train_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise FaultwatchError(f"--machines: {exc}") from None
     network = {k: v for k, v in (("heads", args.heads), ("beta", args.beta)) if v is not None}
-    recordings = [read(path, args) for path in args.data]
+    recordings, window = training_data(args, machines)
     config = TrainConfig(
-        window=args.window,
+        window=window,
         train_rows=args.train_rows,
         epochs=args.epochs,
         seed=args.seed,
@@ -54,6 +54,31 @@ def train_command(args: argparse.Namespace) -> int:
     figures = summary(result)
     print(" ".join(f"{key}={value}" for key, value in figures.items()))
     return 0
+
+
+TOPIC_ONLY = ("since", "until", "from_offset", "to_offset", "events_topic", "control_topic")
+
+
+def training_data(args: argparse.Namespace, machines: tuple[str, ...]) -> tuple[list, int]:
+    """The recordings to train on and the window: DATA files, or a topic's windows."""
+    from_topic = getattr(args, "from_topic", None)
+    if bool(args.data) == bool(from_topic):
+        raise FaultwatchError("train needs either DATA.csv files or --from-topic, not both")
+    if not from_topic:
+        given = [f"--{n.replace('_', '-')}" for n in TOPIC_ONLY if getattr(args, n, None)]
+        if given or getattr(args, "exclude_episodes", False):
+            raise FaultwatchError(f"{(given or ['--exclude-episodes'])[0]} needs --from-topic")
+        return [read(path, args) for path in args.data], args.window or DEFAULTS.window
+    from cli.topic_windows import topic_recordings
+
+    recordings, window, line = topic_recordings(args, machines)
+    if args.window and args.window != window:
+        raise FaultwatchError(
+            f"--window {args.window}: the windows of {from_topic} have {window} rows, and the "
+            "model must read the windows its machines send"
+        )
+    print(line)
+    return recordings, window
 
 
 def _report(result: TrainResult, path: Path) -> str:

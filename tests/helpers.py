@@ -200,3 +200,8 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def metric_total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    """The sum of a metric's samples over all its label values (e.g. every model's)."""
+    return sum(value for (sample, _), value in samples.items() if sample == name)

@@ -28,6 +28,7 @@ from tests.helpers import (
     committed,
     http_get,
     metric_samples,
+    metric_total,
     produce,
     read_topic,
     run_worker,
@@ -143,7 +144,7 @@ def scored(port: int) -> float:
     status, body = http_get(port, "/metrics")
     if status != 200:
         return 0.0
-    return metric_samples(body).get(("faultwatch_windows_scored_total", ()), 0.0)
+    return metric_total(metric_samples(body), "faultwatch_windows_scored_total")
 
 
 def test_sigkill_mid_episode_repeatedly_loses_no_episode_and_opens_none_twice(

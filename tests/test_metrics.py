@@ -9,7 +9,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from model.scoring import Scorer
-
 from tests.helpers import http_get, metric_samples
 from worker.health import Health, HealthServer
 from worker.messages import REASONS

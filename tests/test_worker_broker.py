@@ -11,6 +11,7 @@ from model.scoring import Scorer
 from tests.helpers import (
     http_get,
     metric_samples,
+    metric_total,
     produce,
     read_topic,
     start_worker,
@@ -62,7 +63,7 @@ def test_a_broker_outage_makes_the_worker_unready_then_it_carries_on(tiny_model_
             def check() -> bool:
                 status, body = http_get(port, "/metrics")
                 samples = metric_samples(body) if status == 200 else {}
-                return samples.get(("faultwatch_windows_scored_total", ())) == count
+                return metric_total(samples, "faultwatch_windows_scored_total") == count
 
             return check
 

@@ -27,6 +27,7 @@ from worker.metrics import Metrics
 from worker.publisher import Publisher
 
 DONE = {0: 20, 1: 20}  # the input's end offsets: 40 records over 2 partitions
+MODEL = {"model": "model"}  # a model given as a Scorer: pipeline_for names it "model"
 
 
 class FailingPublisher(Publisher):
@@ -181,7 +182,7 @@ def test_a_failed_publish_is_retried_and_each_window_counted_once(setup, bootstr
     assert max(sources.values()) == 1  # the failed attempts published nothing
     assert committed(bootstrap, settings.group_id, settings.input_topic, 2) == DONE
     assert registry.get_sample_value("faultwatch_batch_retries_total") == 2
-    assert registry.get_sample_value("faultwatch_windows_scored_total") == 40
+    assert registry.get_sample_value("faultwatch_windows_scored_total", MODEL) == 40
     assert loop.totals.windows == 40
 
 
@@ -200,7 +201,7 @@ def test_a_refused_commit_re_reads_the_batch_and_counts_it_once(setup, bootstrap
     sources = published(bootstrap, settings)
     assert set(sources) == {(p, o) for p in (0, 1) for o in range(20)}
     assert max(sources.values()) == 2  # published, refused, read again: at least once
-    assert registry.get_sample_value("faultwatch_windows_scored_total") == 40
+    assert registry.get_sample_value("faultwatch_windows_scored_total", MODEL) == 40
     assert loop.totals.windows == 40
 
 
@@ -215,7 +216,7 @@ def test_a_rebalance_during_a_batch_re_reads_it_and_counts_it_once(setup, bootst
     assert "commit refused" in caplog.text and caplog.text.count("partitions assigned") >= 2
     sources = published(bootstrap, settings)
     assert set(sources) == {(p, o) for p in (0, 1) for o in range(20)}
-    assert registry.get_sample_value("faultwatch_windows_scored_total") == 40
+    assert registry.get_sample_value("faultwatch_windows_scored_total", MODEL) == 40
     assert loop.totals.windows == 40
     assert publisher.calls >= 2
 

@@ -11,6 +11,7 @@ from tests.helpers import (
     committed,
     http_get,
     metric_samples,
+    metric_total,
     produce,
     read_topic,
     run_until,
@@ -63,7 +64,7 @@ def test_metrics_and_probes_over_http_during_a_run(
         def scraped() -> dict | None:
             status, body = http_get(port, "/metrics")
             samples = metric_samples(body) if status == 200 else {}
-            done = samples.get(("faultwatch_windows_scored_total", ())) == 126
+            done = samples.get(("faultwatch_windows_scored_total", (("model", "tiny"),))) == 126
             lags = [v for (name, _), v in samples.items() if name == "faultwatch_consumer_lag"]
             return samples if done and len(lags) == 2 and not any(lags) else None
 
@@ -75,27 +76,30 @@ def test_metrics_and_probes_over_http_during_a_run(
     def value(name: str, **labels: str) -> float:
         return samples[(name, tuple(sorted(labels.items())))]
 
-    anomalies = value("faultwatch_anomalies_total")
+    anomalies = value("faultwatch_anomalies_total", model="tiny")
     assert anomalies >= 6  # the shifted windows at least
     assert anomalies == len(read_topic(bootstrap, events))
     assert value("faultwatch_dead_letters_total", reason="invalid_json") == 1
     assert value("faultwatch_dead_letters_total", reason="schema") == 2
     assert value("faultwatch_dead_letters_total", reason="too_large") == 0
-    assert value("faultwatch_score_count") == 126
-    assert value("faultwatch_score_sum") > 0
+    assert value("faultwatch_score_count", model="tiny") == 126
+    assert value("faultwatch_score_sum", model="tiny") > 0
     assert value("faultwatch_batch_duration_seconds_count") >= 1
     for partition in ("0", "1"):
         assert value("faultwatch_consumer_lag", topic=source, partition=partition) == 0
     assert (
         value(
             "faultwatch_model_info",
+            model="tiny",
             version=scorer.version,
             window=str(scorer.window),
             channels=str(len(scorer.channels)),
+            role="live",
         )
         == 1
     )
-    assert value("faultwatch_model_threshold") == scorer.threshold
+    assert value("faultwatch_model_threshold", model="tiny") == scorer.threshold
+    assert value("faultwatch_model_reload_failures_total") == 0
     assert value("faultwatch_assigned_partitions") == 2
     assert value("faultwatch_ready") == 1
     assert 0 <= value("faultwatch_seconds_since_last_commit") < 30
@@ -128,9 +132,9 @@ def test_sigterm_mid_stream_exits_0_and_a_restart_continues_without_gap(
 
         def scoring() -> bool:
             status, body = http_get(port, "/metrics")
-            return (
-                status == 200 and metric_samples(body)[("faultwatch_windows_scored_total", ())] > 0
-            )
+            if status != 200:
+                return False
+            return metric_total(metric_samples(body), "faultwatch_windows_scored_total") > 0
 
         wait_for(scoring, 30, "the first worker to score")
     finally:

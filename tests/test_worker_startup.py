@@ -139,7 +139,7 @@ def test_an_unreachable_broker_is_named_after_the_startup_timeout(tiny_model_pat
     assert "ERROR" in error and address in error and "within 2 s" in error
     assert "Traceback" not in worker.stderr and "s3cr3t-pw" not in worker.stderr
     # From its own log: it gave up after its 2 s, not after a client default (30 s and more).
-    starting = next(line for line in lines if " starting model_version=" in line)
+    starting = next(line for line in lines if " starting models=tiny:" in line)
     waited = logged_at(error) - logged_at(starting)
     assert 2 <= waited < 15, waited
 

@@ -1,0 +1,112 @@
+"""`faultwatch train --from-topic`: windows read back from the real broker, rows rebuilt."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from cli.main import main
+from model import artifact as artifact_io
+from model.recording import format_time
+from model.scoring import Scorer
+from tests.helpers import committed, produce, unique, window_value
+from tests.synthetic import CHANNELS, normal_values, write_csv
+
+# The tiny model's shape (tests/synthetic.py TINY), as flags.
+TINY_FLAGS = [
+    "--epochs", "8", "--seed", "1", "--hidden", "32", "--bottleneck", "4",
+    "--denoise", "mean", "--kernel", "3", "--quiet",
+]  # fmt: skip
+T0 = 1_700_000_000
+
+
+def at(seconds: int) -> str:
+    """RFC 3339 time of the window ending at row `seconds` (one row a second from T0)."""
+    return format_time(datetime.fromtimestamp(T0 + seconds, UTC))
+
+
+def test_a_model_from_replayed_windows_matches_the_one_from_their_csv(
+    bootstrap, make_topic, tmp_path, capsys
+):
+    data = write_csv(tmp_path / "pump-1.csv", normal_values(400, seed=5))
+    topic = make_topic("history", partitions=2)
+    replay = ["replay", str(data), "--topic", topic, "--window", "10"]
+    assert main([*replay, "--bootstrap-servers", bootstrap]) == 0
+    # A production group's committed offsets, which training must leave as they are.
+    group = unique("production")
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(5, "", -1)})
+    consumer.close(autocommit=False)
+    capsys.readouterr()
+
+    from_csv, from_topic = tmp_path / "csv.fwm", tmp_path / "topic.fwm"
+    assert main(["train", str(data), "--out", str(from_csv), "--window", "10", *TINY_FLAGS]) == 0
+    csv_lines = capsys.readouterr().out.splitlines()
+    flags = ["--from-topic", topic, "--since", "1h", "--bootstrap-servers", bootstrap]
+    assert main(["train", *flags, "--out", str(from_topic), *TINY_FLAGS]) == 0
+    topic_lines = capsys.readouterr().out.splitlines()
+
+    assert topic_lines[0].startswith(f"read 391 records from {topic}: 391 windows of 1 machines")
+    assert "1 segments, 400 rows" in topic_lines[0]
+    # The same report and summary as from CSV, figure for figure but the time.
+    assert topic_lines[1].startswith(f"model written to {from_topic}")
+    summary = [dict(f.split("=") for f in lines[-1].split()) for lines in (csv_lines, topic_lines)]
+    for figures in summary:
+        figures.pop("seconds"), figures.pop("version")  # the version names the source files
+    assert summary[0] == summary[1]
+    a, b = (Scorer(artifact_io.load(path)) for path in (from_csv, from_topic))
+    assert (a.window, a.channels, a.threshold) == (b.window, b.channels, b.threshold)
+    windows = np.lib.stride_tricks.sliding_window_view(normal_values(60, seed=9), 10, axis=0)
+    windows = windows.transpose(0, 2, 1)  # (B, W, C)
+    np.testing.assert_allclose(a.score(windows).score, b.score(windows).score, rtol=1e-6)
+    np.testing.assert_array_equal(a.artifact.score_quantiles, b.artifact.score_quantiles)
+    assert committed(bootstrap, group, topic, 2) == {0: 5, 1: None}
+
+
+def test_windows_inside_episodes_and_mutes_are_left_out(bootstrap, make_topic, tmp_path, capsys):
+    rows = normal_values(600, seed=6)
+    topic, events, control = make_topic("history"), make_topic("events"), make_topic("control")
+    produce(
+        bootstrap,
+        control,
+        [(b"pump-2", json.dumps({"machine": "pump-2", "mute_until": None}).encode(), None)],
+    )
+    windows = [
+        (m.encode(), window_value(m, T0 + end, rows[end - 9 : end + 1], channels=CHANNELS), None)
+        for end in range(9, 600)
+        for m in ("pump-1", "pump-2")  # pump-2 is muted all along
+    ]
+    produce(bootstrap, topic, windows)
+    episode = {"machine_id": "pump-1", "episode_id": "e1", "started_at": at(200)}
+    produce(
+        bootstrap,
+        events,
+        [
+            (b"pump-1", json.dumps(episode | {"kind": "opened"}).encode(), None),  # T0 + 200
+            (b"pump-1", json.dumps(episode | {"kind": "updated"}).encode(), None),
+            (
+                b"pump-1",
+                json.dumps(episode | {"kind": "closed", "ended_at": at(260)}).encode(),
+                None,
+            ),  # T0 + 260
+            # FAULTWATCH_EVENTS=windows: one anomalous window, at T0 + 400
+            (b"pump-1", json.dumps({"machine_id": "pump-1", "timestamp": at(400)}).encode(), None),
+        ],
+    )
+    out = tmp_path / "model.fwm"
+    flags = ["--from-topic", topic, "--bootstrap-servers", bootstrap, "--exclude-episodes"]
+    flags += ["--events-topic", events, "--control-topic", control]
+    assert main(["train", *flags, "--out", str(out), *TINY_FLAGS, "--epochs", "2"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    # pump-1: windows whose rows touch 200..260 (ending 200..269) or 400 (ending 400..409);
+    # pump-2: all 591 of its windows, produced under its mute.
+    assert "1182 windows of 2 machines" in line and "671 left out" in line, line
+    # Left: rows 0-199, 261-399 and 401-599 of pump-1: 191 + 130 + 190 windows of 10.
+    assert "3 segments, 538 rows" in line, line
+    training = artifact_io.load(out).training
+    assert training["windows_train"] + training["windows_holdout"] == 511
+    assert training["files"] == [f"pump-1#{n}" for n in (1, 2, 3)]
