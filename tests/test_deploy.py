@@ -61,6 +61,10 @@ EXPORTED = {
     "faultwatch_episode_duration_seconds_count",
     "faultwatch_late_windows_total",
     "faultwatch_muted_machines",
+    "faultwatch_model_reload_failures_total",
+    "faultwatch_score_drift",
+    "faultwatch_shadow_windows_total",
+    "faultwatch_shadow_failures_total",
 }
 ALLOWED = EXPORTED | {"up"}  # `up` is Prometheus' own, per scrape target
 
@@ -201,7 +205,12 @@ def test_every_panel_queries_prometheus() -> None:
         ("batch p99", r"histogram_quantile\(0\.99, .*faultwatch_batch_duration_seconds_bucket"),
         ("lag per partition", r"by \(topic, partition\) \(faultwatch_consumer_lag\)"),
         ("since last commit", r"faultwatch_seconds_since_last_commit"),
-        ("model version", r"by \(version\) \(faultwatch_model_info\)"),
+        ("live models", r'by \(model, version\) \(faultwatch_model_info\{role="live"\}\)'),
+        ("shadow models", r'by \(model, version\) \(faultwatch_model_info\{role="shadow"\}\)'),
+        ("refused model files", r"increase\(faultwatch_model_reload_failures_total\["),
+        ("drift by model", r"max by \(model\) \(faultwatch_score_drift\)"),
+        ("shadow agreement", r'candidate="anomaly"\}.*/ sum by \(model\) \(rate\(faultwatch_shadow'),
+        ("flagged by the candidate only", r'live="normal", candidate="anomaly"'),
         ("workers up", r'up\{job="faultwatch"\}'),
         ("open episodes", r"sum\(faultwatch_episodes_open\)"),
         ("mutes", r"faultwatch_muted_machines"),
@@ -484,12 +493,12 @@ def test_every_manifest_parses_and_is_in_the_kustomization() -> None:
         for doc in manifests(path):
             assert doc["apiVersion"] and doc["kind"], path
     assert set(resources()) == {
-        "Namespace", "ConfigMap", "Deployment", "Service", "PodMonitor", "PrometheusRule",
-        "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication",
+        "Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "PodMonitor",
+        "PrometheusRule", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication",
     }  # fmt: skip
     images = {i["name"] for i in kustomization["images"]}
     spec = resources()["Deployment"]["spec"]["template"]["spec"]
-    assert {c["image"] for c in spec["containers"] + spec["initContainers"]} == images
+    assert {c["image"] for c in spec["containers"] + spec.get("initContainers", [])} == images
 
 
 def test_deployment_probes() -> None:
@@ -527,17 +536,41 @@ def test_deployment_runs_restricted() -> None:
     assert spec["securityContext"]["runAsUser"] != 0
     assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     mounts = {}
-    for container in spec["containers"] + spec["initContainers"]:
+    for container in spec["containers"] + spec.get("initContainers", []):
         context = container["securityContext"]
         assert context["readOnlyRootFilesystem"] is True, container["name"]
         assert context["allowPrivilegeEscalation"] is False, container["name"]
         assert context["capabilities"]["drop"] == ["ALL"], container["name"]
         assert "resources" in container, container["name"]
         mounts[container["name"]] = {m["mountPath"]: m for m in container["volumeMounts"]}
-    # read-only root: /tmp writable; the model where the settings look for it
+    # read-only root: /tmp writable; the models where the settings look for them, read-only
     assert not mounts["worker"]["/tmp"].get("readOnly")
-    model_dir = str(Path(config()["FAULTWATCH_MODEL_PATH"]).parent)
-    assert model_dir in mounts["worker"] and model_dir in mounts["model"]
+    assert mounts["worker"][config()["FAULTWATCH_MODEL_PATH"]]["readOnly"] is True
+
+
+def test_models_reach_the_pods_through_a_volume_the_publishing_job_writes() -> None:
+    spec, worker = pod()
+    (mount,) = [m for m in worker["volumeMounts"] if m["mountPath"] == "/models"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    assert resources()["PersistentVolumeClaim"]["metadata"]["name"] == claim
+    assert "ReadWriteMany" in resources()["PersistentVolumeClaim"]["spec"]["accessModes"]
+    assert config()["FAULTWATCH_MODEL_PATH"] == "/models"  # a directory, re-read
+    assert float(config()["FAULTWATCH_MODEL_RELOAD_SECONDS"]) > 0
+    # The job: its own kustomization (a Job runs once), the model image, the same claim.
+    kustomization = yaml.safe_load((K8S / "models" / "kustomization.yaml").read_text())
+    (job,) = manifests(K8S / "models" / kustomization["resources"][0])
+    assert job["kind"] == "Job"
+    template = job["spec"]["template"]["spec"]
+    (publish,) = template["containers"]
+    assert {i["name"] for i in kustomization["images"]} == {publish["image"]}
+    (volume,) = template["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+    assert [m["mountPath"] for m in publish["volumeMounts"]] == ["/models"]
+    script = publish["command"][-1]
+    assert 'cp "$f" "$2/.$n.tmp"' in script and 'mv "$2/.$n.tmp" "$2/$n"' in script
+    assert template["securityContext"]["runAsNonRoot"] is True
+    assert publish["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_settings_come_from_the_configmap_and_the_secret() -> None:
@@ -675,6 +708,8 @@ def worker_metrics(bootstrap, make_topic, tiny_model_path, tmp_path: Path) -> It
         dlq_topic=make_topic("dlq"),
         state_topic=make_topic("state", 2),
         control_topic=make_topic("control"),
+        shadow_model_path=tiny_model_path,  # the live model as its own candidate: agreement 1
+        shadow_topic=make_topic("shadow"),
         episode_clear_seconds=5,
         group_id=unique("group"),
         metrics_port=port,
@@ -743,14 +778,15 @@ def prometheus(worker_metrics: int, tmp_path: Path) -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + 60
-        # Three scrapes of a worker that has scored windows, reported its lag and closed an
-        # episode: enough for rate() and quantiles. (Prometheus 2.x first scrapes ~5 s after
-        # start; the worker joins its group meanwhile.)
+        # Three scrapes of a worker that has scored windows, reported its lag, closed an
+        # episode and its drift (500 normal windows): enough for rate() and quantiles.
+        # (Prometheus 2.x first scrapes ~5 s after start; the worker joins its group meanwhile.)
         query = urllib.parse.quote(
             "count_over_time(faultwatch_windows_scored_total[1m]) >= 3 "
             "and faultwatch_windows_scored_total > 0 "
             "and on () count(faultwatch_consumer_lag) > 0 "
-            "and on () sum(faultwatch_episodes_closed_total) > 0"
+            "and on () sum(faultwatch_episodes_closed_total) > 0 "
+            "and on () count(faultwatch_score_drift) > 0"
         )
         while True:
             assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
