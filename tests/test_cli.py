@@ -216,3 +216,21 @@ def test_score_writes_the_episodes_the_worker_would_publish(
     assert int(first["windows"]) == 49  # windows ending at rows 60-108
     assert int(second["opened_row"]) == 190
     assert second["closed_row"] == second["ended_at"] == second["close_reason"] == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "either DATA.csv files or --from-topic"),
+        (["DATA", "--from-topic", "t"], "either DATA.csv files or --from-topic"),
+        (["DATA", "--since", "2h"], "--since needs --from-topic"),
+        (["DATA", "--exclude-episodes"], "--exclude-episodes needs --from-topic"),
+    ],
+)
+def test_train_takes_files_or_a_topic_and_says_which_flag_is_out_of_place(
+    tmp_path, capsys, args, message
+):
+    data = write_csv(tmp_path / "d.csv", normal_values(60))
+    args = [str(data) if a == "DATA" else a for a in args]
+    code, _, err = run_cli(capsys, "train", *args, "--out", tmp_path / "m.fwm", "--quiet")
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1

@@ -209,7 +209,7 @@ def test_every_panel_queries_prometheus() -> None:
         ("shadow models", r'by \(model, version\) \(faultwatch_model_info\{role="shadow"\}\)'),
         ("refused model files", r"increase\(faultwatch_model_reload_failures_total\["),
         ("drift by model", r"max by \(model\) \(faultwatch_score_drift\)"),
-        ("shadow agreement", r'candidate="anomaly"\}.*/ sum by \(model\) \(rate\(faultwatch_shadow'),
+        ("shadow agreement", r'candidate="anomaly"\}.*/ sum by \(model\) \(rate\(faultwatch_sha'),
         ("flagged by the candidate only", r'live="normal", candidate="anomaly"'),
         ("workers up", r'up\{job="faultwatch"\}'),
         ("open episodes", r"sum\(faultwatch_episodes_open\)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -112,6 +113,9 @@ def test_drift_appears_once_enough_normal_windows_were_committed(registry, route
     assert value(registry, "faultwatch_score_drift", model="pump") is None  # 499: too few
     metrics.batch_committed(scored(fresh.models[0], [float(normal[0])] * 2), {}, seconds=0.01)
     assert 0 <= value(registry, "faultwatch_score_drift", model="pump") < 0.1
+    retrained = Scorer(dataclasses.replace(served.scorer.artifact, training={"again": True}))
+    metrics.set_models(Routes.single(retrained, name="pump"))  # a reload: drift starts afresh
+    assert value(registry, "faultwatch_score_drift", model="pump") is None
 
 
 def test_health_reports_readiness_and_a_stuck_loop():

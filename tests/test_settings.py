@@ -156,3 +156,24 @@ def test_windows_mode_needs_no_state_or_control_topic_of_its_own(monkeypatch):
     monkeypatch.setenv("FAULTWATCH_EVENTS", "windows")
     monkeypatch.setenv("FAULTWATCH_STATE_TOPIC", "faultwatch.events")  # unused: no conflict
     assert settings_io.load().events == "windows"
+
+
+def test_model_reload_and_shadow_settings(monkeypatch):
+    s = settings_io.load()
+    assert s.model_reload_seconds == 30 and s.shadow_model_path is None and s.shadow_topic == ""
+    monkeypatch.setenv("FAULTWATCH_SHADOW_MODEL_PATH", "")  # empty: off, as in a ConfigMap
+    monkeypatch.setenv("FAULTWATCH_MODEL_RELOAD_SECONDS", "0")
+    assert settings_io.load().shadow_model_path is None
+    monkeypatch.setenv("FAULTWATCH_SHADOW_MODEL_PATH", "/models/shadow")
+    with pytest.raises(SettingsError, match="go together"):
+        settings_io.load()
+    monkeypatch.setenv("FAULTWATCH_SHADOW_TOPIC", "faultwatch.events")
+    with pytest.raises(SettingsError, match="topic of its own"):
+        settings_io.load()
+    monkeypatch.setenv("FAULTWATCH_SHADOW_TOPIC", "faultwatch.shadow")
+    s = settings_io.load()
+    assert (str(s.shadow_model_path), s.shadow_topic) == ("/models/shadow", "faultwatch.shadow")
+    assert "shadow_model=/models/shadow shadow=faultwatch.shadow" in s.summary()
+    monkeypatch.setenv("FAULTWATCH_MODEL_RELOAD_SECONDS", "-1")
+    with pytest.raises(SettingsError, match="FAULTWATCH_MODEL_RELOAD_SECONDS"):
+        settings_io.load()

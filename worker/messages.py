@@ -146,6 +146,8 @@ class Decoder:
         # A record's nested lists die as soon as they are copied: kept for the whole batch,
         # they would outlive the collector's young generations and trigger full passes over
         # every object of the process (torch's and kafka's included): more than the parse.
+        if self.route is _first:  # one model for every machine: the hot path, no grouping
+            return self._decode_one(values)
         n = len(values)
         arrays: list[np.ndarray | None] = [None] * len(self.shapes)  # (N, W, C) per model
         members: list[list[int]] = [[] for _ in self.shapes]
@@ -169,16 +171,23 @@ class Decoder:
             for slot, (array, rows) in enumerate(zip(arrays, members, strict=True))
             if array is not None
         ]
-        if not groups and len(self.shapes) == 1:  # one model: its (0, W, C) batch
-            window, channels = self.shapes[0]
-            groups = [Group(0, np.empty((0, window, len(channels))), np.empty(0, np.intp))]
-        decoded = Decoded(valid, invalid, groups)
-        problems = {}
-        for group in groups:
-            finite = np.isfinite(group.windows).all(axis=(1, 2))  # (G,)
-            for j in group.members[~finite].tolist():
-                problems[j] = Invalid("non_finite", "values hold NaN or infinity")
-        return decoded.drop(problems)
+        return _finite(Decoded(valid, invalid, groups))
+
+    def _decode_one(self, values: Sequence[bytes | None]) -> Decoded:
+        window, channels = self.shapes[0]
+        windows = np.empty((len(values), window, len(channels)))  # (N, W, C)
+        valid: list[tuple[int, Origin]] = []
+        invalid: list[tuple[int, Invalid]] = []
+        for i, value in enumerate(values):
+            result = self._check(value)
+            if isinstance(result, Invalid):
+                invalid.append((i, result))
+                continue
+            message, timestamp, _ = result
+            windows[len(valid)] = message.values
+            valid.append((i, Origin(message.machine_id, timestamp)))
+        members = np.arange(len(valid), dtype=np.intp)
+        return _finite(Decoded(valid, invalid, [Group(0, windows[: len(valid)], members)]))
 
     def _check(self, value: bytes | None) -> tuple[WindowMessage, str, int] | Invalid:
         """The parsed message, its RFC 3339 timestamp and its model, or why it cannot be scored."""
@@ -190,7 +199,7 @@ class Decoder:
             message = WindowMessage.model_validate_json(value)
         except ValidationError as exc:
             return _invalid(exc)
-        slot = self.route(message.machine_id)
+        slot = 0 if self.route is _first else self.route(message.machine_id)
         if slot is None:
             return Invalid("no_model", _clip(f"no model serves machine {message.machine_id!r}"))
         window, channels = self.shapes[slot]
@@ -213,6 +222,17 @@ class Decoder:
 
 def _first(machine: str) -> int:
     return 0
+
+
+def _finite(decoded: Decoded) -> Decoded:
+    """Windows holding NaN or infinity leave the batch as dead letters."""
+    problems = {}
+    for group in decoded.groups:
+        finite = np.isfinite(group.windows).all(axis=(1, 2))  # (G,)
+        if not finite.all():
+            for j in group.members[~finite].tolist():
+                problems[j] = Invalid("non_finite", "values hold NaN or infinity")
+    return decoded.drop(problems)
 
 
 def _shape_problem(rows: list[list[float]], window: int, channels: int) -> str:

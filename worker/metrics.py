@@ -42,7 +42,7 @@ class Metrics:
         self._last_commit = clock()
         self._live: Routes | None = None
         self._shadow: Routes | None = None
-        self._live_names: set[str] = set()
+        self._live_versions: dict[str, str] = {}  # name -> version of the live models
         self.windows_scored = Counter(
             "faultwatch_windows_scored",
             "Windows scored and committed, by model.",
@@ -170,11 +170,13 @@ class Metrics:
         """The models in service now (None: unchanged): info, thresholds, drift series."""
         if live is not None:
             self._live = live
-            names = {served.name for served in live.models}
-            for gone in self._live_names - names:
-                for gauge in (self.model_threshold, self.score_drift):
-                    _remove(gauge, gone)
-            self._live_names = names
+            versions = {served.name: served.version for served in live.models}
+            for name, version in self._live_versions.items():
+                if versions.get(name) != version:  # out of service, or another version now
+                    _remove(self.score_drift, name)  # a new model's drift starts afresh
+                    if name not in versions:
+                        _remove(self.model_threshold, name)
+            self._live_versions = versions
             for served in live.models:
                 # Series from the start, so that rate() and sum() see the first window.
                 self.windows_scored.labels(served.name)
@@ -209,7 +211,9 @@ class Metrics:
             self.anomalies.labels(name).inc(int(batch.anomaly.sum()))
             drift = batch.served.drift
             drift.add(batch.scores[~batch.anomaly])  # normal windows: a fault is not drift
-            if name in self._live_names and (value := drift.value()) is not None:
+            if self._live_versions.get(name) == batch.served.version and (
+                (value := drift.value()) is not None
+            ):
                 self.score_drift.labels(name).set(value)
         for reason, count in dead_letters.items():
             self.dead_letters.labels(reason).inc(count)

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
         return value
 
+    @field_validator("shadow_model_path", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("group_instance_id")
     @classmethod
     def _check_instance_id(cls, value: str) -> str:
