@@ -102,8 +102,10 @@ def reference_events(
             float(scores.score[j]),
             scorer.threshold,
             shares_of(scorer.channels, scores.channel_share[j]),
-            "autoencoder",
+            scores.detector(j),
             {"topic": topic, "partition": partition, "offset": offset},
+            version=scorer.version,
+            ratios=lambda j=j: scores.detector_ratios(j),
         ):
             events[event["event_id"]] = event
     return events
@@ -129,6 +131,7 @@ def check_events(published: list[dict], expected: dict[str, dict]) -> None:
     for event_id, event in unique_events.items():
         assert _stable(event) == _stable(expected[event_id])
         assert event["peak_score"] == pytest.approx(expected[event_id]["peak_score"], rel=1e-5)
+        assert event["detectors"] == pytest.approx(expected[event_id]["detectors"], rel=1e-5)
     kinds = Counter((e["episode_id"], e["kind"]) for e in unique_events.values())
     episodes = {episode for episode, _ in kinds}
     assert all(kinds[(e, "opened")] == 1 and kinds[(e, "closed")] == 1 for e in episodes)
@@ -137,7 +140,8 @@ def check_events(published: list[dict], expected: dict[str, dict]) -> None:
 
 def _stable(event: dict) -> dict:
     """An event without its scores (a re-scored window may differ in the last digit)."""
-    return {k: v for k, v in event.items() if k not in ("peak_score", "score", "model_version")}
+    unstable = ("peak_score", "score", "model_version", "detectors")
+    return {k: v for k, v in event.items() if k not in unstable}
 
 
 def scored(port: int) -> float:

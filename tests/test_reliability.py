@@ -27,6 +27,7 @@ from tests.helpers import (
     headers,
     http_get,
     metric_samples,
+    metric_total,
     produce,
     read_topic,
     run_until,
@@ -122,7 +123,13 @@ def sample(port: int, name: str) -> float | None:
 
 
 def scored(port: int) -> float:
-    return sample(port, "faultwatch_windows_scored_total") or 0.0
+    """Windows a worker scored, all models together; 0 while nothing answers."""
+    status, body = http_get(port, "/metrics")
+    return (
+        metric_total(metric_samples(body), "faultwatch_windows_scored_total")
+        if status == 200
+        else 0.0
+    )
 
 
 def assigned(port: int) -> int:
