@@ -28,7 +28,15 @@ def train_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise FaultwatchError(f"--machines: {exc}") from None
     network = {k: v for k, v in (("heads", args.heads), ("beta", args.beta)) if v is not None}
-    recordings = [read(path, args) for path in args.data]
+    recordings = [
+        read_recording(
+            path,
+            time_column=args.time_column,
+            ignore_columns=args.ignore_columns,
+            label_column=args.anomaly_column,
+        )
+        for path in args.data
+    ]
     config = TrainConfig(
         window=args.window,
         train_rows=args.train_rows,
@@ -40,6 +48,7 @@ def train_command(args: argparse.Namespace) -> int:
         bottleneck=args.bottleneck,
         network=network,
         detectors=tuple(args.detectors),
+        anomaly_weight=args.anomaly_weight,
         machines=machines,
         preprocess=PreprocessConfig(
             denoise=args.denoise, kernel=args.kernel, max_gap=DEFAULTS.preprocess.max_gap

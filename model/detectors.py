@@ -17,7 +17,7 @@ import numpy as np
 
 from model.forest import Forest
 
-DEFAULT_DETECTORS = ("autoencoder", "level")
+DEFAULT_DETECTORS = ("autoencoder", "level", "iqr", "pca_q", "stuck")
 
 
 @dataclass(frozen=True)

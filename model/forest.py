@@ -163,8 +163,8 @@ def _grow(points: np.ndarray, limit: int, rng: np.random.Generator) -> tuple[lis
         f = int(rng.choice(splittable))
         cut = float(rng.uniform(low[f], high[f]))
         go_left = members[:, f] < cut
-        if go_left.all() or not go_left.any():  # a cut on the minimum itself: halve instead
-            cut = float((low[f] + high[f]) / 2)
+        if go_left.all() or not go_left.any():  # a cut on the minimum itself: take the maximum
+            cut = float(high[f])
             go_left = members[:, f] < cut
         feature[index], threshold[index] = f, cut
         left[index] = node(members[go_left], level + 1)

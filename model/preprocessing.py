@@ -56,8 +56,14 @@ class Standardizer:
         whose mean within-window variance is below slow_share x their variance are marked slow.
         """
         with np.errstate(over="ignore", invalid="ignore"):  # 1e300: training refuses it
-            mean = np.nanmean(values, axis=0)
-            std = np.nanstd(values, axis=0)
+            return cls._fit(values, windows, config)
+
+    @classmethod
+    def _fit(
+        cls, values: np.ndarray, windows: np.ndarray | None, config: PreprocessConfig | None
+    ) -> Standardizer:
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0)
         floor = 1e-6 * np.maximum(1.0, np.abs(mean))
         scale = np.where(std > floor, std, 1.0)
         slow = np.zeros(len(mean), dtype=bool)

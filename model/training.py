@@ -59,9 +59,10 @@ class TrainConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     threshold: ThresholdRule = field(default_factory=ThresholdRule)
     # Known anomalies (Recording.labels, from train --anomaly-column): windows holding one are
-    # kept out of every normal fit and, with a weight > 0, their reconstruction error is
-    # pushed above `anomaly_margin` (in standardised units) by a hinge term in the loss.
-    anomaly_weight: float = 1.0
+    # kept out of every normal fit and, with a weight > 0 (--anomaly-weight), their
+    # reconstruction error is pushed above `anomaly_margin` (standardised units) by a hinge
+    # term in the loss. Off by default: on SKAB valve1 it did not help (benchmarks/labelled.py).
+    anomaly_weight: float = 0.0
     anomaly_margin: float = 1.0
 
 
@@ -250,30 +251,29 @@ def _split_windows(
         if known is not None and len(windows):
             anomalous = sliding_windows(known[:, None], w).any(axis=(1, 2))
         bad.append(windows[ok & anomalous])
-        n = len(windows)
-        n_ref = max(1, int(round(n * config.holdout)))
-        n_stop = max(1, int(round(n * config.stopping)))
-        ref_start = n - n_ref
-        stop_start = ref_start - (w - 1) - n_stop
-        fit_end = stop_start - (w - 1)
-        if fit_end < 2:
-            raise DataError(
-                f"{len(values)} training rows give too few windows of {w} to fit, stop early "
-                "and calibrate on separate rows; use more rows or a shorter --window"
-            )
-        normal = ok & ~anomalous
-        index = np.arange(n)
-        fit.append(windows[normal & (index < fit_end)])
-        stop.append(windows[normal & (index >= stop_start) & (index < ref_start - (w - 1))])
-        ref.append(windows[normal & (index >= ref_start)])
-        purged += 2 * (w - 1)
+        normal = np.flatnonzero(ok & ~anomalous)  # (n,) start rows of the normal windows
+        n = len(normal)
+        # Cut among the normal windows: a labelled fault at the end of the training rows must
+        # not leave the held-out slices empty. Window b covers rows b .. b+W-1, so a slice
+        # may only hold windows that end before the next slice's first row.
+        reference = normal[n - max(1, int(round(n * config.holdout))) :]
+        before = normal[normal <= reference[0] - w] if len(reference) else normal[:0]
+        stopping = before[max(0, len(before) - max(1, int(round(n * config.stopping)))) :]
+        fitting = normal[normal <= stopping[0] - w] if len(stopping) else normal[:0]
+        if len(fitting) < 2:  # too short to cut in three: it adds nothing (checked below)
+            fitting = stopping = reference = normal[:0]
+        fit.append(windows[fitting])
+        stop.append(windows[stopping])
+        ref.append(windows[reference])
+        purged += n - len(fitting) - len(stopping) - len(reference)
         # The rows the fitting windows cover: the standardiser sees nothing held out.
-        starts = (normal & (index < fit_end)).astype(np.int64)  # (n,)
+        starts = np.zeros(len(windows), dtype=np.int64)
+        starts[fitting] = 1
         covered = np.convolve(starts, np.ones(w, dtype=np.int64))[: len(values)] > 0  # (N,)
         rows.append(values[covered])
     split = Split(
         *(np.concatenate(part) for part in (fit, stop, ref, bad)),
-        rows=np.concatenate(rows),
+        rows=np.concatenate(rows),  # (N, C)
         skipped=skipped,
         purged=purged,
     )

@@ -39,7 +39,7 @@ def test_train_writes_model_report_and_summary(tmp_path, capsys):
 
 
 def test_window_125_on_8_channels_is_the_specified_1000_input_model(tmp_path, capsys):
-    values = np.tile(normal_values(160), (1, 2))
+    values = np.tile(normal_values(700), (1, 2))  # 124 windows purged at each of two cuts
     data = write_csv(tmp_path / "wide.csv", values, [f"c{i}" for i in range(8)])
     out = tmp_path / "m.pt"
     code, _, _ = run_cli(

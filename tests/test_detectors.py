@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from model.detectors import DETECTORS, resolve
+from model.detectors import DEFAULT_DETECTORS, DETECTORS, resolve
 from model.preprocessing import sliding_windows
 from model.scoring import Scorer
 from model.training import train
@@ -60,7 +60,7 @@ def test_scores_carry_each_detector_s_ratio_and_the_leader(scorer):
     windows = sliding_windows(values, scorer.window)
     scores = scorer.score(windows)
     raw = scorer.detector_scores(windows)
-    assert scores.detectors == ("autoencoder", "level")
+    assert scores.detectors == DEFAULT_DETECTORS
     for j, name in enumerate(scores.detectors):
         np.testing.assert_allclose(
             scores.ratios[:, j], raw[name] / scorer.artifact.references[name]
@@ -69,7 +69,7 @@ def test_scores_carry_each_detector_s_ratio_and_the_leader(scorer):
     for i in range(len(windows)):
         ratios = scores.detector_ratios(i)
         assert ratios[scores.detector(i)] == scores.score[i] == max(ratios.values())
-    assert {scores.detector(i) for i in range(len(windows))} == {"autoencoder", "level"}
+    assert len({scores.detector(i) for i in range(len(windows))}) >= 2
 
 
 def test_a_model_without_the_reconstruction_detector_scores_without_the_network():
