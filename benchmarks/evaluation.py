@@ -118,29 +118,39 @@ class PcaMonitor:
 
 @dataclass
 class PcaEntry:
-    """PCA T2/Q, one sample at a time, keeping the components that explain `explained` of the
-    variance (Russell, Chiang & Braatz 2000 set it up this way)."""
+    """PCA T2/Q one sample at a time, as process monitoring sets it up (Russell, Chiang &
+    Braatz 2000): the components that explain `explained` of the training variance; 99 %
+    control limits from theory, T2 by the chi-squared quantile (Wilson-Hilferty) and Q by
+    Jackson & Mudholkar's approximation over the left-out eigenvalues."""
 
     name: str = "PCA T2/Q monitor (reference)"
     explained: float = 0.9
-    quantile: float = 0.99
 
     def fit(self, recordings: list[Recording], train_rows: int | None) -> PcaMonitor:
         rows = np.concatenate([r.head(train_rows).values for r in recordings])
         rows = rows[~np.isnan(rows).any(axis=1)]
         mean, std = rows.mean(axis=0), rows.std(axis=0)
         scale = np.where(std > 1e-9, std, 1.0)
-        x = (rows - mean) / scale
-        _, singular, vt = np.linalg.svd(x, full_matrices=False)
-        variances = singular**2 / (len(x) - 1)
+        _, singular, vt = np.linalg.svd((rows - mean) / scale, full_matrices=False)
+        variances = singular**2 / (len(rows) - 1)
         k = int(np.searchsorted(np.cumsum(variances) / variances.sum(), self.explained) + 1)
-        monitor = PcaMonitor(mean, scale, vt[:k].T, variances[:k], np.inf, np.inf)
-        t2, q = monitor.statistics(rows)
-        return replace(
-            monitor,
-            t2_limit=float(np.quantile(t2, self.quantile)),
-            q_limit=float(np.quantile(q, self.quantile)),
-        )
+        t2_limit, q_limit = control_limits(variances, k)
+        return PcaMonitor(mean, scale, vt[:k].T, variances[:k], t2_limit, q_limit)
+
+
+Z99 = 2.3263478740408408  # the standard normal's 99th percentile
+
+
+def control_limits(variances: np.ndarray, k: int) -> tuple[float, float]:
+    """99 % limits of T2 (chi-squared, k degrees of freedom) and of Q (Jackson-Mudholkar)."""
+    t2 = k * (1 - 2 / (9 * k) + Z99 * np.sqrt(2 / (9 * k))) ** 3
+    rest = variances[k:]
+    if rest.sum() <= 0:
+        return float(t2), float("inf")
+    t1, t2_, t3 = rest.sum(), (rest**2).sum(), (rest**3).sum()
+    h0 = 1 - 2 * t1 * t3 / (3 * t2_**2)
+    q = t1 * (Z99 * np.sqrt(2 * t2_ * h0**2) / t1 + 1 + t2_ * h0 * (h0 - 1) / t1**2) ** (1 / h0)
+    return float(t2), float(q)
 
 
 @dataclass
@@ -215,6 +225,11 @@ class SkabResult:
     first: Monitor  # the first file's fitted monitor (for the scoring rate)
     first_windows: np.ndarray  # that file's windows
 
+    def spread(self) -> tuple[float, float, float, float]:
+        """Per-file F1 min, median and max, and the worst file's FAR."""
+        f1 = [c.f1() for _, c in self.files]
+        return min(f1), float(np.median(f1)), max(f1), max(c.far() for _, c in self.files)
+
 
 def skab_files(paths: list[str] | None = None) -> list[Path]:
     """CSV files from folders (sorted numerically) and files; exits with a clear line if none."""
@@ -268,7 +283,10 @@ class TepResult:
     parameters: int
 
     def mean_detection(self) -> float:
-        return float(np.mean([r for f, r in self.detection.items() if f not in TEP_HIDDEN]))
+        return float(np.mean(self.visible()))
+
+    def visible(self) -> list[float]:
+        return [r for f, r in self.detection.items() if f not in TEP_HIDDEN]
 
 
 def tep_dir() -> Path:
