@@ -116,8 +116,11 @@ class Scorer:
             raise DataError(f"windows of shape {windows.shape[1:]}, the model needs {expected}")
         raws, contributions = [], []
         for i in range(0, len(windows), CHUNK):
-            batch = self.batch(windows[i : i + CHUNK])
-            parts = [d.score(batch) for d in self.detectors]
+            # Values near float's limit overflow to inf or NaN here, silently: such a window's
+            # score is not finite, and its callers skip (score) or dead-letter (worker) it.
+            with np.errstate(all="ignore"):
+                batch = self.batch(windows[i : i + CHUNK])
+                parts = [d.score(batch) for d in self.detectors]
             raws.append(np.stack([p[0] for p in parts]))
             contributions.append(np.stack([p[1] for p in parts]))
         if not raws:
