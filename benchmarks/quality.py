@@ -11,7 +11,7 @@ both causal (a row takes the label of the window ending at it); then the paramet
 SKAB and TEP models, the fitting time (all 16 SKAB fits / the TEP fit) and the scoring rate
 of the first SKAB file's model (Scorer.score, one thread, batches of 500).
 
-    .venv/bin/python benchmarks/quality.py                 # every entry, about 15 minutes
+    .venv/bin/python benchmarks/quality.py            # every entry, 5 minutes (10 when busy)
     .venv/bin/python benchmarks/quality.py --entries 1,12
 """
 
@@ -121,7 +121,7 @@ def targets(row: Row) -> str:
     """The issue's targets for the default, met or not, with the numbers."""
     s, t = row.skab.counts, row.tep
     checks = [
-        ("SKAB F1 >= 0.85", s.f1() >= 0.85, f"{s.f1():.3f}"),
+        ("SKAB F1 >= 0.85", s.f1() >= 0.85, f"{s.f1():.4f}"),
         ("SKAB FAR <= 8 %", s.far() <= 0.08, f"{100 * s.far():.1f} %"),
         ("TEP detection >= 80 %", t.mean_detection() >= 0.8, f"{100 * t.mean_detection():.1f} %"),
         ("TEP FAR normal-test <= 5 %", t.far_normal <= 0.05, f"{100 * t.far_normal:.1f} %"),

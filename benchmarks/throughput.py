@@ -7,7 +7,8 @@ One run, on one broker, with one model and one set of records, measures:
   2. in-process: decoding, scoring and the whole batch logic on the same records (compute limit);
   3. the worker, end to end: windows/s from the input topic to committed offsets, between 10 %
      and 90 % of a backlog (offsets read from the group by an admin client, as a lag
-     exporter would);
+     exporter would), publishing episodes (the default) and one event per anomalous window
+     (FAULTWATCH_EVENTS=windows): the episode stage's cost;
   4. produce-to-score latency p50/p99 at a steady share of that rate (score records on), beside
      the broker alone (one hop) and a relay that polls, sends, flushes and commits like the
      worker but does no work (two hops): the floor of the worker's path on this broker;
@@ -54,9 +55,12 @@ from model.scoring import Scorer  # noqa: E402
 from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
 from worker.consumer import consumer_options, fetch_options  # noqa: E402
+from worker.control import MuteTable  # noqa: E402
+from worker.pipeline import Episodes  # noqa: E402
 from worker.publisher import producer_options  # noqa: E402
 from worker.service import pipeline_for  # noqa: E402
 from worker.settings import Settings  # noqa: E402
+from worker.state import EpisodeState  # noqa: E402
 
 MACHINES = 8
 # DESIGN.md, one run on this kind of machine with 125 x 8 windows (9.4 KB records).
@@ -171,13 +175,16 @@ def raw_consume(
 
 def in_process(
     scorer: Scorer, records: list[tuple[bytes, bytes]], settings: Settings, repeat: int = 3
-) -> tuple[float, float, float]:
-    """Windows/s of decoding, of scoring and of the whole batch logic, in poll-sized batches.
+) -> tuple[float, float, float, float]:
+    """Windows/s of decoding, of scoring and of the whole batch logic, in poll-sized batches,
+    with one event per anomalous window and with episodes (state records included).
 
     Each is the best of `repeat` passes: on a shared machine, the least disturbed one.
     """
     torch.set_num_threads(settings.torch_threads)
     pipeline = pipeline_for(scorer, settings)
+    state = EpisodeState(settings.episode_config(), "in", "bench", lambda partitions: {})
+    episodes = pipeline_for(scorer, settings, Episodes(state, MuteTable()))
     size = settings.max_poll_records
     batches = [
         [Record("in", 0, i + j, key, value) for j, (key, value) in enumerate(records[i : i + size])]
@@ -198,8 +205,18 @@ def in_process(
 
     decode = rate(lambda i: pipeline.decoder.decode_batch(values[i]))
     score = rate(lambda i: scorer.score(decoded[i].windows))
-    process = rate(lambda i: pipeline.process(batches[i]))
-    return decode, score, process
+    # The two batch logics in turns, batch by batch, so a busy neighbour slows both alike;
+    # episodes start each pass from no state (each pass is a new run over the same offsets).
+    spent = [0.0, 0.0]
+    for _ in range(repeat):
+        state.forget([0])
+        for i in range(len(batches)):
+            for k, logic in enumerate((pipeline, episodes)):
+                started = time.perf_counter()
+                logic.process(batches[i])
+                spent[k] += time.perf_counter() - started
+    process, with_episodes = (repeat * len(records) / t for t in spent)
+    return decode, score, process, with_episodes
 
 
 # ---------------------------------------------------------------- 3, 5, 6. the worker
@@ -518,9 +535,15 @@ def main() -> int:
             "dlq": "bench.dead-letters",
             "relay-in": "bench.relay-in",
             "relay-out": "bench.relay-out",
+            "state": "bench.state",
+            "state-0": "bench.state-0",
+            "state-1": "bench.state-1",
+            "latency-state": "bench.latency-state",
+            "control": "bench.control",
         }
         partitions = {t: 1 for t in topics.values()}
-        read_by_groups = ("input", "latency", "plain", "relay-in")
+        read_by_groups = ("input", "latency", "plain", "relay-in", "latency-state")
+        read_by_groups += ("state", "state-0", "state-1")
         partitions |= {topics[name]: args.partitions for name in read_by_groups}
         create_topics(bootstrap, partitions)
         inputs = [TopicPartition(topics["input"], p) for p in range(args.partitions)]
@@ -534,14 +557,46 @@ def main() -> int:
             bootstrap, topics["input"], len(records), settings, decoder.decode_batch
         )
         say("2. in-process decode and score")
-        r.decode, r.score, r.compute = in_process(scorer, records[:10_000], settings)
-        out = {"events_topic": topics["events"], "dlq_topic": topics["dlq"]}
-        say("3. one worker, end to end")
-        env = worker_env(bootstrap, model, "bench-one", input_topic=topics["input"], **out)
-        r.one = end_to_end(bootstrap, env, inputs, len(records), 1, logs)
+        r.decode, r.score, r.compute, r.compute_episodes = in_process(
+            scorer, records[:10_000], settings
+        )
+        out = {
+            "events_topic": topics["events"],
+            "dlq_topic": topics["dlq"],
+            "control_topic": topics["control"],
+        }
+        state = {"state_topic": topics["state"]}
+        # Each mode twice, in turns, keeping each one's least disturbed run: on a shared
+        # machine one run of each can differ by more than the episode stage costs.
+        windows_runs, episodes_runs = [], []
+        for attempt in range(2):
+            say(f"3. one worker, end to end, events=windows ({attempt + 1} of 2)")
+            env = worker_env(
+                bootstrap,
+                model,
+                f"bench-windows-{attempt}",
+                input_topic=topics["input"],
+                events="windows",
+                **out,
+            )
+            windows_runs.append(end_to_end(bootstrap, env, inputs, len(records), 1, logs))
+            say(f"3. one worker, end to end, episodes ({attempt + 1} of 2)")
+            env = worker_env(
+                bootstrap,
+                model,
+                f"bench-one-{attempt}",
+                input_topic=topics["input"],
+                state_topic=f"{topics['state']}-{attempt}",
+                **out,
+            )
+            episodes_runs.append(end_to_end(bootstrap, env, inputs, len(records), 1, logs))
+        r.one_windows = max(windows_runs, key=lambda run: run.rate)
+        r.one = max(episodes_runs, key=lambda run: run.rate)
         if not args.skip_two:
             say("6. two workers in one group")
-            env = worker_env(bootstrap, model, "bench-two", input_topic=topics["input"], **out)
+            env = worker_env(
+                bootstrap, model, "bench-two", input_topic=topics["input"], **out, **state
+            )
             r.two = end_to_end(bootstrap, env, inputs, len(records), 2, logs)
         r.latency_rate = rate = args.load * r.one.rate
         seconds = args.latency_seconds
@@ -574,6 +629,7 @@ def main() -> int:
             "bench-latency",
             input_topic=topics["latency"],
             scores_topic=topics["scores"],
+            state_topic=topics["latency-state"],
             **out,
         )
         workers = Workers(env, 1, logs, "bench-latency")
@@ -604,7 +660,9 @@ class Results:
     decode: float = 0.0  # windows/s in process
     score: float = 0.0
     compute: float = 0.0
+    compute_episodes: float = 0.0
     one: Run = field(default_factory=lambda: Run(0.0, 0.0))
+    one_windows: Run = field(default_factory=lambda: Run(0.0, 0.0))
     two: Run | None = None
     latency_rate: float = 0.0
     broker_latency: Latency | None = None  # records through the broker alone
@@ -642,13 +700,28 @@ def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> Non
             "2. decode + score + outputs",
             f"{compute:,.0f} win/s",
             f"{1e6 / compute:.0f} us",
-            "compute limit (Pipeline.process)",
+            "compute limit (Pipeline.process), events=windows",
         ),
         (
-            "3. worker, 1 process",
+            "2. decode + score + episodes + state",
+            f"{r.compute_episodes:,.0f} win/s",
+            f"{1e6 / r.compute_episodes:.0f} us",
+            f"episodes (default): rate {r.compute_episodes / compute - 1:+.1%} "
+            "(the episode stage's cost)",
+        ),
+        (
+            "3. worker, 1 process, events=windows",
+            f"{r.one_windows.rate:,.0f} win/s",
+            f"{r.one_windows.cpu_us:.0f} us",
+            f"{r.one_windows.rate / raw:.2f} x raw consume",
+        ),
+        (
+            "3. worker, 1 process (episodes)",
             f"{one:,.0f} win/s",
             f"{r.one.cpu_us:.0f} us",
-            f"{one / raw:.2f} x raw consume, {one / compute:.2f} x compute limit",
+            f"{one / raw:.2f} x raw consume, {one / r.compute_episodes:.2f} x compute limit; "
+            f"vs events=windows: rate {one / r.one_windows.rate - 1:+.1%}, "
+            f"CPU/record {r.one.cpu_us / r.one_windows.cpu_us - 1:+.1%}",
         ),
     ]
     if r.two is not None:

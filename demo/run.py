@@ -1,9 +1,11 @@
-"""`faultwatch demo`: the whole product on one machine, from a broker to a summary.
+"""`faultwatch demo`: the whole product on one machine, from a broker to a summary."""
 
-It starts an embedded broker, trains a model on simulated normal operation, starts a worker
-process, replays five pumps (one healthy, four developing faults) faster than real time,
-prints events as they arrive, and ends with what was detected, when, and what was missed.
-"""
+
+# It starts an embedded broker, trains a model on simulated normal operation, starts a worker
+# process, replays five pumps (one healthy, four developing faults) faster than real time,
+# prints anomaly episodes as they open and close, and ends with a summary by episode: per
+# pump, when its episode opened, how long after the fault began, how long it lasted, its peak
+# and the channels that carried it, and what was missed or falsely raised.
 
 from __future__ import annotations
 
@@ -36,7 +38,10 @@ TOPICS = {
     "events": "faultwatch.events",
     "scores": "faultwatch.scores",
     "dlq": "faultwatch.dead-letters",
+    "state": "faultwatch.state",
+    "control": "faultwatch.control",
 }
+INPUT_PARTITIONS = 4
 MACHINES: list[tuple[str, Fault | None]] = [
     ("pump-1", None),
     ("pump-2", "valve_closing"),
@@ -61,13 +66,12 @@ class Plan:
 
 @dataclass
 class Tally:
-    """What the demo saw on the output topics."""
+    """What the demo saw on the output topics: scores counted, episodes by machine."""
 
     fault_at: datetime  # every simulated run starts at the same time
     scored: Counter[str]
-    events: Counter[str]
-    first_event: dict[str, datetime]
-    false_alarms: Counter[str]
+    anomalous: Counter[str]
+    episodes: dict[str, dict[str, dict]]  # machine -> episode id -> its latest event
 
 
 def main(keep_running: bool = False, out: TextIO = sys.stdout, plan: Plan = Plan()) -> int:
@@ -76,10 +80,9 @@ def main(keep_running: bool = False, out: TextIO = sys.stdout, plan: Plan = Plan
 
     with tempfile.TemporaryDirectory(prefix="faultwatch-demo-") as tmp, EmbeddedBroker() as broker:
         say(f"broker      embedded Kafka-compatible broker at {broker.bootstrap}")
-        create_topics(
-            broker.bootstrap,
-            {TOPICS["input"]: 4, TOPICS["events"]: 1, TOPICS["scores"]: 1, TOPICS["dlq"]: 1},
-        )
+        partitions = {topic: 1 for topic in TOPICS.values()}
+        partitions[TOPICS["input"]] = partitions[TOPICS["state"]] = INPUT_PARTITIONS
+        create_topics(broker.bootstrap, partitions)
         model_path, window = _train_model(Path(tmp), plan, say)
         port = free_port()
         worker = _start_worker(broker.bootstrap, model_path, port, Path(tmp) / "worker.log")
@@ -128,6 +131,9 @@ def _start_worker(bootstrap: str, model: Path, port: int, log: Path) -> subproce
         "FAULTWATCH_EVENTS_TOPIC": TOPICS["events"],
         "FAULTWATCH_SCORES_TOPIC": TOPICS["scores"],
         "FAULTWATCH_DLQ_TOPIC": TOPICS["dlq"],
+        "FAULTWATCH_STATE_TOPIC": TOPICS["state"],
+        "FAULTWATCH_CONTROL_TOPIC": TOPICS["control"],
+        "FAULTWATCH_EVENTS": "episodes",
         "FAULTWATCH_GROUP_ID": "faultwatch-demo",
         "FAULTWATCH_MODEL_PATH": str(model),
         "FAULTWATCH_METRICS_PORT": str(port),
@@ -175,7 +181,7 @@ def _replay_and_watch(
         auto_offset_reset="earliest",
     )
     fault_at = parse_time(streams[0].recording.timestamps[plan.fault_start])
-    tally = Tally(fault_at, Counter(), Counter(), {}, Counter())
+    tally = Tally(fault_at, Counter(), Counter(), {})
     deadline = time.monotonic() + plan.run_rows / plan.speed + DEADLINE
     try:
         while sum(tally.scored.values()) < total and time.monotonic() < deadline:
@@ -195,36 +201,69 @@ def _watch(record, tally: Tally, say) -> None:
     machine = doc["machine_id"]
     if record.topic == TOPICS["scores"]:
         tally.scored[machine] += 1
+        tally.anomalous[machine] += bool(doc["anomaly"])
         return
-    tally.events[machine] += 1
-    moment = parse_time(doc["timestamp"])
-    if FAULT_OF[machine] is None or moment < tally.fault_at:
-        tally.false_alarms[machine] += 1
-    if machine not in tally.first_event:
-        tally.first_event[machine] = moment
-        top = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in doc["top_channels"])
+    episodes = tally.episodes.setdefault(machine, {})
+    episodes[doc["episode_id"]] = doc
+    top = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in doc["top_channels"])
+    if doc["kind"] == "opened":
         say(
-            f"EVENT       {machine} at {doc['timestamp']}: score {doc['score']:.3g} "
+            f"OPENED      {machine} at {doc['timestamp']}: score {doc['score']:.3g} "
             f"(threshold {doc['threshold']:.3g}); top channels {top}"
+        )
+    elif doc["kind"] == "closed":
+        say(
+            f"CLOSED      {machine} at {doc['ended_at']} ({doc['close_reason']}) after "
+            f"{_duration(doc['duration_seconds'])}, peak {doc['peak_score']:.3g}"
         )
 
 
 def _summary(sent: int, tally: Tally, port: int, say) -> None:
     scored = sum(tally.scored.values())
-    say(f"\nsummary     {scored} of {sent} windows scored, {sum(tally.events.values())} anomalous")
+    count = sum(len(e) for e in tally.episodes.values())
+    say(
+        f"\nsummary     {scored} of {sent} windows scored, {sum(tally.anomalous.values())} "
+        f"anomalous, {count} episodes"
+    )
     for machine, fault in MACHINES:
-        events = tally.events[machine]
+        episodes = sorted(tally.episodes.get(machine, {}).values(), key=lambda e: e["started_at"])
+        before = [fault is None or parse_time(e["started_at"]) < tally.fault_at for e in episodes]
+        false = [e for e, early in zip(episodes, before, strict=True) if early]
+        true = [e for e in episodes if e not in false]
         if fault is None:
-            verdict = "no fault injected" + (f", {events} FALSE ALARMS" if events else ", quiet")
-        elif machine in tally.first_event and not tally.false_alarms[machine]:
-            delay = (tally.first_event[machine] - tally.fault_at).total_seconds()
-            verdict = f"{fault} detected {delay:.0f} s after it began ({events} events)"
-        elif machine in tally.first_event:
-            verdict = f"{fault}: {tally.false_alarms[machine]} false alarms before it began"
+            verdict = "no fault injected" + (
+                f", {len(false)} FALSE EPISODES" if false else ", quiet (no episode)"
+            )
+        elif true:
+            first = true[0]
+            opened = parse_time(first["opened_at"])
+            delay = (opened - tally.fault_at).total_seconds()
+            lasted = _duration(first["duration_seconds"])
+            if first["kind"] == "closed":
+                lasted += f" (closed: {first['close_reason']})"
+            else:
+                lasted = f"at least {lasted} (still open at the end)"
+            top = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in first["top_channels"])
+            verdict = (
+                f"{fault} detected {delay:.0f} s after it began: episode opened at "
+                f"{first['opened_at'][11:19]}, lasted {lasted}, peak "
+                f"{first['peak_score']:.3g}, {first['windows']} anomalous windows; {top}"
+            )
+            if len(true) > 1:
+                verdict += f" (+{len(true) - 1} more episodes)"
+            if false:
+                verdict += f"; {len(false)} false episodes before it began"
+        elif false:
+            verdict = f"{fault}: {len(false)} false episodes before it began, then MISSED"
         else:
             verdict = f"{fault} MISSED"
         say(f"  {machine:<8} {verdict}")
     say(f"metrics     http://127.0.0.1:{port}/metrics")
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes}m {rest:02d}s" if minutes else f"{rest} s"
 
 
 def _tail(path: Path, lines: int = 20) -> str:

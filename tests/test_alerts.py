@@ -99,11 +99,9 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
 
 
 def test_silent_cases_would_catch_an_alert_that_always_fires(tmp_path: Path) -> None:
-    """Mutants: each alert made to fire always, against its silent checks alone: all fail.
-
-    (promtool passing already proves the firing checks fire; this proves the silent checks
-    look at a moment where a firing alert would show, not only at its pending period.)
-    """
+    """Mutants: each alert made to fire always, against its silent checks alone: all fail."""
+    # promtool passing already proves the firing checks fire; this proves the silent checks
+    # look at a moment where a firing alert would show, not only at its pending period.
     tests = yaml.safe_load(RULE_TESTS.read_text())
     runs = {}
     for name in alerts():

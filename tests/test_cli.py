@@ -236,3 +236,32 @@ def test_train_on_values_too_large_to_standardise_is_one_line(tmp_path, capsys):
     assert code == 1 and stdout == ""
     assert len(err.strip().splitlines()) == 1 and "too large to standardise" in err
     assert not (tmp_path / "m.fwm").exists()
+
+
+def test_score_writes_the_episodes_the_worker_would_publish(
+    tmp_path, capsys, model_path, monkeypatch
+):
+    monkeypatch.setenv("FAULTWATCH_EPISODE_CLEAR_SECONDS", "30")  # the worker's setting
+    values = normal_values(200, seed=4)
+    values[60:100] += 25.0  # a fault, over by row 100 (a row a second, window 10)
+    values[170:] += 25.0  # another, still on at the end
+    data = write_csv(tmp_path / "press-9.csv", values)
+    episodes = tmp_path / "e.csv"
+    code, stdout, _ = run_cli(
+        capsys, "score", data, "--model", model_path, "--out", tmp_path / "s.csv",
+        "--episodes", episodes,
+    )  # fmt: skip
+    assert code == 0 and "2 episodes (1 open at the end)" in stdout
+    with episodes.open() as f:
+        rows = list(csv.DictReader(f))
+    required = "opened_row,closed_row,started_at,opened_at,ended_at,peak_score,close_reason"
+    assert set(required.split(",")) <= set(rows[0])
+    first, second = rows
+    assert first["machine_id"] == "press-9" and first["close_reason"] == "cleared"
+    # opens 20 s after its first anomalous window (row 60); closes 30 s after row 109's window,
+    # the first without the fault
+    assert (int(first["opened_row"]), int(first["closed_row"])) == (80, 139)
+    assert first["started_at"].endswith(":01:00Z") and first["ended_at"].endswith(":01:49Z")
+    assert int(first["windows"]) == 49  # windows ending at rows 60-108
+    assert int(second["opened_row"]) == 190
+    assert second["closed_row"] == second["ended_at"] == second["close_reason"] == ""

@@ -1,9 +1,8 @@
-"""deploy/: the Grafana dashboard, docker-compose, the Dockerfile and the Kubernetes manifests.
+"""deploy/: the Grafana dashboard, docker-compose, the Dockerfile and the Kubernetes manifests."""
 
-Docker and a cluster cannot run here, so these tests hold the files to the contracts they
-share with each other and with the worker: metric names, settings, topics, ports, probes.
-The alert rules are tested by promtool in test_alerts.py.
-"""
+# Docker and a cluster cannot run here, so these tests hold the files to the contracts they
+# share with each other and with the worker: metric names, settings, topics, ports, probes.
+# The alert rules are tested by promtool in test_alerts.py.
 
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "k8s"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
+README = ROOT / "README.md"
 
 # What the worker exports (worker/metrics.py), as Prometheus stores it: counters with _total,
 # histograms as _bucket/_sum/_count. Dashboards and rules may name nothing else but `up`.
@@ -53,6 +53,14 @@ EXPORTED = {
     "faultwatch_seconds_since_last_commit",
     "faultwatch_model_info",
     "faultwatch_model_threshold",
+    "faultwatch_episodes_open",
+    "faultwatch_episodes_opened_total",
+    "faultwatch_episodes_closed_total",
+    "faultwatch_episode_duration_seconds_bucket",
+    "faultwatch_episode_duration_seconds_sum",
+    "faultwatch_episode_duration_seconds_count",
+    "faultwatch_late_windows_total",
+    "faultwatch_muted_machines",
 }
 ALLOWED = EXPORTED | {"up"}  # `up` is Prometheus' own, per scrape target
 
@@ -66,6 +74,8 @@ REQUIRED_SETTINGS = {
     "FAULTWATCH_GROUP_ID",
     "FAULTWATCH_MODEL_PATH",
     "FAULTWATCH_METRICS_PORT",
+    "FAULTWATCH_STATE_TOPIC",
+    "FAULTWATCH_CONTROL_TOPIC",
 }
 
 # Grafana's variables, replaced by a plausible value before PromQL is parsed.
@@ -193,6 +203,11 @@ def test_every_panel_queries_prometheus() -> None:
         ("since last commit", r"faultwatch_seconds_since_last_commit"),
         ("model version", r"by \(version\) \(faultwatch_model_info\)"),
         ("workers up", r'up\{job="faultwatch"\}'),
+        ("open episodes", r"sum\(faultwatch_episodes_open\)"),
+        ("mutes", r"faultwatch_muted_machines"),
+        ("episodes opened", r"rate\(faultwatch_episodes_opened_total\["),
+        ("episodes closed by reason", r"by \(reason\) \(rate\(faultwatch_episodes_closed_total\["),
+        ("episode duration", r"histogram_quantile\(0\.5, .*faultwatch_episode_duration_seconds"),
     ],
 )
 def test_dashboard_shows(topic: str, pattern: str) -> None:
@@ -294,10 +309,19 @@ def test_compose_settings_are_worker_settings() -> None:
 def test_topics_created_are_the_topics_used() -> None:
     topics = created_topics()
     env = next(iter(workers().values()))["environment"]
-    used = {env[f"FAULTWATCH_{n}_TOPIC"] for n in ("INPUT", "EVENTS", "SCORES", "DLQ")}
+    names = ("INPUT", "EVENTS", "SCORES", "DLQ", "STATE", "CONTROL")
+    used = {env[f"FAULTWATCH_{n}_TOPIC"] for n in names}
     assert set(topics) == used
     assert topics[env["FAULTWATCH_INPUT_TOPIC"]] >= len(workers())  # no idle worker
-    assert "--if-not-exists" in "\n".join(compose()["services"]["topics"]["command"])
+    script = "\n".join(compose()["services"]["topics"]["command"])
+    assert "--if-not-exists" in script
+    # the state topic is co-partitioned with the input; state and control are tables
+    assert topics[env["FAULTWATCH_STATE_TOPIC"]] == topics[env["FAULTWATCH_INPUT_TOPIC"]]
+    for name in ("STATE", "CONTROL"):
+        line = next(
+            li for li in script.splitlines() if f"--topic {env[f'FAULTWATCH_{name}_TOPIC']} " in li
+        )
+        assert "--config cleanup.policy=compact" in line, line
 
 
 def test_replay_feeds_the_workers_input_topic() -> None:
@@ -484,7 +508,17 @@ def test_deployment_resources_fit_one_to_two_cores() -> None:
     assert set(resources_["requests"]) == set(resources_["limits"]) == {"cpu", "memory"}
     assert 0.5 <= float(resources_["requests"]["cpu"]) <= float(resources_["limits"]["cpu"]) <= 2
     assert config()["FAULTWATCH_TORCH_THREADS"] == "1"
-    assert spec["terminationGracePeriodSeconds"] >= 30  # finish the batch, commit
+
+
+def test_grace_periods_cover_the_worker_s_longest_shutdown() -> None:
+    from worker.service import SHUTDOWN_SECONDS
+
+    spec, _ = pod()
+    assert spec["terminationGracePeriodSeconds"] >= SHUTDOWN_SECONDS
+    for name, service in workers().items():
+        grace = service["stop_grace_period"]
+        assert grace.endswith("s") and int(grace[:-1]) >= SHUTDOWN_SECONDS, name
+    assert f"{SHUTDOWN_SECONDS} s" in README.read_text()  # the bound the README gives
 
 
 def test_deployment_runs_restricted() -> None:
@@ -577,6 +611,27 @@ def test_keda_scales_on_lag_up_to_the_partition_count() -> None:
         assert ref["key"] in secret_example()["stringData"]
 
 
+def test_one_input_partition_count_everywhere() -> None:
+    # README's topic guide, compose's topics job and KEDA's ceiling: one number.
+    guide = re.findall(
+        r"--create --topic faultwatch\.windows\s+--partitions (\d+)", README.read_text()
+    )
+    keda = resources()["ScaledObject"]["spec"]["maxReplicaCount"]
+    assert guide and {int(n) for n in guide} == {created_topics()["faultwatch.windows"], keda}
+
+
+def test_readme_documents_every_setting() -> None:
+    from worker.settings import Settings
+
+    text = README.read_text()
+    # The settings table names them without the prefix (in its first column); prose with it.
+    rows = re.findall(r"^\|([^|]*)\|", text, re.MULTILINE)
+    named = {name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row)}
+    named |= set(re.findall(r"FAULTWATCH_([A-Z0-9_]+)", text))
+    missing = sorted(f.upper() for f in Settings.model_fields if f.upper() not in named)
+    assert not missing, f"settings missing from README.md: {missing}"
+
+
 def test_prometheusrule_carries_the_alert_rules() -> None:
     rule = resources()["PrometheusRule"]
     assert rule["spec"] == yaml.safe_load(RULES.read_text()), (
@@ -585,7 +640,7 @@ def test_prometheusrule_carries_the_alert_rules() -> None:
     )
 
 
-# --- a real Prometheus over the worker's real metrics --------------------------------------
+# --- a real Prometheus scraping a real worker -------------------------------------------
 
 
 def _get_json(url: str) -> dict:
@@ -600,34 +655,76 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[str]:
-    """Prometheus with deploy's rules, scraping worker.metrics fed with batches every 50 ms."""
-    from prometheus_client import CollectorRegistry, start_http_server
+def worker_metrics(bootstrap, make_topic, tiny_model_path, tmp_path: Path) -> Iterator[int]:
+    """A `faultwatch run` process fed real records (anomalies, dead letters): its port."""
+    from kafka import KafkaProducer
 
-    from worker.metrics import Metrics
+    from demo.broker import free_port
+    from model.scoring import Scorer
+    from tests.helpers import start_worker, unique, window_value, worker_env
+    from tests.synthetic import normal_values
 
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is not on PATH: install it with `apt-get install -y prometheus`"
-    registry = CollectorRegistry()
-    metrics = Metrics(registry=registry)
-    metrics.set_model("0123abcd", 125, 8, 0.8)
-    metrics.set_lag({("faultwatch.windows", 0): 12, ("faultwatch.windows", 1): 0})
-    exporter, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    window = Scorer.load(tiny_model_path).window
+    source, port = make_topic("windows", 2), free_port()
+    env = worker_env(
+        bootstrap,
+        tiny_model_path,
+        input_topic=source,
+        events_topic=make_topic("events"),
+        scores_topic=make_topic("scores"),
+        dlq_topic=make_topic("dlq"),
+        state_topic=make_topic("state", 2),
+        control_topic=make_topic("control"),
+        episode_clear_seconds=5,
+        group_id=unique("group"),
+        metrics_port=port,
+        lag_interval=0.5,
+    )
+    worker = start_worker(env, tmp_path / "worker.log")
+    rows = normal_values(400 + window)
     stop = threading.Event()
 
     def feed() -> None:
-        scores = [0.01 * n for n in range(1, 100, 7)]
-        while not stop.wait(0.05):
-            metrics.batch_committed(scores, anomalies=1, dead_letters={"schema": 1}, seconds=0.02)
+        # Ten records every 100 ms, one of them broken; data time moves a second a record, and
+        # every 100th record starts 30 anomalous windows: an episode opens (20 s) and clears (5 s).
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        n = 0
+        while not stop.wait(0.1):
+            for _ in range(10):
+                if n % 10 == 1:
+                    value = b"{"
+                else:
+                    shift = 25.0 if n % 100 < 30 else 0.0
+                    value = window_value(
+                        "pump-1", 1_700_000_000 + n, rows[n % 400 :][:window] + shift
+                    )
+                producer.send(source, key=b"pump-1", value=value)
+                n += 1
+        producer.close(timeout=10)
 
-    threading.Thread(target=feed, daemon=True).start()
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        feeder.join(timeout=15)
+        code = worker.terminate()
+    assert code == 0, worker.stderr
+
+
+@pytest.fixture
+def prometheus(worker_metrics: int, tmp_path: Path) -> Iterator[str]:
+    """Prometheus with deploy's rules, scraping a real worker that is scoring records."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not on PATH: install it with `apt-get install -y prometheus`"
     config = {
         "global": {"scrape_interval": "500ms", "evaluation_interval": "500ms"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
             {
                 "job_name": "faultwatch",
-                "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_port}"]}],
+                "static_configs": [{"targets": [f"127.0.0.1:{worker_metrics}"]}],
             }
         ],
     }
@@ -645,27 +742,30 @@ def prometheus(tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
-        query = urllib.parse.quote("count_over_time(faultwatch_windows_scored_total[1m])")
-        # Prometheus 2.x first scrapes ~5 s after start (its discovery batches updates).
-        while True:  # until three scrapes are stored: enough for rate() and histogram_quantile()
+        deadline = time.monotonic() + 60
+        # Three scrapes of a worker that has scored windows, reported its lag and closed an
+        # episode: enough for rate() and quantiles. (Prometheus 2.x first scrapes ~5 s after
+        # start; the worker joins its group meanwhile.)
+        query = urllib.parse.quote(
+            "count_over_time(faultwatch_windows_scored_total[1m]) >= 3 "
+            "and faultwatch_windows_scored_total > 0 "
+            "and on () count(faultwatch_consumer_lag) > 0 "
+            "and on () sum(faultwatch_episodes_closed_total) > 0"
+        )
+        while True:
             assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
             try:
-                result = _get_json(f"{url}/api/v1/query?query={query}")["data"]["result"]
-                if result and float(result[0]["value"][1]) >= 3:
+                if _get_json(f"{url}/api/v1/query?query={query}")["data"]["result"]:
                     break
             except OSError:
                 pass  # not listening yet
             time.sleep(0.25)
         yield url
     finally:
-        stop.set()
         process.terminate()
         process.wait(timeout=10)
         log.close()
-        exporter.shutdown()
-        exporter.server_close()
 
 
 def test_live_prometheus_answers_every_panel_and_evaluates_every_rule(prometheus: str) -> None:
@@ -679,6 +779,10 @@ def test_live_prometheus_answers_every_panel_and_evaluates_every_rule(prometheus
         if not answer["data"]["result"]:
             empty.append(expr)
     assert not empty, f"panels without data from the worker's metrics: {empty}"
+    fed = ["faultwatch_anomalies_total", 'faultwatch_dead_letters_total{reason="invalid_json"}']
+    for name in fed:
+        query = urllib.parse.quote(f"{name} > 0")  # what the feeder sent, seen by the worker
+        assert _get_json(f"{prometheus}/api/v1/query?query={query}")["data"]["result"], name
     deadline = time.monotonic() + 10
     while True:  # every rule evaluated at least once, none in error
         rules = [

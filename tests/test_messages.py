@@ -47,6 +47,22 @@ def test_timestamps_become_rfc3339_utc(decoder, timestamp, expected):
 
 
 @pytest.mark.parametrize(
+    ("timestamp", "said"),
+    [
+        (1583748998000, "epoch milliseconds?"),  # the contract is seconds: said, not guessed
+        (1e20, "out of range for epoch seconds"),
+        ("1e400", "not a finite number"),
+        ("yesterday", "neither RFC 3339 nor epoch seconds"),
+        ("0001-01-01T00:00:00+01:00", "out of range in UTC"),
+        ("9999-12-31T23:59:59-01:00", "out of range in UTC"),
+    ],
+)
+def test_a_timestamp_that_is_no_moment_is_schema_and_says_why(decoder, timestamp, said):
+    (_, invalid), *_ = decoder.decode_batch([message(timestamp=timestamp)]).invalid
+    assert invalid.reason == "schema" and said in invalid.message
+
+
+@pytest.mark.parametrize(
     ("value", "reason"),
     [
         (None, "invalid_json"),
@@ -109,7 +125,9 @@ def test_a_batch_keeps_order_and_one_array_for_the_valid_windows(decoder):
 
 
 def test_reasons_are_the_documented_codes():
-    assert REASONS == ("too_large", "invalid_json", "schema", "channels", "shape", "non_finite")
+    assert REASONS == (
+        "too_large", "invalid_json", "schema", "channels", "shape", "non_finite", "key_mismatch"
+    )  # fmt: skip
 
 
 json_values = st.recursive(

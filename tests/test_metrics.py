@@ -100,3 +100,18 @@ def test_one_server_answers_metrics_and_both_probes(registry):
     finally:
         server.stop()
     assert http_get(server.port, "/healthz")[0] == 0  # stopped: nothing answers
+
+
+def test_episodes_count_once_committed_by_reason(registry):
+    from worker.pipeline import EpisodeCounts
+
+    metrics = Metrics(registry)
+    for reason in ("cleared", "silent", "muted"):  # every reason exists from the start
+        assert value(registry, "faultwatch_episodes_closed_total", reason=reason) == 0
+    metrics.episodes_committed(EpisodeCounts(2, Counter(cleared=1, muted=1), [30.0, 4000.0], 3))
+    metrics.episodes_committed(None)  # windows mode: nothing
+    assert value(registry, "faultwatch_episodes_opened_total") == 2
+    assert value(registry, "faultwatch_episodes_closed_total", reason="muted") == 1
+    assert value(registry, "faultwatch_episode_duration_seconds_count") == 2
+    assert value(registry, "faultwatch_episode_duration_seconds_bucket", le="60.0") == 1
+    assert value(registry, "faultwatch_late_windows_total") == 3

@@ -1,9 +1,8 @@
-"""The production image installs what `faultwatch run` needs and nothing more.
+"""The production image installs what `faultwatch run` needs and nothing more."""
 
-There is no Docker engine here, so the image's dependency set is checked where it comes from:
-the built wheel's requirements (what `pip install .` in deploy/Dockerfile installs), the
-packages the Dockerfile copies, and the modules the worker actually imports.
-"""
+# There is no Docker engine here, so the image's dependency set is checked where it comes from:
+# the built wheel's requirements (what `pip install .` in deploy/Dockerfile installs), the
+# packages the Dockerfile copies, and the modules the worker actually imports.
 
 from __future__ import annotations
 

@@ -44,6 +44,15 @@ def test_short_gaps_are_interpolated_long_gaps_kept():
     assert np.isnan(filled[10:18, 0]).all()
 
 
+def test_leading_and_trailing_gaps_are_never_interpolated():
+    # Nothing before (or after) them to interpolate from: extrapolating would invent data.
+    col = np.arange(20, dtype=float)
+    col[:2] = np.nan
+    col[-1:] = np.nan
+    filled, count = fill_gaps(col[:, None], max_gap=3)
+    assert count == 0 and np.isnan(filled[:2, 0]).all() and np.isnan(filled[-1, 0])
+
+
 def test_median_denoising_removes_a_single_spike_and_keeps_shape():
     window = np.zeros((1, 9, 1))
     window[0, 4, 0] = 100.0

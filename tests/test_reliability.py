@@ -1,11 +1,10 @@
-"""Faults around `faultwatch run` on the real broker: nothing that enters the input is lost.
+"""Faults around `faultwatch run` on the real broker: nothing that enters the input is lost."""
 
-SIGKILL loops, a rebalance with a killed member, a frozen broker and a broker that refuses
-events. After each, every input offset ends as a score record or a dead letter; a kill may
-repeat at most about one batch (FAULTWATCH_MAX_POLL_RECORDS), and events de-duplicate by
-`event_id`. Brokers that are frozen or made strict are private to their test. Every wait
-is bounded.
-"""
+# SIGKILL loops, a rebalance with a killed member, a frozen broker and a broker that refuses
+# events. After each, every input offset ends as a score record or a dead letter; a kill may
+# repeat at most about one batch (FAULTWATCH_MAX_POLL_RECORDS), and events de-duplicate by
+# `event_id`. Brokers that are frozen or made strict are private to their test. Every wait
+# is bounded.
 
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ from tests.helpers import (
     metric_samples,
     produce,
     read_topic,
+    run_until,
     run_worker,
     start_worker,
     synthetic_values,
@@ -148,10 +148,20 @@ def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
         "scores_topic": make_topic("scores", 2),
         "dlq_topic": make_topic("dlq"),
     }
-    records = mixed_records(scorer.window, 4000, partitions=2)
+    # Long enough that no worker finishes it in the moments between its 150th window and
+    # the kill (thousands of windows a second): every kill lands mid-stream.
+    records = mixed_records(scorer.window, 20_000, partitions=2)
     produce(bootstrap, topics["input_topic"], records)
     group = unique("group")
-    env = worker_env(bootstrap, tiny_model_path, group_id=group, max_poll_records=BATCH, **topics)
+    env = worker_env(
+        bootstrap,
+        tiny_model_path,
+        events="windows",
+        group_id=group,
+        max_poll_records=BATCH,
+        **topics,
+    )
+    produced = offsets_of(records)
 
     kills, progress = 3, 0
     for round_ in range(kills):
@@ -166,10 +176,14 @@ def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
         assert progress < now < len(records), f"kill {round_} was not mid-stream: {now}"
         progress = now
 
-    final = run_worker(env, tmp_path / "final.log", "--idle-exit", "3", timeout=120)
+    final = run_until(
+        env,
+        tmp_path / "final.log",
+        lambda: committed(bootstrap, group, topics["input_topic"], 2) == produced,
+        "the final worker to commit everything",
+        timeout=120,
+    )
     assert final.process.returncode == 0, final.stderr
-    produced = offsets_of(records)
-    assert committed(bootstrap, group, topics["input_topic"], 2) == produced
     Outputs(bootstrap, topics).check(produced, duplicates=kills * BATCH)
 
 
@@ -185,7 +199,14 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
         "dlq_topic": make_topic("dlq"),
     }
     group = unique("group")
-    env = worker_env(bootstrap, tiny_model_path, group_id=group, max_poll_records=BATCH, **topics)
+    env = worker_env(
+        bootstrap,
+        tiny_model_path,
+        events="windows",
+        group_id=group,
+        max_poll_records=BATCH,
+        **topics,
+    )
     ports = {name: free_port() for name in ("a", "b", "a2")}
 
     def start(name: str):
@@ -202,8 +223,8 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
         done = committed(bootstrap, group, topics["input_topic"], partitions)
         return done == offsets_of(records)
 
-    records = mixed_records(scorer.window, 5000, partitions)
-    first, second = records[:4000], records[4000:]
+    records = mixed_records(scorer.window, 21_000, partitions)  # a's kill lands mid-stream
+    first, second = records[:20_000], records[20_000:]
     workers = {"a": start("a"), "b": start("b")}
     try:
         wait_for(lambda: shared_by("a", "b"), 90, "two workers sharing the partitions")
@@ -237,8 +258,8 @@ def test_a_frozen_broker_is_survived_without_a_restart(tiny_model_path, tmp_path
         "scores_topic": "scores",
         "dlq_topic": "dlq",
     }
-    records = mixed_records(scorer.window, 3000, partitions=2)
-    before, after = records[:2400], records[2400:]
+    records = mixed_records(scorer.window, 20_600, partitions=2)  # frozen mid-stream
+    before, after = records[:20_000], records[20_000:]
     port = free_port()
     with EmbeddedBroker() as broker:
         create_topics(broker.bootstrap, {"windows": 2, "events": 1, "scores": 2, "dlq": 1})
@@ -246,6 +267,7 @@ def test_a_frozen_broker_is_survived_without_a_restart(tiny_model_path, tmp_path
         env = worker_env(
             broker.bootstrap,
             tiny_model_path,
+            events="windows",
             group_id="frozen",
             max_poll_records=BATCH,
             metrics_port=port,
@@ -335,9 +357,14 @@ def test_events_the_broker_refuses_are_never_committed_past(tiny_model_path, tmp
         create_topics(bootstrap, {"windows": 1, "events": 1, "events-v2": 1, "scores": 1, "dlq": 1})
         produce(bootstrap, "windows", [(b"pump-1", v, 0) for v in values])
         env = worker_env(
-            bootstrap, tiny_model_path, group_id="strict", max_poll_records=BATCH, **topics
+            bootstrap,
+            tiny_model_path,
+            events="windows",
+            group_id="strict",
+            max_poll_records=BATCH,
+            **topics,
         )
-        worker = run_worker(env, tmp_path / "refused.log", "--idle-exit", "5", timeout=90)
+        worker = run_worker(env, tmp_path / "refused.log", timeout=90)  # stops by itself
         assert worker.process.returncode == 1, worker.stderr
         error = worker.stderr.strip().splitlines()[-1]
         assert "ERROR" in error and "events" in error and "InvalidRecord" in error, error
@@ -350,9 +377,13 @@ def test_events_the_broker_refuses_are_never_committed_past(tiny_model_path, tmp
 
         # The operator points the worker at a topic that takes events: it resumes there.
         env["FAULTWATCH_EVENTS_TOPIC"] = "events-v2"
-        worker = run_worker(env, tmp_path / "fixed.log", "--idle-exit", "3", timeout=90)
+        worker = run_until(
+            env,
+            tmp_path / "fixed.log",
+            lambda: committed(bootstrap, "strict", "windows", 1) == {0: len(values)},
+            "everything committed",
+        )
         assert worker.process.returncode == 0, worker.stderr
-        assert committed(bootstrap, "strict", "windows", 1) == {0: len(values)}
         scores = [json.loads(r.value) for r in read_topic(bootstrap, "scores")]
         assert {_source(s) for s in scores} == {(0, o) for o in range(len(values))}
         events = [json.loads(r.value) for r in read_topic(bootstrap, "events-v2")]
@@ -373,3 +404,57 @@ def test_a_loop_blocked_longer_than_its_session_is_not_ready():
     assert not health.ready and health.liveness()[0]
     health.tick()
     assert health.readiness() == (True, "ready")
+
+
+def test_a_restarted_static_member_takes_its_partitions_back_before_its_session_ends(
+    bootstrap, make_topic, tiny_model_path, tmp_path
+):
+    # FAULTWATCH_GROUP_INSTANCE_ID (the pod name): a crashed worker restarted under the same id
+    # replaces its dead self at once. A new dynamic member would wait for the dead one's
+    # session (30 s here) to expire before the group could give it any partition.
+    scorer = Scorer.load(tiny_model_path)
+    topics = {
+        "input_topic": make_topic("windows", 2),
+        "events_topic": make_topic("events"),
+        "scores_topic": make_topic("scores", 2),
+        "dlq_topic": make_topic("dlq"),
+    }
+    records = mixed_records(scorer.window, 400, partitions=2)
+    first, second = records[:200], records[200:]
+    produce(bootstrap, topics["input_topic"], first)
+    group, ports = unique("group"), {"a": free_port(), "a2": free_port()}
+    env = worker_env(
+        bootstrap, tiny_model_path, group_id=group, group_instance_id="pod-a", **topics
+    )
+
+    def all_committed(records: list) -> bool:
+        return committed(bootstrap, group, topics["input_topic"], 2) == offsets_of(records)
+
+    long_session = {
+        "FAULTWATCH_SESSION_TIMEOUT_MS": "30000",
+        "FAULTWATCH_HEARTBEAT_INTERVAL_MS": "3000",
+    }
+    crashed = start_worker(
+        env | long_session | {"FAULTWATCH_METRICS_PORT": str(ports["a"])}, tmp_path / "a.log"
+    )
+    try:
+        wait_for(lambda: all_committed(first), 90, "the first worker to finish", interval=0.5)
+    finally:
+        kill(crashed)
+    killed_at = time.monotonic()
+    restarted = start_worker(
+        env | {"FAULTWATCH_METRICS_PORT": str(ports["a2"])}, tmp_path / "a2.log"
+    )
+    try:
+        wait_for(lambda: assigned(ports["a2"]) == 2, 60, "the restarted worker's partitions")
+        took = time.monotonic() - killed_at
+        print(f"restarted static member ready {took:.1f} s after the kill")
+        # Tansu takes session/2 (15 s) to settle any join; a dynamic member: 30 s and more.
+        assert took < 30, "it waited for its dead session: static membership did nothing"
+        produce(bootstrap, topics["input_topic"], second)
+        wait_for(lambda: all_committed(records), 60, "everything committed", interval=0.5)
+    finally:
+        code = restarted.terminate()
+    assert code == 0, restarted.stderr
+    assert "instance=pod-a" in restarted.stderr
+    Outputs(bootstrap, topics).check(offsets_of(records), duplicates=BATCH)

@@ -1,13 +1,17 @@
-"""Replay topics: exactly the windows `score` sees, and topic-range copies."""
+"""Replay topics: exactly the windows `score` sees, paced, looped and limited; range copies."""
 
 import csv
 import json
+import tracemalloc
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from kafka import KafkaConsumer
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
 
 from cli.main import main
-from cli.replay import encode_window
+from cli.replay import Stream, encode_window, moment, replay_recordings
+from model.recording import format_time, parse_time, read_recording
 from tests.synthetic import normal_values, write_csv
 
 
@@ -106,3 +110,169 @@ def test_copy_of_an_offset_range_keeps_key_value_and_headers(bootstrap, make_top
 def test_replay_without_data_or_source_is_a_clear_error(capsys):
     assert main(["replay", "--topic", "t"]) == 1
     assert "needs either DATA.csv files or --from-topic" in capsys.readouterr().err
+
+
+# Pacing, looping and limits, through replay's clock and sleep seams (no waiting in tests).
+
+
+class FakeClock:
+    """Time that moves only when replay sleeps; `sent` holds the time of each send."""
+
+    def __init__(self) -> None:
+        self.now, self.sent = 1000.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.now += seconds
+
+    def progress(self, n: int) -> None:
+        self.sent.extend([self.now - 1000.0] * n)
+
+
+def streams(tmp_path, *names: str, rows: int = 20) -> list[Stream]:
+    """One stream per machine: `rows` samples one second apart, windows of 10."""
+    found = []
+    for seed, name in enumerate(names):
+        recording = read_recording(write_csv(tmp_path / f"{name}.csv", normal_values(rows, seed)))
+        found.append(Stream.cut(name, recording, 10, max_gap=5))
+    return found
+
+
+def replay(bootstrap, topic, cut, clock, **pace) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    try:
+        return replay_recordings(
+            cut,
+            topic,
+            producer,
+            progress=clock.progress,
+            clock=clock.clock,
+            sleep=clock.sleep,
+            **pace,
+        )
+    finally:
+        producer.close(timeout=10)
+
+
+def messages(bootstrap, topic, expected) -> list[tuple[bytes, dict]]:
+    records = consume_all(bootstrap, topic, expected)
+    assert len(records) == expected
+    return [(r.key, json.loads(r.value)) for r in sorted(records, key=lambda r: r.offset)]
+
+
+def test_rate_paces_all_machines_together(bootstrap, make_topic, tmp_path):
+    topic, clock = make_topic("paced"), FakeClock()
+    cut = streams(tmp_path, "pump-1", "pump-2")  # 11 windows each
+    assert replay(bootstrap, topic, cut, clock, rate=4.0) == 22
+    assert clock.sent == pytest.approx([i / 4.0 for i in range(22)])
+    keys = [key for key, _ in messages(bootstrap, topic, 22)]
+    assert keys == [b"pump-1", b"pump-2"] * 11  # side by side, window k of each, then k+1
+
+
+def test_speed_follows_the_data_s_own_clock(bootstrap, make_topic, tmp_path):
+    topic, clock = make_topic("speed"), FakeClock()
+    (cut,) = streams(tmp_path, "pump-1")
+    assert replay(bootstrap, topic, [cut], clock, speed=4.0) == 11
+    # window k ends at row 9 + k, i.e. 9 + k seconds after the first row
+    assert clock.sent == pytest.approx([(9 + k) / 4.0 for k in range(11)])
+    stamps = [doc["timestamp"] for _, doc in messages(bootstrap, topic, 11)]
+    assert stamps == [format_time(end) for end in cut.ends]
+
+
+def test_loop_moves_time_forward_and_limit_stops_it(bootstrap, make_topic, tmp_path):
+    topic, clock = make_topic("loop"), FakeClock()
+    (cut,) = streams(tmp_path, "pump-1")
+    assert replay(bootstrap, topic, [cut], clock, speed=10.0, loops=None, limit=25) == 25
+    span = 20.0  # 20 rows one second apart: each loop starts 20 s of data time later
+    expected = [(loop * span + 9 + k) / 10.0 for loop in range(3) for k in range(11)][:25]
+    assert clock.sent == pytest.approx(expected)
+    docs = [doc for _, doc in messages(bootstrap, topic, 25)]
+    moments = [parse_time(doc["timestamp"]) for doc in docs]
+    assert moments == sorted(moments) and len(set(moments)) == 25  # never back in time
+    assert moments[11] - moments[0] == timedelta(seconds=span)
+    assert [doc["values"] for doc in docs[11:22]] == [doc["values"] for doc in docs[:11]]
+
+
+def test_unpaced_replay_never_sleeps(bootstrap, make_topic, tmp_path):
+    topic, clock = make_topic("unpaced"), FakeClock()
+    assert replay(bootstrap, topic, streams(tmp_path, "pump-1"), clock, limit=4) == 4
+    assert clock.sent == [0.0] * 4
+
+
+def test_a_looped_replay_runs_in_constant_memory(bootstrap, make_topic, tmp_path):
+    # --loop never ends: every send it keeps track of must be let go as it is acknowledged.
+    topic = make_topic("forever")
+    cut = streams(tmp_path, "pump-1", rows=60)
+    traced: dict[int, int] = {}
+    sent = 0
+
+    def sample(n: int) -> None:
+        nonlocal sent
+        sent += n
+        if sent in (10_000, 40_000):
+            traced[sent] = tracemalloc.get_traced_memory()[0]
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=2**20)
+    tracemalloc.start()
+    try:
+        replay_recordings(cut, topic, producer, loops=None, limit=40_000, progress=sample)
+    finally:
+        tracemalloc.stop()
+        producer.close(timeout=10)
+    grew = (traced[40_000] - traced[10_000]) / 2**20
+    print(f"traced memory grew {grew:.2f} MiB over 30,000 looped windows")
+    assert grew < 3.0  # when every send was kept: 15 MiB for these 30,000
+
+
+def test_a_copy_keeps_the_records_of_a_time_range(bootstrap, make_topic, capsys):
+    source, target = make_topic("recorded", partitions=2), make_topic("copy")
+    start = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for i in range(30):
+        stamp = int((start + timedelta(seconds=i)).timestamp() * 1000)
+        producer.send(source, key=b"m", value=str(i).encode(), partition=i % 2, timestamp_ms=stamp)
+    producer.flush()
+    producer.close()
+    since, until = format_time(start + timedelta(seconds=10)), start + timedelta(seconds=19)
+    argv = ["replay", "--from-topic", source, "--topic", target, "--bootstrap-servers", bootstrap]
+    assert main([*argv, "--since", since, "--until", str(until.timestamp())]) == 0
+    assert "10 records replayed" in capsys.readouterr().out
+    assert sorted(int(r.value) for r in consume_all(bootstrap, target, 10)) == list(range(10, 20))
+
+
+def test_relative_moments_count_back_from_now():
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert moment("2h", "--since", now) == now - timedelta(hours=2)
+    assert moment("1.5m", "--since", now) == now - timedelta(seconds=90)
+    assert moment("2024-05-01T10:00:00Z", "--since", now) == now - timedelta(hours=2)
+    assert moment(None, "--since", now) is None
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--since", "1e20", "out of range"),
+        ("--since", "1e400", "not a finite number"),
+        ("--until", "inf", "not a finite number"),
+        ("--since", "1700000000000", "epoch milliseconds?"),
+        ("--since", "99999999999d", "before year 1"),
+        ("--until", "yesterday", "neither RFC 3339 nor epoch seconds"),
+    ],
+)
+def test_a_time_out_of_range_is_one_line_not_a_traceback(capsys, flag, value, said):
+    assert main(["replay", "--from-topic", "src", "--topic", "t", flag, value]) == 1
+    err = capsys.readouterr().err
+    assert said in err and flag in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_time_cell_out_of_range_names_the_file(tmp_path, capsys):
+    data = write_csv(tmp_path / "pump-1.csv", normal_values(20))
+    lines = data.read_text().splitlines()
+    lines[20] = "1e400" + lines[20][lines[20].index(",") :]  # the last row's time
+    data.write_text("\n".join(lines) + "\n")
+    assert main(["replay", str(data), "--topic", "t", "--window", "10"]) == 1
+    err = capsys.readouterr().err
+    assert str(data) in err and "'1e400'" in err and len(err.strip().splitlines()) == 1

@@ -1,9 +1,8 @@
-"""The SASL password never appears in a log line, a start-up error or `inspect`'s output.
+"""The SASL password never appears in a log line, a start-up error or `inspect`'s output."""
 
-It may show up quoted: as is, escaped by repr (a request object's bytes), or by JSON (a log
-shipper's line). Every test uses a password with a plain core, "s3cr3t", that none of those
-escape, and looks for that core.
-"""
+# It may show up quoted: as is, escaped by repr (a request object's bytes), or by JSON (a log
+# shipper's line). Every test uses a password with a plain core, "s3cr3t", that none of those
+# escape, and looks for that core.
 
 from __future__ import annotations
 

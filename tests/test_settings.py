@@ -123,3 +123,36 @@ def test_misspelt_variables_are_found(monkeypatch):
     monkeypatch.setenv("FAULTWATCH_TEST_BOOTSTRAP", "kafka:9092")  # the test suite's own
     monkeypatch.setenv("FAULTWATCH_GROUP_ID", "g")
     assert settings_io.unknown_variables() == ["FAULTWATCH_BOOTSTRAP_SERVER"]
+
+
+def test_episode_settings_and_event_mode():
+    s = settings_io.load()
+    assert s.events == "episodes"
+    assert (s.state_topic, s.control_topic) == ("faultwatch.state", "faultwatch.control")
+    config = s.episode_config()
+    assert (config.open_seconds, config.clear_seconds, config.clear_ratio) == (20, 600, 0.8)
+    assert (config.update_seconds, config.silent_seconds) == (60, 600)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"FAULTWATCH_EVENTS": "incidents"}, "FAULTWATCH_EVENTS: Input should be 'episodes'"),
+        ({"FAULTWATCH_EPISODE_CLEAR_RATIO": "1.5"}, "FAULTWATCH_EPISODE_CLEAR_RATIO"),
+        ({"FAULTWATCH_EPISODE_OPEN_SECONDS": "-1"}, "FAULTWATCH_EPISODE_OPEN_SECONDS"),
+        ({"FAULTWATCH_STATE_TOPIC": "faultwatch.events"}, "topics of their own"),
+        ({"FAULTWATCH_CONTROL_TOPIC": "faultwatch.state"}, "topics of their own"),
+        ({"FAULTWATCH_STATE_TOPIC": "bad topic"}, "FAULTWATCH_STATE_TOPIC: 'bad topic' is not"),
+    ],
+)
+def test_bad_episode_settings_are_one_line(monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=expected.replace("(", r"\(")):
+        settings_io.load()
+
+
+def test_windows_mode_needs_no_state_or_control_topic_of_its_own(monkeypatch):
+    monkeypatch.setenv("FAULTWATCH_EVENTS", "windows")
+    monkeypatch.setenv("FAULTWATCH_STATE_TOPIC", "faultwatch.events")  # unused: no conflict
+    assert settings_io.load().events == "windows"

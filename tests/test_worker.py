@@ -14,7 +14,7 @@ from model.preprocessing import sliding_windows
 from model.recording import read_recording, to_rfc3339
 from model.scoring import Scorer
 from tests.conftest import SKAB_FILE
-from tests.helpers import committed, headers, produce, read_topic, run_worker, unique, worker_env
+from tests.helpers import committed, headers, produce, read_topic, run_until, unique, worker_env
 from tests.helpers import window_value as value_of
 from worker.pipeline import event_id
 
@@ -80,6 +80,7 @@ def test_skab_windows_are_scored_or_dead_lettered_exactly_once(
     env = worker_env(
         bootstrap,
         skab_model_path,
+        events="windows",
         input_topic=topics["windows"],
         events_topic=topics["events"],
         scores_topic=topics["scores"],
@@ -88,7 +89,14 @@ def test_skab_windows_are_scored_or_dead_lettered_exactly_once(
         max_record_bytes=MAX_RECORD_BYTES,
         max_poll_records=200,
     )
-    worker = run_worker(env, tmp_path / "worker.log", "--idle-exit", "3", timeout=120)
+    ends = Counter(partition for partition, _ in offsets)
+    worker = run_until(
+        env,
+        tmp_path / "worker.log",
+        lambda: committed(bootstrap, group, topics["windows"], 2) == dict(ends),
+        "every offset committed",
+        timeout=120,
+    )
     assert worker.process.returncode == 0, worker.stderr
     assert "Traceback" not in worker.stderr
 

@@ -48,7 +48,12 @@ def test_a_broker_outage_makes_the_worker_unready_then_it_carries_on(tiny_model_
     create_topics(broker.bootstrap, {name: 1 for name in topics.values()})
     port = free_port()
     env = worker_env(
-        broker.bootstrap, tiny_model_path, metrics_port=port, lag_interval=0.5, **topics
+        broker.bootstrap,
+        tiny_model_path,
+        events="windows",
+        metrics_port=port,
+        lag_interval=0.5,
+        **topics,
     )
     worker = start_worker(env, tmp_path / "worker.log")
     try:

@@ -37,6 +37,7 @@ def test_the_worker_scores_each_architecture_as_score_does(
     env = worker_env(
         bootstrap,
         model,
+        events="windows",  # one event per anomalous window, checked below
         input_topic=topics["windows"],
         events_topic=topics["events"],
         scores_topic=topics["scores"],

@@ -13,6 +13,7 @@ from tests.helpers import (
     metric_samples,
     produce,
     read_topic,
+    run_until,
     run_worker,
     start_worker,
     synthetic_values,
@@ -31,6 +32,7 @@ def test_metrics_and_probes_over_http_during_a_run(
     env = worker_env(
         bootstrap,
         tiny_model_path,
+        events="windows",
         input_topic=source,
         events_topic=events,
         dlq_topic=dlq,
@@ -105,12 +107,13 @@ def test_sigterm_mid_stream_exits_0_and_a_restart_continues_without_gap(
 ):
     scorer = Scorer.load(tiny_model_path)
     source, scores = make_topic("windows", 2), make_topic("scores", 2)
-    values = synthetic_values(4000, scorer.window)
+    values = synthetic_values(20_000, scorer.window)  # long: SIGTERM lands mid-stream
     produce(bootstrap, source, [(b"pump-1", v, i % 2) for i, v in enumerate(values)])
     group, port = unique("group"), free_port()
     env = worker_env(
         bootstrap,
         tiny_model_path,
+        events="windows",
         input_topic=source,
         scores_topic=scores,
         events_topic=make_topic("events"),
@@ -140,12 +143,17 @@ def test_sigterm_mid_stream_exits_0_and_a_restart_continues_without_gap(
     assert set(published) == {(p, o) for p, end in stopped_at.items() for o in range(end or 0)}
     assert max(published.values()) == 1
 
-    second = run_worker(env, tmp_path / "second.log", "--idle-exit", "3", timeout=90)
+    everything = {0: len(values) // 2, 1: len(values) // 2}
+    second = run_until(
+        env,
+        tmp_path / "second.log",
+        lambda: committed(bootstrap, group, source, 2) == everything,
+        "the restarted worker to commit everything",
+    )
     assert second.process.returncode == 0, second.stderr
     published = Counter(_source(r) for r in read_topic(bootstrap, scores))
     assert set(published) == {(i % 2, i // 2) for i in range(len(values))}  # no gap
     assert max(published.values()) == 1  # and, after a clean stop, no duplicate
-    assert committed(bootstrap, group, source, 2) == {0: 2000, 1: 2000}
 
 
 def test_a_refused_dead_letter_stops_the_worker_and_commits_nothing(
@@ -160,6 +168,7 @@ def test_a_refused_dead_letter_stops_the_worker_and_commits_nothing(
     env = worker_env(
         bootstrap,
         tiny_model_path,
+        events="windows",
         input_topic=source,
         dlq_topic=dlq,
         events_topic=make_topic("events"),
@@ -167,7 +176,7 @@ def test_a_refused_dead_letter_stops_the_worker_and_commits_nothing(
         max_record_bytes=1_000,
         max_request_bytes=2_000,
     )
-    worker = run_worker(env, tmp_path / "worker.log", "--idle-exit", "5", timeout=60)
+    worker = run_worker(env, tmp_path / "worker.log", timeout=60)  # stops by itself
     assert worker.process.returncode == 1, worker.stderr
     error = worker.stderr.strip().splitlines()[-1]
     assert "ERROR" in error and dlq in error and "Traceback" not in worker.stderr
@@ -178,3 +187,26 @@ def test_a_refused_dead_letter_stops_the_worker_and_commits_nothing(
 def _source(record) -> tuple[int, int]:
     src = json.loads(record.value)["source"]
     return src["partition"], src["offset"]
+
+
+def test_idle_exit_stops_cleanly_once_nothing_new_arrives(
+    bootstrap, make_topic, tiny_model_path, tmp_path
+):
+    scorer = Scorer.load(tiny_model_path)
+    source, group = make_topic("windows"), unique("group")
+    produce(bootstrap, source, [(b"pump-1", v, 0) for v in synthetic_values(30, scorer.window)])
+    env = worker_env(
+        bootstrap,
+        tiny_model_path,
+        input_topic=source,
+        events_topic=make_topic("events"),
+        dlq_topic=make_topic("dlq"),
+        group_id=group,
+    )
+    worker = start_worker(env, tmp_path / "worker.log", "--idle-exit", "5")
+    try:
+        wait_for(lambda: committed(bootstrap, group, source, 1) == {0: 30}, 60, "all committed")
+        assert worker.wait(30) == 0, worker.stderr  # then it stops by itself
+    finally:
+        worker.kill()
+    assert "stopped reason=idle for 5 s" in worker.stderr

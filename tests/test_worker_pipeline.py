@@ -97,17 +97,23 @@ def test_scores_topic_off_means_events_only(scorer):
     assert {o.topic for o in result.outputs} == {"events", "dlq"}
 
 
-def test_the_record_key_is_kept_and_the_machine_id_fills_a_missing_one(scorer):
-    value = synthetic_values(1, scorer.window)[0]
-    outputs = pipeline(scorer).process([Record(1, value, key=b"k"), Record(2, value, key=None)])
-    scores = [o for o in outputs.outputs if o.topic == "scores"]
-    assert [o.key for o in scores] == [b"k", b"pump-1"]
+def test_a_key_other_than_the_machine_id_is_a_dead_letter_and_none_takes_the_machine_id(scorer):
+    value = synthetic_values(1, scorer.window)[0]  # machine_id pump-1
+    records = [Record(1, value, key=b"k"), Record(2, value, key=None), Record(3, value)]
+    result = pipeline(scorer).process(records)
+    scores = [o for o in result.outputs if o.topic == "scores"]
+    assert [o.key for o in scores] == [b"pump-1", b"pump-1"]
+    (dead,) = [o for o in result.outputs if o.topic == "dlq"]
+    assert (dead.key, dead.value) == (b"k", value) and result.dead_letters == {"key_mismatch": 1}
+    assert dict(dead.headers)["faultwatch.error.message"] == (
+        b"key b'k' is not the machine_id 'pump-1'"
+    )
 
 
 def test_values_too_large_to_score_are_dead_letters_not_nan_scores(scorer):
     rows = np.full((scorer.window, len(scorer.channels)), 30.0)
     rows[3, 1] = 1e300  # finite JSON, but the model overflows on it
-    value = json.dumps({"machine_id": "m", "timestamp": 0, "values": rows.tolist()}).encode()
+    value = json.dumps({"machine_id": "pump-1", "timestamp": 0, "values": rows.tolist()}).encode()
     result = pipeline(scorer).process(
         [Record(1, value), Record(2, synthetic_values(1, scorer.window)[0])]
     )

@@ -1,10 +1,11 @@
-"""The loop: poll a batch, score it, publish its outputs, then commit its offsets.
+"""The loop: poll a batch, score it, publish its outputs, then commit its offsets."""
 
-At least once: offsets are committed only after the broker acknowledged every output of the
-batch, and before the next poll. Rebalances happen inside `poll`, so when partitions are
-revoked everything finished is committed already; a commit the group refused is retried
-from the revocation hook. A failed publish or commit rewinds the batch and backs off.
-"""
+# At least once: offsets are committed only after the broker acknowledged every output of the
+# batch, and before the next poll. Rebalances happen inside `poll`, so when partitions are
+# revoked everything finished is committed already. A commit the group refused (it moved on
+# while the batch was in hand) rewinds the batch's partitions to their committed offsets:
+# whoever holds them after the rebalance, this worker included, reads the batch again and
+# counts it when its commit succeeds. A failed publish or commit rewinds too, and backs off.
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
-from worker.errors import BatchError, BrokerError, CommitError
+from worker.errors import BatchError, CommitError
 from worker.health import Health
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
@@ -39,8 +40,10 @@ Polled = dict[TopicPartition, list[Any]]  # kafka-python's poll(): partition -> 
 
 def consumer_options(settings: Settings) -> dict[str, Any]:
     """kafka-python consumer options, apart from the connection's."""
+    static = {"group_instance_id": settings.group_instance_id} if settings.group_instance_id else {}
     return {
         "group_id": settings.group_id,
+        **static,
         "enable_auto_commit": False,
         "auto_offset_reset": settings.auto_offset_reset,
         "session_timeout_ms": settings.session_timeout_ms,
@@ -111,8 +114,7 @@ class Loop:
         self._stop = stop or threading.Event()  # set by a signal handler, or by request_stop
         self._stop_reason = ""
         self._assigned: set[TopicPartition] | None = None  # None while (re)joining the group
-        self._joined = False  # the first join has its deadline: the start-up timeout
-        self._pending: dict[TopicPartition, OffsetAndMetadata] = {}  # published, not committed
+        self._first_join = True  # until assigned, or until a slow first join is logged
         self._retry: str | None = None  # why the last batch failed, while retrying
         self._failures = 0
         self._last_activity = clock()
@@ -147,48 +149,63 @@ class Loop:
         """One batch end to end; a retriable failure rewinds it and backs off."""
         started = self.clock()
         records = [record for batch in polled.values() for record in batch]
+        self.pipeline.restore(self._resume_points(polled))  # state of new partitions first
         result = self.pipeline.process(records)
         try:
             self.publisher.publish(result.outputs)
-            self._pending = {
+            offsets = {
                 tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1) for tp, batch in polled.items()
             }
-            committed = self._commit(self._pending)
+            committed = self._commit(offsets)
         except BatchError as exc:
             if not exc.retriable:
                 raise
             self._rewind(polled, exc)
             return
         if not committed:
-            return  # re-delivered to the partitions' next owner: counted then
+            self._seek_back(polled)  # read again by the partitions' next owner: counted then
+            return
         seconds = self.clock() - started
         self.metrics.batch_committed(result.scores, result.anomalies, result.dead_letters, seconds)
+        self.metrics.episodes_committed(result.episodes)
         self.totals.add(len(result.scores), result.anomalies, result.dead_letters.total(), seconds)
         if self._retry:
             log.info("batch retry succeeded after=%d failures", self._failures)
             self._retry, self._failures = None, 0
             self._update_readiness()
 
+    def _resume_points(self, polled: Polled) -> dict[int, int]:
+        """Where each assigned partition without restored state resumes (episodes only)."""
+        starts = {tp.partition: batch[0].offset for tp, batch in polled.items()}
+        missing = self.pipeline.unrestored(tp.partition for tp in self._assigned or ())
+        for tp in self._assigned or ():
+            if tp.partition in missing and tp.partition not in starts:
+                starts[tp.partition] = self.consumer.position(tp)
+        return {p: offset for p, offset in starts.items() if p in missing}
+
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
-        """True once committed; False when the group refused it after a rebalance."""
+        """True once committed; False when the group refused it because it is rebalancing."""
         try:
             self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-        except CommitFailedError:
-            # The group moved on: the revocation hook tries again, else the batch is re-delivered.
-            log.warning("commit refused after a rebalance offsets=%s", _describe(offsets))
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            log.warning("commit refused, rebalancing offsets=%s error=%s", _describe(offsets), exc)
             return False
         except KafkaError as exc:
             raise CommitError(f"commit failed: {exc}", retriable=exc.retriable) from exc
-        self._pending = {}
         return True
 
-    def _rewind(self, polled: Polled, exc: BatchError) -> None:
-        """Re-read the failed batch after a backoff: at least once, never lost."""
-        self._pending = {}
+    def _seek_back(self, polled: Polled) -> None:
+        """Each partition of the batch back to its first record: the group's committed offset."""
+        # kafka-python keeps the positions of partitions a rebalance gives back to this member
+        # (unless the group dropped it), so the batch would be skipped here and never counted.
         assigned = self.consumer.assignment()
         for tp, batch in polled.items():
             if tp in assigned:
                 self.consumer.seek(tp, batch[0].offset)
+
+    def _rewind(self, polled: Polled, exc: BatchError) -> None:
+        """Re-read the failed batch after a backoff: at least once, never lost."""
+        self._seek_back(polled)
         self._failures += 1
         self._retry = str(exc)
         self.metrics.batch_retries.inc()
@@ -198,12 +215,17 @@ class Loop:
         self._stop.wait(delay)
 
     def _check_timers(self, started: float) -> None:
-        """Idle exit, the first join's deadline, and the periodic lag and readiness refresh."""
+        """Idle exit, a slow first join, and the periodic lag and readiness refresh."""
         now = self.clock()
-        if not self._joined and now - started > self.settings.startup_timeout:
-            raise BrokerError(
-                f"no partition assignment from group {self.settings.group_id!r} at "
-                f"{self.settings.bootstrap_servers} within {self.settings.startup_timeout:g} s"
+        if self._first_join and now - started > self.settings.startup_timeout:
+            # The broker answers: keep waiting, not ready. A group whose members crashed waits
+            # for their sessions to expire; exiting now would only restart the wait.
+            self._first_join = False  # said once
+            log.warning(
+                "no partition assignment from group=%s after %g s; still waiting "
+                "(a crashed member's session must expire first)",
+                self.settings.group_id,
+                self.settings.startup_timeout,
             )
         idle = self.settings.idle_exit
         if idle and self._assigned is not None and now - self._last_activity >= idle:
@@ -253,17 +275,14 @@ class Loop:
     # Rebalance hooks: they run on kafka-python's IO thread, inside our own poll().
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        self._assigned, self._joined = set(partitions), True
+        self._assigned, self._first_join = set(partitions), False
         self._last_activity = self.clock()
         self.metrics.assigned_partitions.set(len(partitions))
         log.info("partitions assigned partitions=%s", _describe(partitions) or "none")
         self._update_readiness()
 
     def on_revoked(self, partitions: set[TopicPartition]) -> None:
-        pending = {tp: o for tp, o in self._pending.items() if tp in partitions}
-        if pending:
-            log.info("committing on revocation offsets=%s", _describe(pending))
-            self.consumer.commit_async(pending)  # the IO thread must not block
+        # Nothing to commit here: every batch was committed, or refused and sought back.
         self._forget(partitions)
         if partitions:
             log.info("partitions revoked partitions=%s", _describe(partitions))
@@ -273,10 +292,11 @@ class Loop:
         log.warning("partitions lost partitions=%s", _describe(partitions) or "none")
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
-        self._pending = {tp: o for tp, o in self._pending.items() if tp not in partitions}
+        self.pipeline.forget(tp.partition for tp in partitions)  # restored again if they return
         self._assigned = None  # until the group's next assignment
         self.metrics.assigned_partitions.set(0)
         self.metrics.forget_lag((tp.topic, tp.partition) for tp in partitions)
+        self._update_readiness()  # not ready while the group reassigns partitions
 
 
 class _Rebalance(ConsumerRebalanceListener):

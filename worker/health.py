@@ -1,12 +1,12 @@
-"""Liveness and readiness, served with /metrics by one small HTTP server.
+"""Liveness and readiness, served with /metrics by one small HTTP server."""
 
-/metrics  Prometheus exposition (text or OpenMetrics, by the Accept header)
-/healthz  200 while the loop keeps turning; 503 once it has been stuck for STALL_SECONDS
-/readyz   200 once the model is loaded and the group has assigned this replica its
-          partitions (an empty share counts, so a spare replica does not block a rollout);
-          503 while starting, reconnecting, retrying a batch, blocked on an unanswering
-          broker (a frozen one keeps its connections open) or shutting down
-"""
+# /metrics  Prometheus exposition (text or OpenMetrics, by the Accept header)
+# /healthz  200 while the loop keeps turning; 503 once it has been stuck for STALL_SECONDS
+# /readyz   200 once the model is loaded and the group has assigned this replica its
+#           partitions (an empty share counts, so a spare replica does not block a rollout);
+#           503 while starting, while the group reassigns partitions, reconnecting,
+#           retrying a batch, blocked on an unanswering broker (a frozen one keeps its
+#           connections open) or shutting down
 
 from __future__ import annotations
 

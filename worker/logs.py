@@ -44,12 +44,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class RedactSecrets(logging.Filter):
-    """Stars instead of a secret, in every form a log line may quote it.
+    """Stars instead of a secret, in every form a log line may quote it."""
 
-    kafka-python at DEBUG logs each request it sends, the SASL PLAIN one with the password in
-    its bytes, and its admin client logs its whole configuration: FAULTWATCH_KAFKA_LOG_LEVEL
-    must not be a way to leak FAULTWATCH_SASL_PLAIN_PASSWORD.
-    """
+    # kafka-python at DEBUG logs each request it sends, the SASL PLAIN one with the password
+    # in its bytes, and its admin client logs its whole configuration:
+    # FAULTWATCH_KAFKA_LOG_LEVEL must not be a way to leak FAULTWATCH_SASL_PLAIN_PASSWORD.
 
     MASK = "**********"
 

@@ -1,18 +1,19 @@
-"""The input contract: each record's JSON window becomes a row of the batch array, or a reason.
+"""The input contract: each record's JSON window becomes a row of the batch array, or a reason."""
 
-Reasons are stable codes, sent as the `faultwatch.error.reason` header of a dead letter:
-
-    too_large     the value is longer than FAULTWATCH_MAX_RECORD_BYTES (checked before parsing)
-    invalid_json  not UTF-8 JSON text (also: an empty value, nesting deeper than the parser allows)
-    schema        not an object with a machine_id, a timestamp (RFC 3339 or epoch seconds) and
-                  values made of numbers
-    channels      `channels` is given and is not the model's channel list, in its order
-    shape         `values` is not window rows of one number per channel
-    non_finite    a value is NaN or infinite (NaN/Infinity tokens, numbers beyond float range);
-                  the pipeline adds windows whose values overflow the model (score not finite)
-
-Fields the contract does not name are ignored, so producers may add their own.
-"""
+# Reasons are stable codes, sent as the `faultwatch.error.reason` header of a dead letter:
+#
+#   too_large     the value is longer than FAULTWATCH_MAX_RECORD_BYTES (checked before parsing)
+#   invalid_json  not UTF-8 JSON text (also: an empty value, nesting deeper than parsers allow)
+#   schema        not an object with a machine_id, a timestamp (RFC 3339 or epoch seconds,
+#                 within years 1-9999) and values made of numbers
+#   channels      `channels` is given and is not the model's channel list, in its order
+#   shape         `values` is not window rows of one number per channel
+#   non_finite    a value is NaN or infinite (NaN/Infinity tokens, numbers beyond float range);
+#                 the pipeline adds windows whose values overflow the model (score not finite)
+#   key_mismatch  the record's key is present and is not its machine_id (the pipeline checks:
+#                 the window may sit in another partition than its machine's episode state)
+#
+# Fields the contract does not name are ignored, so producers may add their own.
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from model.errors import DataError
 from model.recording import to_rfc3339
 
-Reason = Literal["too_large", "invalid_json", "schema", "channels", "shape", "non_finite"]
+Reason = Literal[
+    "too_large", "invalid_json", "schema", "channels", "shape", "non_finite", "key_mismatch"
+]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 MAX_MESSAGE = 300  # characters of an error message kept for the dead-letter header
 
@@ -83,12 +86,10 @@ class Decoder:
         self._row_lengths = [len(self.channels)] * window  # what a well-shaped window has
 
     def decode_batch(self, values: Sequence[bytes | None]) -> Decoded:
-        """One pydantic parse per record, whose rows go straight into the batch's array.
-
-        A record's nested lists die as soon as they are copied: kept for the whole batch, they
-        would outlive the collector's young generations and trigger full passes over every
-        object of the process (torch's and kafka's included), which cost more than the parse.
-        """
+        """One pydantic parse per record, whose rows go straight into the batch's array."""
+        # A record's nested lists die as soon as they are copied: kept for the whole batch,
+        # they would outlive the collector's young generations and trigger full passes over
+        # every object of the process (torch's and kafka's included): more than the parse.
         windows = np.empty((len(values), self.window, len(self.channels)))  # (N, W, C)
         valid: list[tuple[int, Origin]] = []
         invalid: list[tuple[int, Invalid]] = []
@@ -131,11 +132,8 @@ class Decoder:
         stamp = message.timestamp
         try:
             timestamp = to_rfc3339(stamp if isinstance(stamp, str) else repr(stamp))
-        except (DataError, ValueError, OverflowError, OSError):
-            return Invalid(
-                "schema",
-                _clip(f"timestamp {message.timestamp!r} is neither RFC 3339 nor epoch seconds"),
-            )
+        except DataError as exc:  # it says which: not a time, out of range, milliseconds?
+            return Invalid("schema", _clip(str(exc)))
         return message, timestamp
 
     def _shape_problem(self, rows: list[list[float]]) -> str:

@@ -1,23 +1,29 @@
-"""Every Prometheus series of the worker, declared in one place.
+"""Every Prometheus series of the worker, declared in one place."""
 
-No per-machine label: label cardinality is the user's Prometheus bill. Lag has one series
-per assigned input partition, removed when the partition goes to another replica.
-"""
+# No per-machine label: label cardinality is the user's Prometheus bill. Lag has one series
+# per assigned input partition, removed when the partition goes to another replica.
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from model.episodes import CLOSE_REASONS
 from worker.messages import REASONS
 
 # Scores are squared errors in standardised units: log-spaced, 0.001 to 1000.
 SCORE_BUCKETS = tuple(m * 10.0**e for e in range(-3, 3) for m in (1, 2, 5)) + (1000.0,)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Episodes last from seconds (a blip) to days (a machine left running broken), in data time.
+DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 86400.0)
 
 Partition = tuple[str, int]  # (topic, partition)
+
+if TYPE_CHECKING:
+    from worker.pipeline import EpisodeCounts
 
 
 class Metrics:
@@ -88,8 +94,40 @@ class Metrics:
             "Score above which a window is an anomaly.",
             registry=registry,
         )
+        self.episodes_open = Gauge(
+            "faultwatch_episodes_open",
+            "Open episodes in the partitions this replica holds (pending ones not counted).",
+            registry=registry,
+        )
+        self.episodes_opened = Counter(
+            "faultwatch_episodes_opened", "Episodes opened (committed).", registry=registry
+        )
+        self.episodes_closed = Counter(
+            "faultwatch_episodes_closed",
+            "Episodes closed (committed), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.episode_duration = Histogram(
+            "faultwatch_episode_duration_seconds",
+            "Data-time length of closed episodes, first anomalous window to normal again.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.late_windows = Counter(
+            "faultwatch_late_windows",
+            "Windows older than their machine's newest: scored, ignored by episodes.",
+            registry=registry,
+        )
+        self.muted_machines = Gauge(
+            "faultwatch_muted_machines",
+            "Mutes in force (a machine id or a pattern each), from the control topic.",
+            registry=registry,
+        )
         for reason in REASONS:  # every reason exists from the start, so rate() sees the first
             self.dead_letters.labels(reason)
+        for reason in CLOSE_REASONS:
+            self.episodes_closed.labels(reason)
 
     def set_model(self, version: str, window: int, channels: int, threshold: float) -> None:
         self.model_info.labels(version, str(window), str(channels)).set(1)
@@ -113,6 +151,17 @@ class Metrics:
             self.dead_letters.labels(reason).inc(count)
         self.batch_duration.observe(seconds)
         self._last_commit = self._clock()
+
+    def episodes_committed(self, counts: EpisodeCounts | None) -> None:
+        """Count a batch's episodes once its offsets are committed."""
+        if counts is None:
+            return
+        self.episodes_opened.inc(counts.opened)
+        for reason, count in counts.closed.items():
+            self.episodes_closed.labels(reason).inc(count)
+        for seconds in counts.durations:
+            self.episode_duration.observe(seconds)
+        self.late_windows.inc(counts.late)
 
     def set_lag(self, lag: Mapping[Partition, int]) -> None:
         for (topic, partition), value in lag.items():

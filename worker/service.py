@@ -1,13 +1,13 @@
-"""`faultwatch run`: settings, logging, the model, the broker, the loop, and the exit code.
+"""`faultwatch run`: settings, logging, the model, the broker, the loop, and the exit code."""
 
-Exit codes: 0 stopped cleanly (SIGTERM, SIGINT or --idle-exit); 1 the model, the broker or
-a batch failed for good (one line on stderr); 2 a setting is invalid (one line on stderr).
-"""
+# Exit codes: 0 stopped cleanly (SIGTERM, SIGINT or --idle-exit); 1 the model, the broker or
+# a batch failed for good (one line on stderr); 2 a setting is invalid (one line on stderr).
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -27,17 +27,40 @@ from prometheus_client import (
 from model.errors import FaultwatchError
 from model.scoring import Scorer
 from worker import settings as settings_io
-from worker.consumer import Loop, consumer_options
+from worker.consumer import COMMIT_TIMEOUT_MS, POLL_TIMEOUT_MS, Loop, consumer_options
+from worker.control import ControlReader, MuteTable
 from worker.errors import BrokerError, SettingsError, WorkerError
 from worker.health import Health, HealthServer
 from worker.logs import configure_logging
 from worker.messages import Decoder
 from worker.metrics import Metrics
-from worker.pipeline import Pipeline, Topics
-from worker.publisher import Publisher, producer_options
+from worker.pipeline import Episodes, Pipeline, Topics
+from worker.publisher import (
+    CLOSE_TIMEOUT,
+    FLUSH_TIMEOUT,
+    PRODUCER_OPTIONS,
+    Publisher,
+    producer_options,
+)
 from worker.settings import ENV_PREFIX, FLAGS, Settings
+from worker.state import ChangelogReader, EpisodeState
 
 log = logging.getLogger(__name__)
+
+CONSUMER_CLOSE_MS = 5_000  # leaving the group when the worker stops
+# The longest a SIGTERM can take, for the orchestrator's grace period (terminationGracePeriod-
+# Seconds, stop_grace_period): the poll in hand, the batch in hand (sends blocked on a full
+# buffer or missing metadata, the flush, the commit), then closing both clients. A clean stop
+# takes about a second; a shorter grace is safe for the data (an unfinished batch is read
+# again after the restart), it only repeats that batch.
+SHUTDOWN_SECONDS = math.ceil(
+    POLL_TIMEOUT_MS / 1000
+    + PRODUCER_OPTIONS["max_block_ms"] / 1000
+    + FLUSH_TIMEOUT
+    + COMMIT_TIMEOUT_MS / 1000
+    + CONSUMER_CLOSE_MS / 1000
+    + CLOSE_TIMEOUT
+)
 
 
 METAVARS = {
@@ -115,13 +138,21 @@ def _consume(
 ) -> str:
     consumer, producer = connect(settings)
     publisher = Publisher(producer)
+    readers: list[ChangelogReader | ControlReader] = []
     try:
         check_topics(consumer, settings)
-        pipeline = pipeline_for(scorer, settings)
+        episodes = None
+        if settings.events == "episodes":
+            episodes, readers = episode_stage(settings)
+            metrics.muted_machines.set_function(lambda: len(episodes.mutes.active()))
+            metrics.episodes_open.set_function(lambda: episodes.state.open_now)
+        pipeline = pipeline_for(scorer, settings, episodes)
         loop = Loop(consumer, publisher, pipeline, metrics, health, settings, stop=stop)
         reason = loop.run()
     finally:
-        consumer.close(autocommit=False)
+        for reader in readers:
+            reader.close()
+        consumer.close(autocommit=False, timeout_ms=CONSUMER_CLOSE_MS)
         publisher.close()
     log.info("shutdown %s", loop.totals)
     return reason
@@ -168,6 +199,8 @@ def check_topics(consumer: KafkaConsumer, settings: Settings) -> None:
     """The worker creates no topic: a missing one is a deployment mistake, said at once."""
     needed = [settings.input_topic, settings.events_topic, settings.dlq_topic]
     needed += [settings.scores_topic] if settings.scores_topic else []
+    if settings.events == "episodes":
+        needed += [settings.state_topic, settings.control_topic]
     existing = consumer.topics()
     missing = [topic for topic in needed if topic not in existing]
     if missing:
@@ -175,13 +208,63 @@ def check_topics(consumer: KafkaConsumer, settings: Settings) -> None:
             f"topic {', '.join(missing)} not found (or not authorized) at "
             f"{settings.bootstrap_servers}: create it before starting the worker"
         )
+    if settings.events == "episodes":
+        inputs = consumer.partitions_for_topic(settings.input_topic) or set()
+        states = consumer.partitions_for_topic(settings.state_topic) or set()
+        if len(inputs) != len(states):
+            raise BrokerError(
+                f"state topic {settings.state_topic} has {len(states)} partitions, input topic "
+                f"{settings.input_topic} has {len(inputs)}: they must be equal (each input "
+                "partition's episode state lives in the state partition of the same number)"
+            )
 
 
-def pipeline_for(scorer: Scorer, settings: Settings) -> Pipeline:
-    """The batch logic for this model and these topics."""
+def pipeline_for(scorer: Scorer, settings: Settings, episodes: Episodes | None = None) -> Pipeline:
+    """The batch logic for this model and these topics (episodes: None in `windows` mode)."""
     decoder = Decoder(scorer.window, scorer.channels, settings.max_record_bytes)
-    topics = Topics(settings.events_topic, settings.dlq_topic, settings.scores_topic or None)
-    return Pipeline(scorer, decoder, topics, settings.top_channels)
+    topics = Topics(
+        settings.events_topic,
+        settings.dlq_topic,
+        settings.scores_topic or None,
+        settings.state_topic if episodes is not None else None,
+    )
+    return Pipeline(scorer, decoder, topics, settings.top_channels, episodes)
+
+
+def episode_stage(
+    settings: Settings,
+) -> tuple[Episodes, list[ChangelogReader | ControlReader]]:
+    """The episode state (restored from the state topic) and the mutes (the control topic, read
+    to its end before the first batch, then followed on a thread of its own)."""
+    options = settings.kafka_options() | {
+        "group_id": None,
+        "enable_auto_commit": False,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,  # an empty partition answers sooner
+    }
+    try:
+        changelog = ChangelogReader(
+            KafkaConsumer(**options), settings.state_topic, settings.startup_timeout
+        )
+        control = ControlReader(KafkaConsumer(**options), settings.control_topic, MuteTable())
+    except (KafkaError, OSError) as exc:
+        raise BrokerError(
+            f"cannot reach the Kafka broker at {settings.bootstrap_servers}: {exc}"
+        ) from exc
+    state = EpisodeState(
+        settings.episode_config(),
+        settings.input_topic,
+        settings.group_id,
+        changelog,
+        settings.top_channels,
+    )
+    try:
+        changelog.consumer.partitions_for_topic(settings.state_topic)  # connected before a restore
+        control.start(settings.startup_timeout)
+    except BrokerError:
+        changelog.close()
+        control.stop()
+        raise
+    return Episodes(state, control.table), [changelog, control]
 
 
 def _start_server(

@@ -1,8 +1,7 @@
-"""The worker's one settings object: FAULTWATCH_* environment variables, `run` flags over them.
+"""The worker's one settings object: FAULTWATCH_* environment variables, `run` flags over them."""
 
-Only this module reads the environment. Secrets are `SecretStr`: they print as stars and
-reach the Kafka client alone, through `kafka_options()`.
-"""
+# Only this module reads the environment. Secrets are `SecretStr`: they print as stars and
+# reach the Kafka client alone, through `kafka_options()`.
 
 from __future__ import annotations
 
@@ -14,17 +13,19 @@ from typing import Any, Literal
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.episodes import EpisodeConfig
 from worker.errors import SettingsError
 
 ENV_PREFIX = "FAULTWATCH_"
 # Variables of the test suite and tools, not of the worker: never reported as unknown.
-OTHER_VARIABLES = {"FAULTWATCH_TEST_BOOTSTRAP", "FAULTWATCH_SKAB_DIR"}
+OTHER_VARIABLES = {"FAULTWATCH_TEST_BOOTSTRAP", "FAULTWATCH_SKAB_DIR", "FAULTWATCH_TEP_DIR"}
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
+EventsMode = Literal["episodes", "windows"]
 
 # Settings that `faultwatch run` also takes as flags (flags win over the environment).
 FLAGS = {
@@ -54,7 +55,12 @@ class Settings(BaseSettings):
     events_topic: str = Field("faultwatch.events", description="topic of anomaly events")
     scores_topic: str = Field("", description="topic of every window's score (empty: off)")
     dlq_topic: str = Field("faultwatch.dead-letters", description="dead-letter topic")
+    state_topic: str = Field("faultwatch.state", description="episode state (changelog) topic")
+    control_topic: str = Field("faultwatch.control", description="mute commands topic")
     group_id: str = Field("faultwatch", min_length=1, description="consumer group")
+    # Static membership: a member restarted under the same id (the pod name) takes its
+    # partitions back without waiting for its old session; a clean stop does not leave.
+    group_instance_id: str = ""
     client_id: str = "faultwatch"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=1_000)
@@ -85,6 +91,15 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=256)
     top_channels: int = Field(3, ge=1)
 
+    # Events: one per episode (default) or one per anomalous window; episode rules in data time
+    events: EventsMode = Field("episodes", description="episodes or windows")
+    # Defaults chosen on SKAB valve1 and TEP with benchmarks/episodes.py (README, Episodes).
+    episode_open_seconds: float = Field(20.0, ge=0)  # anomalous this long before it opens
+    episode_clear_seconds: float = Field(600.0, ge=0)  # below clear_ratio x threshold this long
+    episode_clear_ratio: float = Field(0.8, gt=0, le=1)  # hysteresis under the threshold
+    episode_update_seconds: float = Field(60.0, ge=0)  # at most one `updated` per this
+    episode_silent_seconds: float = Field(600.0, ge=0)  # closes a quiet machine's (0: never)
+
     # Operations
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="/metrics, /healthz, /readyz (0: off)"
@@ -105,11 +120,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server.strip()!r} is not host:port")
         return value
 
-    @field_validator("input_topic", "events_topic", "dlq_topic")
+    @field_validator("input_topic", "events_topic", "dlq_topic", "state_topic", "control_topic")
     @classmethod
     def _check_topic(cls, value: str) -> str:
         if not TOPIC_NAME.match(value):
             raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
+        return value
+
+    @field_validator("group_instance_id")
+    @classmethod
+    def _check_instance_id(cls, value: str) -> str:
+        if value and not TOPIC_NAME.match(value):
+            raise ValueError(f"{value!r} is not a group instance id ([A-Za-z0-9._-], 1-249)")
         return value
 
     @field_validator("scores_topic")
@@ -120,6 +142,14 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         outputs = {self.events_topic, self.dlq_topic, self.scores_topic}
+        if self.events == "episodes":
+            own = {self.state_topic, self.control_topic}
+            if len(own) < 2 or own & (outputs | {self.input_topic}):
+                raise ValueError(
+                    "FAULTWATCH_STATE_TOPIC and FAULTWATCH_CONTROL_TOPIC must be topics of "
+                    "their own, apart from each other and the input, events, scores and "
+                    "dead-letter topics"
+                )
         if self.input_topic in outputs:
             raise ValueError(
                 f"FAULTWATCH_INPUT_TOPIC {self.input_topic!r} is also an output topic: "
@@ -174,6 +204,16 @@ class Settings(BaseSettings):
                     options[name] = str(path)
         return options
 
+    def episode_config(self) -> EpisodeConfig:
+        """The episode rules, for the worker and `faultwatch score --episodes` alike."""
+        return EpisodeConfig(
+            open_seconds=self.episode_open_seconds,
+            clear_seconds=self.episode_clear_seconds,
+            clear_ratio=self.episode_clear_ratio,
+            update_seconds=self.episode_update_seconds,
+            silent_seconds=self.episode_silent_seconds,
+        )
+
     def secret_values(self) -> list[str]:
         """The secrets themselves, for the log filter that keeps them out of every line."""
         password = self.sasl_plain_password
@@ -182,11 +222,16 @@ class Settings(BaseSettings):
     def summary(self) -> str:
         """The settings worth a start-up log line, as key=value; never a secret."""
         scores = self.scores_topic or "off"
-        return (
+        instance = f" instance={self.group_instance_id}" if self.group_instance_id else ""
+        line = (
             f"bootstrap={self.bootstrap_servers} security={self.security_protocol} "
             f"input={self.input_topic} events={self.events_topic} scores={scores} "
-            f"dlq={self.dlq_topic} group={self.group_id} model={self.model_path}"
+            f"dlq={self.dlq_topic} group={self.group_id}{instance} model={self.model_path} "
+            f"event_mode={self.events}"
         )
+        if self.events == "episodes":
+            line += f" state={self.state_topic} control={self.control_topic}"
+        return line
 
 
 def load(overrides: dict[str, Any] | None = None) -> Settings:

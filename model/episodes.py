@@ -1,0 +1,459 @@
+"""Episodes: one incident per machine and fault, from a stream of scored windows, in data time.
+
+Per machine: normal -> pending -> open -> normal. The first anomalous window (score above
+the threshold) starts a pending episode; it opens once the windows have stayed anomalous for
+`open_seconds` (0: at once) and closes once the scores have stayed below `clear_ratio` x
+threshold for `clear_seconds` (hysteresis: scores between the two hold it open). While open,
+an `updated` follows at most every `update_seconds`, only when the peak rose. A machine whose
+partition's clock (its newest window time) runs `silent_seconds` past the machine's last
+window closes `silent`; a muted machine's episode closes `muted` and none opens.
+
+Time is the windows' own timestamps: the same windows in the same order give the same events,
+at any replay speed. A window older than its machine's newest one (late, out of order) is
+scored but changes nothing here: the episode already moved past it.
+
+One `Tracker` holds the machines of one input partition (the worker) or one recording
+(`faultwatch score --episodes`); the same code serves both, with no Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+
+Kind = Literal["opened", "updated", "closed"]
+CloseReason = Literal["cleared", "silent", "muted"]
+CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted")
+DIGITS = 6  # significant digits of event floats: a re-scored window gives the same bytes
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """The state machine's settings (FAULTWATCH_EPISODE_*), in seconds of data time."""
+
+    open_seconds: float = 20.0
+    clear_seconds: float = 600.0
+    clear_ratio: float = 0.8
+    update_seconds: float = 60.0
+    silent_seconds: float = 600.0  # 0: never close for silence
+
+
+def episode_id(machine_id: str, started_at: str) -> str:
+    """Same machine and first anomalous window, same id: across crashes, owners and replays."""
+    return hashlib.sha256(f"{machine_id}\x00{started_at}".encode()).hexdigest()[:32]
+
+
+def episode_event_id(episode: str, kind: str, source: dict[str, Any]) -> str:
+    """Same episode, kind and causing record, same id: re-delivery de-duplicates."""
+    where = ":".join(str(value) for value in source.values())
+    return hashlib.sha256(f"{episode}:{kind}:{where}".encode()).hexdigest()[:32]
+
+
+class Episode:
+    """A pending or open episode of one machine; mutable, copied before each batch changes it."""
+
+    __slots__ = (
+        "machine_id", "id", "phase", "started", "started_at", "opened_at", "windows",
+        "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
+        "reported_peak", "reported", "clear_since", "clear_at",
+    )  # fmt: skip
+
+    def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
+        self.machine_id = machine_id
+        self.id = episode_id(machine_id, timestamp)
+        self.phase = "pending"
+        self.started, self.started_at = time, timestamp
+        self.opened_at: str | None = None
+        self.windows = 0
+        self.peak_score, self.peak_at, self.detector = -math.inf, timestamp, ""
+        self.weights: dict[str, float] = {}  # channel -> sum of score x share over its windows
+        self.last, self.last_at, self.score = time, timestamp, 0.0
+        self.reported_peak, self.reported = -math.inf, time  # at the last opened/updated
+        self.clear_since: float | None = None
+        self.clear_at: str | None = None
+
+    def copy(self) -> Episode:
+        twin = Episode.__new__(Episode)
+        for name in Episode.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin.weights = dict(self.weights)
+        return twin
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the state topic."""
+        return {name: getattr(self, name) for name in Episode.__slots__} | {
+            "weights": dict(self.weights),
+            "peak_score": _finite(self.peak_score),
+            "reported_peak": _finite(self.reported_peak),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Episode:
+        episode = cls.__new__(cls)
+        for name in Episode.__slots__:
+            setattr(episode, name, data[name])
+        episode.peak_score = _infinite(data["peak_score"])
+        episode.reported_peak = _infinite(data["reported_peak"])
+        episode.weights = dict(data["weights"])
+        return episode
+
+    def add(self, timestamp: str, score: float, shares: Shares, detector: str) -> None:
+        """One more anomalous window."""
+        self.windows += 1
+        if score > self.peak_score:
+            self.peak_score, self.peak_at, self.detector = score, timestamp, detector
+        weights = self.weights
+        for channel, share in shares():
+            weights[channel] = weights.get(channel, 0.0) + score * share
+
+    def top_channels(self, n: int) -> list[dict[str, Any]]:
+        """The channels that carried the most score over the whole episode."""
+        total = sum(self.weights.values())
+        top = sorted(self.weights.items(), key=lambda item: (-item[1], item[0]))[:n]
+        return [{"channel": c, "share": round(w / total, 4) if total else 0.0} for c, w in top]
+
+
+Shares = Callable[[], Sequence[tuple[str, float]]]  # a window's (channel, share), computed lazily
+
+
+@dataclass
+class Undo:
+    """What a batch changed in a tracker, to take back if the batch is redone."""
+
+    episodes: dict[str, Episode | None]  # machine -> its episode before the batch (None: normal)
+    seen: dict[str, float | None]
+    clock: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """The window at hand when an event is made: its time, its threshold and where it came from."""
+
+    time: float
+    timestamp: str
+    threshold: float
+    source: dict[str, Any]
+
+
+class Tracker:
+    """The episodes of the machines of one partition (or one recording)."""
+
+    def __init__(self, config: EpisodeConfig, top_channels: int = 3) -> None:
+        self.config = config
+        self.top_n = top_channels
+        self.episodes: dict[str, Episode] = {}  # pending and open, by machine
+        self.seen: dict[str, float] = {}  # every machine's newest window time
+        self.clock = -math.inf  # the newest window time of any machine
+        self.late = 0  # windows older than their machine's newest, since the last take_late
+        self._next_scan = math.inf
+        self._undo = Undo({}, {}, self.clock)
+
+    # --- batches: what changed, and taking it back
+
+    def begin(self) -> None:
+        """Start a batch: what follows can be rolled back, and is reported by `changed`."""
+        self._undo = Undo({}, {}, self.clock)
+
+    def rollback(self) -> None:
+        """The batch since `begin` never happened (it is about to be redone)."""
+        for machine, episode in self._undo.episodes.items():
+            if episode is None:
+                self.episodes.pop(machine, None)
+            else:
+                self.episodes[machine] = episode
+        for machine, time in self._undo.seen.items():
+            if time is None:
+                self.seen.pop(machine, None)
+            else:
+                self.seen[machine] = time
+        self.clock = self._undo.clock
+        self._next_scan = -math.inf  # rescan at the next window
+        self.begin()
+
+    def changed(self) -> dict[str, tuple[Episode | None, Episode | None]]:
+        """machine -> (before the batch, now) for each machine whose episode the batch touched."""
+        return {m: (before, self.episodes.get(m)) for m, before in self._undo.episodes.items()}
+
+    @property
+    def clock_before(self) -> float:
+        """The partition's clock when the batch began."""
+        return self._undo.clock
+
+    def restore(self, episodes: Sequence[Episode], clock: float) -> None:
+        """Start from saved episodes and the partition's clock (the state topic's records)."""
+        self.episodes = {e.machine_id: e for e in episodes}
+        self.seen = {e.machine_id: e.last for e in episodes}
+        self.clock = clock
+        self._next_scan = -math.inf
+        self.begin()
+
+    # --- windows
+
+    def observe(
+        self,
+        machine: str,
+        time: float,
+        timestamp: str,
+        score: float,
+        threshold: float,
+        shares: Shares,
+        detector: str,
+        source: dict[str, Any],
+        muted: bool = False,
+    ) -> list[dict[str, Any]]:
+        """One scored window, in its partition's order; returns the events it causes."""
+        seen = self.seen.get(machine)
+        if seen is not None and time < seen:
+            self.late += 1  # out of order: the machine's episode has moved past it
+            return []
+        if machine not in self._undo.seen:
+            self._undo.seen[machine] = seen
+        self.seen[machine] = time
+        events: list[dict[str, Any]] = []
+        if time > self.clock:
+            self.clock = time
+            if time >= self._next_scan:
+                events += self._close_silent(Cause(time, timestamp, threshold, source))
+        episode = self.episodes.get(machine)
+        if episode is None:
+            if score <= threshold or muted:
+                return events  # the common case: a normal window of a normal machine
+            self._touch(machine)
+            episode = self.episodes[machine] = Episode(machine, time, timestamp)
+            self._schedule(time)
+        else:
+            self._touch(machine)
+        episode.last, episode.last_at, episode.score = time, timestamp, score
+        cause = Cause(time, timestamp, threshold, source)
+        if muted:
+            return events + self._end(episode, "muted", time, timestamp, cause)
+        if score > threshold:
+            episode.add(timestamp, score, shares, detector)
+            episode.clear_since = episode.clear_at = None
+            if episode.phase == "pending" and time - episode.started >= self.config.open_seconds:
+                episode.phase, episode.opened_at = "open", timestamp
+                episode.reported_peak, episode.reported = episode.peak_score, time
+                return events + [self._event("opened", episode, cause)]
+        elif episode.phase == "pending":  # not anomalous for long enough: no episode
+            del self.episodes[machine]
+            return events
+        elif score < self.config.clear_ratio * threshold:
+            if episode.clear_since is None:
+                episode.clear_since, episode.clear_at = time, timestamp
+            if time - episode.clear_since >= self.config.clear_seconds:
+                since, at = episode.clear_since, episode.clear_at or timestamp
+                return events + self._end(episode, "cleared", since, at, cause)
+        else:  # between clear_ratio x threshold and the threshold: not clear yet
+            episode.clear_since = episode.clear_at = None
+        if (
+            episode.phase == "open"
+            and episode.peak_score > episode.reported_peak
+            and time - episode.reported >= self.config.update_seconds
+        ):
+            episode.reported_peak, episode.reported = episode.peak_score, time
+            events.append(self._event("updated", episode, cause))
+        return events
+
+    def close_muted(self, is_muted: Callable[[str], bool], cause: Cause) -> list[dict[str, Any]]:
+        """Close the episodes of machines muted since their last window; `cause` is at hand."""
+        events: list[dict[str, Any]] = []
+        for machine in sorted(m for m in self.episodes if is_muted(m)):
+            self._touch(machine)
+            events += self._end(self.episodes[machine], "muted", cause.time, cause.timestamp, cause)
+        return events
+
+    def open_count(self) -> int:
+        return sum(1 for e in self.episodes.values() if e.phase == "open")
+
+    def take_late(self) -> int:
+        """Late windows since the last call."""
+        late, self.late = self.late, 0
+        return late
+
+    # --- the rest
+
+    def _touch(self, machine: str) -> None:
+        """Keep the machine's episode as it was before the batch, once per batch."""
+        undo = self._undo.episodes
+        if machine not in undo:
+            episode = self.episodes.get(machine)
+            undo[machine] = episode.copy() if episode is not None else None
+
+    def _schedule(self, last: float) -> None:
+        silent = self.config.silent_seconds
+        if silent > 0:
+            self._next_scan = min(self._next_scan, last + silent)
+
+    def _close_silent(self, cause: Cause) -> list[dict[str, Any]]:
+        """Episodes of machines that sent nothing for silent_seconds of the partition's time."""
+        silent = self.config.silent_seconds
+        if silent <= 0:
+            self._next_scan = math.inf
+            return []
+        events: list[dict[str, Any]] = []
+        quiet = sorted(m for m, e in self.episodes.items() if cause.time - e.last >= silent)
+        for machine in quiet:
+            self._touch(machine)
+            episode = self.episodes[machine]
+            events += self._end(episode, "silent", episode.last, episode.last_at, cause)
+        lasts = [e.last for e in self.episodes.values()]
+        self._next_scan = min(lasts) + silent if lasts else math.inf
+        return events
+
+    def _end(
+        self, episode: Episode, reason: CloseReason, ended: float, ended_at: str, cause: Cause
+    ) -> list[dict[str, Any]]:
+        """Forget the episode; a `closed` event if it had opened (a pending one ends quietly)."""
+        del self.episodes[episode.machine_id]
+        if episode.phase != "open":
+            return []
+        event = self._event("closed", episode, cause)
+        event["ended_at"] = ended_at
+        event["duration_seconds"] = _round(ended - episode.started)
+        event["close_reason"] = reason
+        return [event]
+
+    def _event(self, kind: Kind, episode: Episode, cause: Cause) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "event_id": episode_event_id(episode.id, kind, cause.source),
+            "episode_id": episode.id,
+            "machine_id": episode.machine_id,
+            "started_at": episode.started_at,
+            "opened_at": episode.opened_at,
+            "timestamp": cause.timestamp,
+            "ended_at": None,
+            "duration_seconds": _round(cause.time - episode.started),
+            "windows": episode.windows,
+            "peak_score": _round(episode.peak_score),
+            "peak_at": episode.peak_at,
+            "score": _round(episode.score),
+            "threshold": cause.threshold,
+            "top_channels": episode.top_channels(self.top_n),
+            "detector": episode.detector,
+            "close_reason": None,
+            "source": cause.source,
+        }
+
+
+def leading_detectors(scores: Any) -> list[str] | None:
+    """Each window's leading detector, where the scores name them (Scores.detectors, .leader)."""
+    names, leader = getattr(scores, "detectors", None), getattr(scores, "leader", None)
+    if not names or leader is None:
+        return None
+    return [names[k] for k in np.asarray(leader).tolist()]
+
+
+def parse_seconds(timestamp: str) -> float:
+    """An RFC 3339 timestamp (as the decoder writes them) in epoch seconds."""
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
+def shares_of(channels: Sequence[str], row: np.ndarray) -> Shares:
+    """A window's channel shares (a row of Scores.channel_share), read only when needed."""
+    return lambda: [(c, float(s)) for c, s in zip(channels, row, strict=True) if s > 0]
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.{DIGITS}g}")
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value
+
+
+def _infinite(value: float | None) -> float:
+    return -math.inf if value is None else value
+
+
+@dataclass
+class EpisodeRow:
+    """One episode of a recording, as `faultwatch score --episodes` writes it."""
+
+    episode_id: str
+    machine_id: str
+    opened_row: int
+    closed_row: int | None  # None: still open at the end of the recording
+    started_at: str
+    opened_at: str
+    ended_at: str | None
+    duration_seconds: float
+    windows: int
+    peak_score: float
+    close_reason: str | None
+    detector: str
+    top_channels: list[dict[str, Any]]
+
+
+def recording_episodes(
+    machine_id: str,
+    end_rows: Sequence[int],
+    timestamps: Sequence[str],
+    scores: np.ndarray,
+    threshold: float,
+    channel_share: np.ndarray,
+    channels: Sequence[str],
+    config: EpisodeConfig,
+    detectors: Sequence[str] | None = None,
+    top_channels: int = 3,
+) -> list[EpisodeRow]:
+    """The episodes the worker would publish for one machine's windows, in order.
+
+    `timestamps` are the windows' end times in RFC 3339 (as the worker's decoder writes them);
+    `scores` (B,) and `channel_share` (B, C) as `Scorer.score` gives them.
+    """
+    tracker = Tracker(config, top_channels)
+    rows: dict[str, EpisodeRow] = {}
+    for j, (row, timestamp) in enumerate(zip(end_rows, timestamps, strict=True)):
+        detector = detectors[j] if detectors is not None else "autoencoder"
+        events = tracker.observe(
+            machine_id,
+            parse_seconds(timestamp),
+            timestamp,
+            float(scores[j]),
+            threshold,
+            shares_of(channels, channel_share[j]),
+            detector,
+            {"row": int(row)},
+        )
+        for event in events:
+            if event["kind"] == "opened":
+                rows[event["episode_id"]] = _row(event, int(row))
+            elif event["kind"] == "closed":
+                done = rows[event["episode_id"]]
+                done.closed_row = int(row)
+                for name in ("ended_at", "duration_seconds", "windows", "peak_score"):
+                    setattr(done, name, event[name])
+                done.close_reason, done.detector = event["close_reason"], event["detector"]
+                done.top_channels = event["top_channels"]
+    for episode in tracker.episodes.values():  # open at the end: as far as it went
+        if episode.id in rows:
+            left = rows[episode.id]
+            left.windows, left.peak_score = episode.windows, _round(episode.peak_score)
+            left.duration_seconds = _round(episode.last - episode.started)
+            left.detector, left.top_channels = episode.detector, episode.top_channels(top_channels)
+    return list(rows.values())
+
+
+def _row(opened: dict[str, Any], row: int) -> EpisodeRow:
+    return EpisodeRow(
+        opened["episode_id"],
+        opened["machine_id"],
+        row,
+        None,
+        opened["started_at"],
+        opened["opened_at"],
+        None,
+        opened["duration_seconds"],
+        opened["windows"],
+        opened["peak_score"],
+        None,
+        opened["detector"],
+        opened["top_channels"],
+    )

@@ -1,0 +1,174 @@
+"""The episode stage of the batch logic, without a broker: events, state records, restores."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from model.episodes import EpisodeConfig
+from model.scoring import Scorer
+from tests.helpers import synthetic_values
+from worker.control import MuteTable
+from worker.messages import Decoder
+from worker.pipeline import Episodes, Pipeline, Topics
+from worker.state import CLOCK_KEY, EpisodeState
+
+CONFIG = EpisodeConfig(
+    open_seconds=0, clear_seconds=5, clear_ratio=1.0, update_seconds=3, silent_seconds=60
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int
+    value: bytes | None
+    key: bytes | None = b"pump-1"
+    topic: str = "windows"
+    partition: int = 2
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_path) -> Scorer:
+    return Scorer.load(tiny_model_path)
+
+
+class Changelog:
+    """The state topic's partitions as lists: what a batch wrote, and what a restore reads."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self.reads = 0
+
+    def write(self, outputs) -> None:
+        for o in outputs:
+            if o.topic == "state":
+                self.partitions.setdefault(o.partition, []).append((o.key, o.value))
+
+    def __call__(self, partitions) -> dict[int, list[tuple[bytes, bytes | None]]]:
+        self.reads += 1
+        return {p: list(self.partitions.get(p, [])) for p in partitions}
+
+
+def make(scorer: Scorer, changelog: Changelog, mutes: MuteTable | None = None) -> Pipeline:
+    decoder = Decoder(scorer.window, scorer.channels, max_bytes=10_000)
+    state = EpisodeState(CONFIG, "windows", "group", changelog)
+    episodes = Episodes(state, mutes or MuteTable())
+    return Pipeline(scorer, decoder, Topics("events", "dlq", "scores", "state"), 2, episodes)
+
+
+def stream(scorer: Scorer) -> list[Record]:
+    """pump-1, one window a second: 5 normal, 6 anomalous, 12 normal (an episode, closed)."""
+    normal = synthetic_values(30, scorer.window)
+    shifted = synthetic_values(30, scorer.window, shift=25.0, seed=1)
+    values = normal[:5] + shifted[5:11] + normal[11:23]  # timestamps follow the index
+    return [Record(offset, value) for offset, value in enumerate(values)]
+
+
+def events(outputs) -> list[dict]:
+    return [json.loads(o.value) for o in outputs if o.topic == "events"]
+
+
+def run(pipeline: Pipeline, records: list[Record], sizes: list[int], log: Changelog):
+    """Process `records` in batches of `sizes`, each published (written to `log`)."""
+    outputs, start = [], 0
+    for size in sizes:
+        batch = pipeline.process(records[start : start + size]).outputs
+        log.write(batch)
+        outputs += batch
+        start += size
+    return outputs
+
+
+def test_one_episode_one_opened_and_one_closed_whatever_the_batches(scorer):
+    records = stream(scorer)
+    whole = events(run(make(scorer, Changelog()), records, [len(records)], Changelog()))
+    assert [e["kind"] for e in whole] == ["opened", "updated", "closed"]
+    opened, _, closed = whole
+    assert opened["started_at"] == "2023-11-14T22:13:25Z" and opened["source"]["offset"] == 5
+    assert closed["close_reason"] == "cleared" and closed["windows"] == 6
+    assert closed["ended_at"] == "2023-11-14T22:13:31Z"  # the first normal window
+    assert {e["episode_id"] for e in whole} == {opened["episode_id"]}
+    assert all(e["model_version"] == scorer.version for e in whole)
+    by_one = events(run(make(scorer, Changelog()), records, [1] * len(records), Changelog()))
+    assert by_one == whole  # batch boundaries change nothing
+
+
+def test_state_records_go_to_the_input_partition_keyed_by_machine(scorer):
+    log = Changelog()
+    outputs = run(make(scorer, log), stream(scorer)[:8], [8], log)
+    state = [o for o in outputs if o.topic == "state"]
+    assert {o.partition for o in state} == {2}
+    assert [o.key for o in state] == [b"pump-1", CLOCK_KEY]
+    saved = json.loads(state[0].value)
+    assert saved["through"] == 8 and saved["previous"] is None
+    assert saved["state"]["phase"] == "open" and saved["state"]["windows"] == 3
+    assert (saved["group"], saved["input"]) == ("group", "windows")
+    events_ = [o for o in outputs if o.topic == "events"]
+    assert [o.key for o in events_] == [b"pump-1"] * len(events_)
+
+
+def test_a_redone_batch_gives_the_same_bytes(scorer):
+    records = stream(scorer)
+    log = Changelog()
+    pipeline = make(scorer, log)
+    run(pipeline, records, [4], log)
+    first = pipeline.process(records[4:12]).outputs  # not "committed": done again
+    again = pipeline.process(records[4:12]).outputs
+    assert first == again
+    assert log.reads == 1  # rolled back in memory, not restored
+
+
+@pytest.mark.parametrize("cut", [6, 9, 12, 18])
+def test_a_new_owner_restores_and_carries_on_under_the_same_ids(scorer, cut):
+    """Crash after batch [cut, cut+4) was acknowledged but not committed: its state records are
+    in the changelog; the new owner resumes at `cut` and redoes it."""
+    records = stream(scorer)
+    reference = events(run(make(scorer, Changelog()), records, [len(records)], Changelog()))
+    log = Changelog()
+    before = run(make(scorer, log), records, [cut, 4], log)  # the second batch: uncommitted
+    after = run(make(scorer, log), records[cut:], [len(records) - cut], log)
+    seen = {e["event_id"]: e for e in events(before) + events(after)}
+    assert sorted(seen.values(), key=lambda e: e["source"]["offset"]) == reference
+
+
+def test_state_of_another_group_is_ignored(scorer):
+    records = stream(scorer)
+    log = Changelog()
+    run(make(scorer, log), records[:8], [8], log)  # open at offset 8
+    other = EpisodeState(CONFIG, "windows", "another-group", log)
+    assert other.tracker(2, 8).episodes == {}
+    same = EpisodeState(CONFIG, "windows", "group", log)
+    assert list(same.tracker(2, 8).episodes) == ["pump-1"]
+
+
+def test_a_muted_machine_is_scored_but_opens_nothing(scorer):
+    mutes = MuteTable(clock=lambda: 1e9)
+    mutes.apply(b"pump-*", json.dumps({"machine": "pump-*", "mute_until": None}).encode())
+    result = make(scorer, Changelog(), mutes).process(stream(scorer))
+    assert events(result.outputs) == []
+    assert len([o for o in result.outputs if o.topic == "scores"]) == len(stream(scorer))
+    assert result.episodes.opened == 0
+
+
+def test_a_mute_closes_the_open_episode_at_the_next_batch(scorer):
+    records = stream(scorer)
+    mutes = MuteTable(clock=lambda: 1e9)
+    log = Changelog()
+    pipeline = make(scorer, log, mutes)
+    first = pipeline.process(records[:7])
+    mutes.apply(b"pump-1", json.dumps({"machine": "pump-1", "mute_until": None}).encode())
+    second = pipeline.process(records[7:9])
+    (closed,) = events(second.outputs)
+    assert closed["close_reason"] == "muted" and closed["source"]["offset"] == 7
+    assert first.episodes.opened == 1 and second.episodes.closed == {"muted": 1}
+    assert second.episodes.open_now == 0
+
+
+def test_an_expired_mute_mutes_nothing(scorer):
+    mutes = MuteTable(clock=lambda: 2e9)
+    document = {"machine": "pump-1", "mute_until": "2020-01-01T00:00:00Z"}
+    mutes.apply(b"pump-1", json.dumps(document).encode())
+    result = make(scorer, Changelog(), mutes).process(stream(scorer))
+    assert [e["kind"] for e in events(result.outputs)] == ["opened", "updated", "closed"]
