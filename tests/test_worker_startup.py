@@ -180,6 +180,7 @@ def test_a_first_join_slower_than_the_startup_timeout_is_waited_for(
     env = worker_env(
         bootstrap,
         tiny_model_path,
+        events="windows",
         input_topic=source,
         events_topic=make_topic("events"),
         dlq_topic=make_topic("dlq"),
