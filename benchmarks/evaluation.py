@@ -224,9 +224,16 @@ class SkabResult:
     counts: Counts
     files: list[tuple[str, Counts]]  # per file, for the spread
     fit_seconds: float  # all fits together
-    parameters: int  # of the first file's model
-    first: Monitor  # the first file's fitted monitor (for the scoring rate)
-    first_windows: np.ndarray  # that file's windows
+    monitors: list[Monitor]  # per file, fitted (episodes are judged from the same fits)
+    first_windows: np.ndarray  # the first file's windows (for the scoring rate)
+
+    @property
+    def first(self) -> Monitor:
+        return self.monitors[0]
+
+    @property
+    def parameters(self) -> int:
+        return self.first.parameters
 
     def spread(self) -> tuple[float, float, float, float]:
         """Per-file F1 min, median and max, and the worst file's FAR."""
@@ -252,8 +259,8 @@ def skab_files(paths: list[str] | None = None) -> list[Path]:
 
 def run_skab(entry: Entry, files: list[Path], say=print) -> SkabResult:
     """SKAB's outlier protocol: per file, fit on rows [0, 400), label every later row."""
-    total, per_file, seconds = Counts(), [], 0.0
-    first = first_windows = None
+    total, per_file, seconds, monitors = Counts(), [], 0.0, []
+    first_windows = None
     for path in files:
         recording, labels = read_labelled(path)
         started = time.monotonic()
@@ -264,14 +271,14 @@ def run_skab(entry: Entry, files: list[Path], say=print) -> SkabResult:
         total.add(counts)
         name = f"{path.parent.name}/{path.name}"
         per_file.append((name, counts))
-        if first is None:
-            first = monitor
+        monitors.append(monitor)
+        if first_windows is None:
             first_windows = recording.windows(monitor.window, max_gap=monitor.max_gap)[1]
         say(
             f"  {entry.name:<26} {name:<18} F1 {counts.f1():.3f}  FAR {100 * counts.far():5.1f} %"
             f"  MAR {100 * counts.mar():5.1f} %"
         )
-    return SkabResult(total, per_file, seconds, first.parameters, first, first_windows)
+    return SkabResult(total, per_file, seconds, monitors, first_windows)
 
 
 # ------------------------------------------------------------------ TEP
@@ -283,7 +290,11 @@ class TepResult:
     far_normal: float  # normal-test.csv
     far_early: float  # rows 0-159 of every fault file, pooled
     fit_seconds: float
-    parameters: int
+    monitor: Monitor
+
+    @property
+    def parameters(self) -> int:
+        return self.monitor.parameters
 
     def mean_detection(self) -> float:
         return float(np.mean(self.visible()))
@@ -313,7 +324,7 @@ def run_tep(entry: Entry, folder: Path, say=print) -> TepResult:
         flagged = flag_rows(monitor, recording)
         early.add(Counts.of(flagged[~labels], labels[~labels]))
         detection[int(path.stem.split("-")[1])] = Counts.of(flagged, labels).detection_rate()
-    result = TepResult(detection, far_normal, early.far(), seconds, monitor.parameters)
+    result = TepResult(detection, far_normal, early.far(), seconds, monitor)
     say(
         f"  {entry.name:<26} TEP  mean detection {100 * result.mean_detection():5.1f} %  "
         f"FAR normal-test {100 * far_normal:4.1f} %  rows 0-159 {100 * early.far():4.1f} %  "

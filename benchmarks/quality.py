@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+import episodes  # noqa: E402
 from evaluation import (  # noqa: E402
     TEP_HIDDEN,
     Entry,
@@ -44,6 +45,7 @@ from evaluation import (  # noqa: E402
 )
 
 from model.detectors import DETECTORS  # noqa: E402
+from model.episodes import EpisodeConfig  # noqa: E402
 from model.networks import ARCHITECTURES  # noqa: E402
 from model.training import TrainConfig  # noqa: E402
 
@@ -142,6 +144,25 @@ def fault_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def episode_lines(row: Row, files: list[Path], tep: Path) -> str:
+    """What an operator would see from the first row's models: episodes at the default
+    settings (FAULTWATCH_EPISODE_*), judged from the same fits as the window figures."""
+    config = EpisodeConfig()
+    skab_runs = episodes.skab_runs(files, [m.scorer for m in row.skab.monitors])
+    tep_runs = episodes.tep_runs(tep, row.tep.monitor.scorer)
+    skab = [episodes.evaluate(run, config) for run in skab_runs]
+    tep_all = [episodes.evaluate(run, config) for run in tep_runs]
+    return "\n".join(
+        [
+            f"episodes of {row.entry.name} at open {config.open_seconds:g} s, clear "
+            f"{config.clear_seconds:g} s below {config.clear_ratio:g} x threshold:",
+            f"  SKAB valve1   {episodes.describe(episodes.summarise(skab), 1.0)}",
+            f"  TEP (18 faults, normal-test) "
+            f"{episodes.describe(episodes.summarise(episodes.visible_faults(tep_all)), 180.0)}",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -183,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{table(rows)}\n\nTEP detection per fault:\n\n{fault_table(rows)}")
     if rows[0].entry is ENTRIES[0]:
         print(f"\ntargets for the default: {targets(rows[0])}")
+        print(f"\n{episode_lines(rows[0], files, tep)}")
         old = next((r for r in rows if r.entry is OLD), None)
         if old is not None:
             new_rate, old_rate = scoring_rates(
