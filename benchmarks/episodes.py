@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import statistics
 import sys
 import time
@@ -31,16 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from evaluation import (  # noqa: E402
+    SKAB_TRAIN_ROWS,
+    TEP_HIDDEN,
+    read_labelled,
+    skab_files,
+    tep_dir,
+)
 
 from model.episodes import EpisodeConfig, EpisodeRow, recording_episodes  # noqa: E402
-from model.recording import Recording, parse_time, read_recording, to_rfc3339  # noqa: E402
+from model.recording import Recording, parse_time, to_rfc3339  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
-
-SKAB_TRAIN_ROWS = 400
-TEP_INVISIBLE = {"fault-03", "fault-09", "fault-15"}
 
 
 @dataclass(frozen=True)
@@ -89,17 +92,6 @@ class Summary:
         return self.false_episodes / self.normal_hours if self.normal_hours else 0.0
 
 
-def read_labelled(path: Path) -> tuple[Recording, np.ndarray]:
-    """The recording without its label columns, and its `anomaly` column (all False if none)."""
-    full = read_recording(path, ignore_columns=("changepoint",))
-    if "anomaly" not in full.channels:
-        return full, np.zeros(len(full), dtype=bool)
-    i = full.channels.index("anomaly")
-    channels = full.channels[:i] + full.channels[i + 1 :]
-    labels = full.values[:, i] > 0
-    return replace(full, channels=channels, values=np.delete(full.values, i, axis=1)), labels
-
-
 def score_run(name: str, scorer: Scorer, recording: Recording, labels, from_row: int) -> ScoredRun:
     end_rows, windows, _ = recording.windows(
         scorer.window, max_gap=scorer.artifact.preprocess.max_gap, from_row=from_row
@@ -121,22 +113,30 @@ def score_run(name: str, scorer: Scorer, recording: Recording, labels, from_row:
     )
 
 
-def score_skab(folder: Path, config: TrainConfig | None = None) -> list[ScoredRun]:
+def score_skab(files: list[Path], config: TrainConfig | None = None) -> list[ScoredRun]:
     """Each valve1 file: train on its first 400 rows (product defaults), score the rest."""
-    config = config or TrainConfig(train_rows=SKAB_TRAIN_ROWS)
+    config = replace(config or TrainConfig(), train_rows=SKAB_TRAIN_ROWS)
+    scorers = [Scorer(train([read_labelled(path)[0]], config).artifact) for path in files]
+    return skab_runs(files, scorers)
+
+
+def skab_runs(files: list[Path], scorers: list[Scorer]) -> list[ScoredRun]:
+    """Each valve1 file scored by the model fitted on its first 400 rows."""
     runs = []
-    for path in sorted(folder.glob("*.csv"), key=lambda p: (len(p.stem), p.stem)):
+    for path, scorer in zip(files, scorers, strict=True):
         recording, labels = read_labelled(path)
-        scorer = Scorer(train([recording], config).artifact)
         runs.append(score_run(f"skab/{path.stem}", scorer, recording, labels, SKAB_TRAIN_ROWS))
     return runs
 
 
 def score_tep(folder: Path, config: TrainConfig | None = None) -> list[ScoredRun]:
     """Train once on normal-train.csv; score normal-test.csv and every fault file whole."""
-    config = config or TrainConfig()
     normal, _ = read_labelled(folder / "normal-train.csv")
-    scorer = Scorer(train([normal], config).artifact)
+    return tep_runs(folder, Scorer(train([normal], config or TrainConfig()).artifact))
+
+
+def tep_runs(folder: Path, scorer: Scorer) -> list[ScoredRun]:
+    """normal-test.csv and every fault file, scored whole by the model of normal-train.csv."""
     runs = []
     for path in [folder / "normal-test.csv", *sorted(folder.glob("fault-*.csv"))]:
         recording, labels = read_labelled(path)
@@ -216,15 +216,17 @@ def describe(summary: Summary, row_seconds: float) -> str:
     )
 
 
+def visible_faults(results: Sequence[FileResult]) -> list[FileResult]:
+    """TEP's files without the faults papers leave out (3, 9 and 15)."""
+    hidden = {f"fault-{f:02d}" for f in TEP_HIDDEN}
+    return [r for r in results if Path(r.name).stem not in hidden]
+
+
 def grid(args: argparse.Namespace) -> Iterable[EpisodeConfig]:
     for open_s, clear_s, ratio in itertools.product(
         args.open_seconds, args.clear_seconds, args.clear_ratio
     ):
         yield EpisodeConfig(open_s, clear_s, ratio, update_seconds=60.0, silent_seconds=0.0)
-
-
-def data_dir(variable: str, name: str) -> Path:
-    return Path(os.environ.get(variable, ROOT.parent / "shared" / "data" / name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,16 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     sets: dict[str, list[ScoredRun]] = {}
     for name in args.sets:
         started = time.monotonic()
-        if name == "skab":
-            folder = data_dir("FAULTWATCH_SKAB_DIR", "skab") / "valve1"
-            if not folder.is_dir():
-                sys.exit(f"episodes: no SKAB valve1 at {folder}: set FAULTWATCH_SKAB_DIR")
-            sets[name] = score_skab(folder)
-        else:
-            folder = data_dir("FAULTWATCH_TEP_DIR", "tep")
-            if not (folder / "normal-train.csv").is_file():
-                sys.exit(f"episodes: no TEP data at {folder}: set FAULTWATCH_TEP_DIR")
-            sets[name] = score_tep(folder)
+        sets[name] = score_skab(skab_files()) if name == "skab" else score_tep(tep_dir())
         print(f"{name}: {len(sets[name])} files scored in {time.monotonic() - started:.0f} s")
     for name, runs in sets.items():
         row = runs[0].row_seconds
@@ -272,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r.false_episodes}  episodes {r.episodes}  delay s {delays}"
                     )
             if name == "tep":
-                visible = [r for r in results if Path(r.name).stem not in TEP_INVISIBLE]
+                visible = visible_faults(results)
                 print(f"{'':>20}  without faults 3, 9, 15: {describe(summarise(visible), row)}")
     return 0
 

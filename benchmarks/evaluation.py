@@ -88,6 +88,75 @@ class ModelEntry:
 
 
 @dataclass
+class PcaMonitor:
+    """The classic process monitor: PCA of standardised samples, alarm when Hotelling's T2 or
+    Q (SPE) passes its 99 % control limit (here the training rows' own 99th percentile)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    loadings: np.ndarray  # (C, K)
+    variances: np.ndarray  # (K,)
+    t2_limit: float
+    q_limit: float
+    window: int = 1
+    max_gap: int = 5
+
+    @property
+    def parameters(self) -> int:
+        return self.loadings.size + self.variances.size + self.mean.size + self.scale.size
+
+    def statistics(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = (samples - self.mean) / self.scale  # (N, C)
+        t = x @ self.loadings  # (N, K)
+        residual = x - t @ self.loadings.T
+        return (t**2 / self.variances).sum(axis=1), (residual**2).sum(axis=1)
+
+    def anomaly(self, windows: np.ndarray) -> np.ndarray:
+        t2, q = self.statistics(windows[:, -1, :])  # the newest sample of each window
+        return (t2 > self.t2_limit) | (q > self.q_limit)
+
+
+@dataclass
+class PcaEntry:
+    """PCA T2/Q one sample at a time, as process monitoring sets it up (Russell, Chiang &
+    Braatz 2000): the components that explain `explained` of the training variance; 99 %
+    control limits from theory, T2 by the chi-squared quantile (Wilson-Hilferty) and Q by
+    Jackson & Mudholkar's approximation over the left-out eigenvalues."""
+
+    name: str = "PCA T2/Q monitor (reference)"
+    explained: float = 0.9
+    factor: float = 1.0  # on both limits: 2 is faultwatch's own margin over its references
+
+    def fit(self, recordings: list[Recording], train_rows: int | None) -> PcaMonitor:
+        rows = np.concatenate([r.head(train_rows).values for r in recordings])
+        rows = rows[~np.isnan(rows).any(axis=1)]
+        mean, std = rows.mean(axis=0), rows.std(axis=0)
+        scale = np.where(std > 1e-9, std, 1.0)
+        _, singular, vt = np.linalg.svd((rows - mean) / scale, full_matrices=False)
+        variances = singular**2 / (len(rows) - 1)
+        k = int(np.searchsorted(np.cumsum(variances) / variances.sum(), self.explained) + 1)
+        t2_limit, q_limit = control_limits(variances, k)
+        return PcaMonitor(
+            mean, scale, vt[:k].T, variances[:k], self.factor * t2_limit, self.factor * q_limit
+        )
+
+
+Z99 = 2.3263478740408408  # the standard normal's 99th percentile
+
+
+def control_limits(variances: np.ndarray, k: int) -> tuple[float, float]:
+    """99 % limits of T2 (chi-squared, k degrees of freedom) and of Q (Jackson-Mudholkar)."""
+    t2 = k * (1 - 2 / (9 * k) + Z99 * np.sqrt(2 / (9 * k))) ** 3
+    rest = variances[k:]
+    if rest.sum() <= 0:
+        return float(t2), float("inf")
+    t1, t2_, t3 = rest.sum(), (rest**2).sum(), (rest**3).sum()
+    h0 = 1 - 2 * t1 * t3 / (3 * t2_**2)
+    q = t1 * (Z99 * np.sqrt(2 * t2_ * h0**2) / t1 + 1 + t2_ * h0 * (h0 - 1) / t1**2) ** (1 / h0)
+    return float(t2), float(q)
+
+
+@dataclass
 class Counts:
     tp: int = 0
     fp: int = 0
@@ -155,9 +224,21 @@ class SkabResult:
     counts: Counts
     files: list[tuple[str, Counts]]  # per file, for the spread
     fit_seconds: float  # all fits together
-    parameters: int  # of the first file's model
-    first: Monitor  # the first file's fitted monitor (for the scoring rate)
-    first_windows: np.ndarray  # that file's windows
+    monitors: list[Monitor]  # per file, fitted (episodes are judged from the same fits)
+    first_windows: np.ndarray  # the first file's windows (for the scoring rate)
+
+    @property
+    def first(self) -> Monitor:
+        return self.monitors[0]
+
+    @property
+    def parameters(self) -> int:
+        return self.first.parameters
+
+    def spread(self) -> tuple[float, float, float, float]:
+        """Per-file F1 min, median and max, and the worst file's FAR."""
+        f1 = [c.f1() for _, c in self.files]
+        return min(f1), float(np.median(f1)), max(f1), max(c.far() for _, c in self.files)
 
 
 def skab_files(paths: list[str] | None = None) -> list[Path]:
@@ -178,8 +259,8 @@ def skab_files(paths: list[str] | None = None) -> list[Path]:
 
 def run_skab(entry: Entry, files: list[Path], say=print) -> SkabResult:
     """SKAB's outlier protocol: per file, fit on rows [0, 400), label every later row."""
-    total, per_file, seconds = Counts(), [], 0.0
-    first = first_windows = None
+    total, per_file, seconds, monitors = Counts(), [], 0.0, []
+    first_windows = None
     for path in files:
         recording, labels = read_labelled(path)
         started = time.monotonic()
@@ -190,14 +271,14 @@ def run_skab(entry: Entry, files: list[Path], say=print) -> SkabResult:
         total.add(counts)
         name = f"{path.parent.name}/{path.name}"
         per_file.append((name, counts))
-        if first is None:
-            first = monitor
+        monitors.append(monitor)
+        if first_windows is None:
             first_windows = recording.windows(monitor.window, max_gap=monitor.max_gap)[1]
         say(
             f"  {entry.name:<26} {name:<18} F1 {counts.f1():.3f}  FAR {100 * counts.far():5.1f} %"
             f"  MAR {100 * counts.mar():5.1f} %"
         )
-    return SkabResult(total, per_file, seconds, first.parameters, first, first_windows)
+    return SkabResult(total, per_file, seconds, monitors, first_windows)
 
 
 # ------------------------------------------------------------------ TEP
@@ -209,10 +290,17 @@ class TepResult:
     far_normal: float  # normal-test.csv
     far_early: float  # rows 0-159 of every fault file, pooled
     fit_seconds: float
-    parameters: int
+    monitor: Monitor
+
+    @property
+    def parameters(self) -> int:
+        return self.monitor.parameters
 
     def mean_detection(self) -> float:
-        return float(np.mean([r for f, r in self.detection.items() if f not in TEP_HIDDEN]))
+        return float(np.mean(self.visible()))
+
+    def visible(self) -> list[float]:
+        return [r for f, r in self.detection.items() if f not in TEP_HIDDEN]
 
 
 def tep_dir() -> Path:
@@ -236,7 +324,7 @@ def run_tep(entry: Entry, folder: Path, say=print) -> TepResult:
         flagged = flag_rows(monitor, recording)
         early.add(Counts.of(flagged[~labels], labels[~labels]))
         detection[int(path.stem.split("-")[1])] = Counts.of(flagged, labels).detection_rate()
-    result = TepResult(detection, far_normal, early.far(), seconds, monitor.parameters)
+    result = TepResult(detection, far_normal, early.far(), seconds, monitor)
     say(
         f"  {entry.name:<26} TEP  mean detection {100 * result.mean_detection():5.1f} %  "
         f"FAR normal-test {100 * far_normal:4.1f} %  rows 0-159 {100 * early.far():4.1f} %  "
@@ -251,19 +339,26 @@ def run_tep(entry: Entry, folder: Path, say=print) -> TepResult:
 def scoring_rate(monitor: Monitor, windows: np.ndarray, rounds: int = 5) -> float:
     """Windows/s of monitor.anomaly on one thread in batches of 500 (the worker's hot path);
     the median of `rounds` timed rounds after one warm-up."""
+    return scoring_rates([monitor], windows, rounds)[0]
+
+
+def scoring_rates(monitors: list[Monitor], windows: np.ndarray, rounds: int = 5) -> list[float]:
+    """scoring_rate of several monitors on the same windows, their rounds interleaved, so a
+    busy machine slows them alike and the figures compare."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         reps = -(-RATE_WINDOWS // len(windows))
         pool = np.concatenate([windows] * reps)[:RATE_WINDOWS]
         batches = [pool[i : i + RATE_BATCH] for i in range(0, len(pool), RATE_BATCH)]
-        rates = []
+        rates: list[list[float]] = [[] for _ in monitors]
         for round_ in range(rounds + 1):
-            started = time.perf_counter()
-            for batch in batches:
-                monitor.anomaly(batch)
-            if round_:  # the first round warms caches up
-                rates.append(len(pool) / (time.perf_counter() - started))
-        return float(np.median(rates))
+            for monitor, measured in zip(monitors, rates, strict=True):
+                started = time.perf_counter()
+                for batch in batches:
+                    monitor.anomaly(batch)
+                if round_:  # the first round warms caches up
+                    measured.append(len(pool) / (time.perf_counter() - started))
+        return [float(np.median(r)) for r in rates]
     finally:
         torch.set_num_threads(threads)

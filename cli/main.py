@@ -79,6 +79,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="GLOB,...",
         help="machine-id patterns the model serves (default *)",
     )
+    p.add_argument(
+        "--anomaly-column",
+        default=None,
+        metavar="NAME",
+        help="a column of known anomalies (non-zero rows): their windows are kept out of the "
+        "normal fit",
+    )
+    p.add_argument(
+        "--anomaly-weight",
+        type=float,
+        default=DEFAULTS.anomaly_weight,
+        metavar="W",
+        help="with --anomaly-column: weight of a loss term that pushes the known anomalies' "
+        "reconstruction error up (default 0: off; it did not help on SKAB)",
+    )
     p.add_argument("--hidden", type=_positive, default=DEFAULTS.hidden, help="dense, vae")
     p.add_argument("--bottleneck", type=_positive, default=DEFAULTS.bottleneck)
     p.add_argument("--heads", type=_positive, default=None, help="attention (default 1)")

@@ -7,6 +7,8 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+
 from cli.progress import Progress
 from model import artifact as artifact_io
 from model import machines as machine_patterns
@@ -38,6 +40,7 @@ def train_command(args: argparse.Namespace) -> int:
         bottleneck=args.bottleneck,
         network=network,
         detectors=tuple(args.detectors),
+        anomaly_weight=args.anomaly_weight,
         machines=machines,
         preprocess=PreprocessConfig(
             denoise=args.denoise, kernel=args.kernel, max_gap=DEFAULTS.preprocess.max_gap
@@ -68,7 +71,21 @@ def training_data(args: argparse.Namespace, machines: tuple[str, ...]) -> tuple[
         given = [f"--{n.replace('_', '-')}" for n in TOPIC_ONLY if getattr(args, n, None)]
         if given or getattr(args, "exclude_episodes", False):
             raise FaultwatchError(f"{(given or ['--exclude-episodes'])[0]} needs --from-topic")
-        return [read(path, args) for path in args.data], args.window or DEFAULTS.window
+        recordings = [
+            read_recording(
+                path,
+                time_column=args.time_column,
+                ignore_columns=args.ignore_columns,
+                label_column=args.anomaly_column,
+            )
+            for path in args.data
+        ]
+        return recordings, args.window or DEFAULTS.window
+    if args.anomaly_column:
+        raise FaultwatchError(
+            "--anomaly-column reads DATA files: a topic's windows carry no labels "
+            "(--exclude-episodes leaves out the windows of known episodes)"
+        )
     from cli.topic_windows import topic_recordings
 
     recordings, window, line = topic_recordings(args, machines)
@@ -98,27 +115,35 @@ def score_command(args: argparse.Namespace) -> int:
         scorer.window, max_gap=scorer.artifact.preprocess.max_gap, from_row=args.from_row
     )
     scores = scorer.score(windows)
+    # A window whose score is not a number is one the worker dead-letters (non_finite): it is
+    # not scored here either, never written as nan with anomaly 0.
+    finite = np.isfinite(scores.score)
     with open_out(args.out) as out:
         writer = csv.writer(out)
         writer.writerow(["end_row", "timestamp", "score", "threshold", "anomaly"])
-        for row, score, flag in zip(end_rows, scores.score, scores.anomaly, strict=True):
+        for j in np.flatnonzero(finite):
+            row = end_rows[j]
             writer.writerow(
                 [
                     row,
                     recording.timestamps[row],
-                    f"{score:.6g}",
+                    f"{scores.score[j]:.6g}",
                     f"{scorer.threshold:.6g}",
-                    int(flag),
+                    int(scores.anomaly[j]),
                 ]
             )
+    unscored = int((~finite).sum())
     print(
-        f"{len(scores.score)} windows scored, {int(scores.anomaly.sum())} anomalous, "
-        f"written to {args.out}" + (f"; {gaps} windows skipped over data gaps" if gaps else "")
+        f"{int(finite.sum())} windows scored, {int(scores.anomaly[finite].sum())} anomalous, "
+        f"written to {args.out}"
+        + (f"; {gaps} windows skipped over data gaps" if gaps else "")
+        + (f"; {unscored} windows skipped, values beyond the model's range" if unscored else "")
     )
     if getattr(args, "episodes", None):
         from cli.episodes import score_episodes
 
-        print(score_episodes(args, recording, end_rows, scores, scorer))
+        # Only the windows the worker would score reach its episodes too.
+        print(score_episodes(args, recording, end_rows[finite], scores.subset(finite), scorer))
     return 0
 
 

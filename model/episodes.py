@@ -37,7 +37,7 @@ DIGITS = 6  # significant digits of event floats: a re-scored window gives the s
 class EpisodeConfig:
     """The state machine's settings (FAULTWATCH_EPISODE_*), in seconds of data time."""
 
-    open_seconds: float = 20.0
+    open_seconds: float = 30.0
     clear_seconds: float = 600.0
     clear_ratio: float = 0.8
     update_seconds: float = 60.0

@@ -55,6 +55,13 @@ class Standardizer:
         With the raw training windows (B, W, C) and a config whose slow_share > 0, channels
         whose mean within-window variance is below slow_share x their variance are marked slow.
         """
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e300: training refuses it
+            return cls._fit(values, windows, config)
+
+    @classmethod
+    def _fit(
+        cls, values: np.ndarray, windows: np.ndarray | None, config: PreprocessConfig | None
+    ) -> Standardizer:
         mean = np.nanmean(values, axis=0)
         std = np.nanstd(values, axis=0)
         floor = 1e-6 * np.maximum(1.0, np.abs(mean))
@@ -147,4 +154,4 @@ def model_input(
 ) -> np.ndarray:
     """Raw (B, W, C) windows -> (B, W*C) float32 model input."""
     x = standardizer.apply(denoise(np.asarray(windows, dtype=np.float64), config))
-    return x.reshape(len(x), -1).astype(np.float32)
+    return x.reshape(len(x), x.shape[1] * x.shape[2]).astype(np.float32)

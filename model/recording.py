@@ -28,6 +28,7 @@ class Recording:
     timestamps: list[str]
     channels: list[str]
     values: np.ndarray  # (N, C) float64, NaN for missing cells
+    labels: np.ndarray | None = None  # (N,) bool, known anomalous rows (train --anomaly-column)
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -36,7 +37,10 @@ class Recording:
         """The first `rows` rows (all when None): the training slice of a run."""
         if rows is None:
             return self
-        return Recording(self.path, self.timestamps[:rows], self.channels, self.values[:rows])
+        labels = None if self.labels is None else self.labels[:rows]
+        return Recording(
+            self.path, self.timestamps[:rows], self.channels, self.values[:rows], labels
+        )
 
     def windows(
         self, window: int, *, max_gap: int, stride: int = 1, from_row: int = 0
@@ -61,8 +65,12 @@ def read_recording(
     *,
     time_column: str | None = None,
     ignore_columns: tuple[str, ...] | list[str] = DEFAULT_IGNORE,
+    label_column: str | None = None,
 ) -> Recording:
-    """Read a `,` or `;` separated CSV with a header; the first column is time unless named."""
+    """Read a `,` or `;` separated CSV with a header; the first column is time unless named.
+
+    `label_column` names a column of known anomalies (non-zero: anomalous), kept as labels.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -79,6 +87,8 @@ def read_recording(
     body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
     time_index = _time_index(path, header, time_column)
     ignored = {name.strip() for name in ignore_columns if name.strip()}
+    label_index = _label_index(path, header, label_column)
+    ignored |= {header[label_index]} if label_index is not None else set()
     keep = [i for i, name in enumerate(header) if i != time_index and name not in ignored]
     if not keep:
         raise DataError(f"{path}: no channel columns left after the time and ignored columns")
@@ -89,7 +99,22 @@ def read_recording(
         for j, i in enumerate(keep):
             values[r - 2, j] = _number(path, r, header[i], row[i])
     timestamps = [row[time_index].strip() for row in body]
-    return Recording(path, timestamps, [header[i] for i in keep], values)
+    labels = None
+    if label_index is not None:
+        cells = [
+            _number(path, r, header[label_index], row[label_index])
+            for r, row in enumerate(body, start=2)
+        ]
+        labels = np.nan_to_num(np.array(cells, dtype=np.float64)) != 0
+    return Recording(path, timestamps, [header[i] for i in keep], values, labels)
+
+
+def _label_index(path: Path, header: list[str], label_column: str | None) -> int | None:
+    if label_column is None:
+        return None
+    if label_column not in header:
+        raise DataError(f"{path}: no anomaly column {label_column!r} in the header")
+    return header.index(label_column)
 
 
 def _time_index(path: Path, header: list[str], time_column: str | None) -> int:
@@ -101,16 +126,19 @@ def _time_index(path: Path, header: list[str], time_column: str | None) -> int:
 
 
 def _number(path: Path, line: int, column: str, cell: str) -> float:
+    """A cell as a number; empty, NaN and non-finite cells (`inf`, `1e400`) are missing."""
     cell = cell.strip()
     if not cell or cell.lower() in ("nan", "na", "null"):
         return math.nan
     try:
-        return float(cell.replace(",", "."))  # `;` files often use a decimal comma
+        value = float(cell.replace(",", "."))  # `;` files often use a decimal comma
     except ValueError:
         raise DataError(
             f"{path}:{line}: column {column!r} is not numeric ({cell!r}); "
             "drop label or text columns with --ignore-columns"
         ) from None
+    # No sensor reads infinity: a number beyond float range is a broken cell, not a reading.
+    return value if math.isfinite(value) else math.nan
 
 
 def to_rfc3339(timestamp: str) -> str:

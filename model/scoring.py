@@ -37,6 +37,21 @@ class Scores:
     ratios: np.ndarray | None = None  # (B, D) each detector's score / its reference
     leader: np.ndarray | None = None  # (B,) index in `detectors` of the one that led
 
+    def subset(self, keep: np.ndarray) -> Scores:
+        """The scores of some windows only (an index or a boolean mask over the batch)."""
+
+        def take(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[keep]
+
+        return Scores(
+            self.score[keep],
+            self.channel_share[keep],
+            self.anomaly[keep],
+            self.detectors,
+            take(self.ratios),
+            take(self.leader),
+        )
+
     def top_channels(self, i: int, channels: list[str], n: int = 3) -> list[dict]:
         """The n channels that contributed most to window i's score."""
         order = np.argsort(-self.channel_share[i])[:n]
@@ -116,8 +131,11 @@ class Scorer:
             raise DataError(f"windows of shape {windows.shape[1:]}, the model needs {expected}")
         raws, contributions = [], []
         for i in range(0, len(windows), CHUNK):
-            batch = self.batch(windows[i : i + CHUNK])
-            parts = [d.score(batch) for d in self.detectors]
+            # Values near float's limit overflow to inf or NaN here, silently: such a window's
+            # score is not finite, and its callers skip (score) or dead-letter (worker) it.
+            with np.errstate(all="ignore"):
+                batch = self.batch(windows[i : i + CHUNK])
+                parts = [d.score(batch) for d in self.detectors]
             raws.append(np.stack([p[0] for p in parts]))
             contributions.append(np.stack([p[1] for p in parts]))
         if not raws:

@@ -41,7 +41,12 @@ class TrainConfig:
     l2_lambda: float = 1e-5
     lr: float = 1e-3
     batch_size: int = 64
-    holdout: float = 0.2  # last share of each recording's windows: early stopping, references
+    # Each recording's windows, in time order: fitting | stopping | reference, with the W-1
+    # windows that share rows with the slice before dropped at each cut. The stopping slice
+    # picks the early-stopping epoch; the reference slice, which nothing was fitted or chosen
+    # on, sets the detectors' references and the stored score distribution.
+    stopping: float = 0.1  # share of each recording's windows
+    holdout: float = 0.2  # share of each recording's windows: the references
     patience: int = 15
     architecture: Architecture = "dense"
     hidden: int = 512  # dense and vae: units of the hidden layers
@@ -53,19 +58,42 @@ class TrainConfig:
     machines: tuple[str, ...] = machine_patterns.ALL
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     threshold: ThresholdRule = field(default_factory=ThresholdRule)
+    # Known anomalies (Recording.labels, from train --anomaly-column): windows holding one are
+    # kept out of every normal fit and, with a weight > 0 (--anomaly-weight), their
+    # reconstruction error is pushed above `anomaly_margin` (standardised units) by a hinge
+    # term in the loss. Off by default: on SKAB valve1 it did not help (benchmarks/labelled.py).
+    anomaly_weight: float = 0.0
+    anomaly_margin: float = 1.0
 
 
 @dataclass
 class TrainResult:
     artifact: Artifact
-    train_loss: list[float]  # per epoch, MSE + L2
-    holdout_mse: list[float]  # per epoch
-    holdout_scores: np.ndarray
+    train_loss: list[float]  # per epoch, MSE + L2 (+ the labelled-anomaly term)
+    holdout_mse: list[float]  # per epoch, on the stopping slice
+    holdout_scores: np.ndarray  # the fused score of the reference slice's windows
     windows_train: int
-    windows_holdout: int
+    windows_holdout: int  # stopping + reference windows
     gaps_filled: int
     windows_skipped: int
     seconds: float
+    windows_stopping: int = 0
+    windows_reference: int = 0
+    windows_purged: int = 0
+    windows_labelled: int = 0
+
+
+@dataclass
+class Split:
+    """Raw (B, W, C) windows of every recording, by use; rows = the fitting windows' rows."""
+
+    fit: np.ndarray
+    stop: np.ndarray
+    reference: np.ndarray
+    labelled: np.ndarray  # windows holding a known anomaly
+    rows: np.ndarray  # (N, C) the rows the fitting windows cover (the standardiser's)
+    skipped: int  # over gaps too long to fill
+    purged: int  # sharing rows with an earlier slice
 
 
 Progress = Callable[[int, float, float], None]  # epoch, train loss, held-out mse
@@ -95,17 +123,23 @@ def train(
     except (ValueError, TypeError) as exc:
         raise DataError(str(exc)) from None
     parts = [r.head(config.train_rows) for r in recordings]
+    empty = np.isnan(np.concatenate([p.values for p in parts])).all(axis=0)  # (C,)
+    if empty.any():
+        name = channels[int(np.flatnonzero(empty)[0])]
+        raise DataError(f"channel {name!r} has no values in the training rows")
     filled = [fill_gaps(p.values, config.preprocess.max_gap) for p in parts]
-    fit_w, hold_w, skipped = _split_windows([v for v, _ in filled], config)
-    standardizer = Standardizer.fit(
-        np.concatenate([v for v, _ in filled]), np.concatenate([fit_w, hold_w]), config.preprocess
-    )
-    x_fit = torch.from_numpy(model_input(fit_w, config.preprocess, standardizer))
-    x_hold = torch.from_numpy(model_input(hold_w, config.preprocess, standardizer))
+    split = _split_windows([v for v, _ in filled], [p.labels for p in parts], config)
+    # Means, scales and slow flags from the fitting rows alone: the held-out slices must be
+    # as new to the model as tomorrow's data.
+    standardizer = Standardizer.fit(split.rows, split.fit, config.preprocess)
+    x_fit = torch.from_numpy(model_input(split.fit, config.preprocess, standardizer))
+    x_stop = torch.from_numpy(model_input(split.stop, config.preprocess, standardizer))
+    x_bad = torch.from_numpy(model_input(split.labelled, config.preprocess, standardizer))
+    _check_finite(standardizer, x_fit, x_stop, x_bad)
 
     torch.manual_seed(config.seed)
     net = networks.build(config.architecture, net_config)
-    losses, holdout_mse, best = _fit(net, x_fit, x_hold, config, progress)
+    losses, holdout_mse, best = _fit(net, x_fit, x_stop, x_bad, config, progress)
     net.load_state_dict(best)
 
     state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -124,21 +158,28 @@ def train(
         architecture=config.architecture,
         machines=machines,
     )
-    # The detectors are fitted on all training windows, fitting and held-out ones alike (as
-    # the level scale always was), then calibrated on the held-out ones: each reference is
-    # the rule's quantile of that detector's raw scores, which do not depend on references.
-    fit_batch = Scorer(probe).batch(np.concatenate([fit_w, hold_w]), error=True)
+    # The detectors are fitted on the fitting windows only, then calibrated on the reference
+    # slice: each reference is the rule's quantile of that detector's raw scores there.
+    fit_batch = Scorer(probe).batch(split.fit, error=True)
     detectors = tuple(DETECTORS[name].fit(fit_batch, config.seed) for name in names)
     del fit_batch
     probe = replace(probe, detectors=detectors, references=dict.fromkeys(names, 1.0))
-    raw = Scorer(probe).detector_scores(hold_w)
-    references = {name: config.threshold.reference(raw[name]) for name in names}
+    raw = Scorer(probe).detector_scores(split.reference)
+    try:
+        references = {
+            d.name: max(config.threshold.reference(raw[d.name]), d.reference_floor)
+            for d in detectors
+        }
+    except ValueError as exc:
+        raise DataError(f"calibration failed: {exc}; check the training data") from None
     seconds = time.monotonic() - started
     training = {
         "files": [r.path.name for r in recordings],
         "train_rows": config.train_rows,
-        "windows_train": len(fit_w),
-        "windows_holdout": len(hold_w),
+        "windows_train": len(split.fit),
+        "windows_stopping": len(split.stop),
+        "windows_reference": len(split.reference),
+        "windows_labelled": len(split.labelled),
         "epochs": len(losses),
         "seed": config.seed,
         "l2_lambda": config.l2_lambda,
@@ -147,9 +188,9 @@ def train(
         "best_holdout_mse": min(holdout_mse),
     }
     artifact = replace(probe, references=references, training=training)
-    holdout_scores = Scorer(artifact).score(hold_w).score
-    # The model's own score distribution on normal data it was not fitted to: the baseline a
-    # running worker's recent scores can be compared with (score drift).
+    holdout_scores = Scorer(artifact).score(split.reference).score
+    # The model's own score distribution on normal data nothing was fitted or chosen on: the
+    # baseline a running worker's recent scores can be compared with (score drift).
     quantiles = np.quantile(holdout_scores, np.linspace(0.0, 1.0, QUANTILES))
     artifact = replace(artifact, score_quantiles=quantiles)
     return TrainResult(
@@ -157,11 +198,15 @@ def train(
         losses,
         holdout_mse,
         holdout_scores,
-        len(fit_w),
-        len(hold_w),
+        len(split.fit),
+        len(split.stop) + len(split.reference),
         sum(n for _, n in filled),
-        skipped,
+        split.skipped,
         seconds,
+        windows_stopping=len(split.stop),
+        windows_reference=len(split.reference),
+        windows_purged=split.purged,
+        windows_labelled=len(split.labelled),
     )
 
 
@@ -175,43 +220,85 @@ def _common_channels(recordings: list[Recording]) -> list[str]:
     return channels
 
 
-def _split_windows(
-    series: list[np.ndarray], config: TrainConfig
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Windows of every recording, stride 1; the last `holdout` share of each is held out.
+def _check_finite(standardizer: Standardizer, *inputs: torch.Tensor) -> None:
+    """Numbers near float's limit (1e300) are readings, yet their statistics overflow: say so
+    in one line rather than train on infinities."""
+    stats = np.concatenate([standardizer.mean, standardizer.scale])
+    if not np.isfinite(stats).all() or not all(torch.isfinite(x).all() for x in inputs):
+        raise DataError(
+            "training values are too large to standardise (their statistics overflow); "
+            "check the data for corrupt cells"
+        )
 
-    Windows touching a gap too long to interpolate are dropped and counted.
+
+def _split_windows(
+    series: list[np.ndarray], labels: list[np.ndarray | None], config: TrainConfig
+) -> Split:
+    """Windows of every recording, stride 1, cut in time order into fitting | stopping |
+    reference; the W-1 windows after each cut share rows with the slice before and are purged.
+
+    Windows touching a gap too long to interpolate are dropped and counted; windows holding
+    a labelled anomaly go to `labelled`, never to a normal slice.
     """
-    fit, hold, skipped = [], [], 0
-    for values in series:
-        windows = sliding_windows(values, config.window)
+    w = config.window
+    fit, stop, ref, bad, rows = [], [], [], [], []
+    skipped = purged = 0
+    for values, known in zip(series, labels, strict=True):
+        windows = sliding_windows(values, w)
         ok = ~np.isnan(windows).any(axis=(1, 2))
         skipped += int((~ok).sum())
-        windows = windows[ok]
-        cut = len(windows) - max(1, int(round(len(windows) * config.holdout)))
-        fit.append(windows[:cut])
-        hold.append(windows[cut:])
-    fit_w, hold_w = np.concatenate(fit), np.concatenate(hold)
-    if len(fit_w) < 2 or len(hold_w) < 1:
-        rows = sum(len(v) for v in series)
+        anomalous = np.zeros(len(windows), dtype=bool)
+        if known is not None and len(windows):
+            anomalous = sliding_windows(known[:, None], w).any(axis=(1, 2))
+        bad.append(windows[ok & anomalous])
+        normal = np.flatnonzero(ok & ~anomalous)  # (n,) start rows of the normal windows
+        n = len(normal)
+        # Cut among the normal windows: a labelled fault at the end of the training rows must
+        # not leave the held-out slices empty. Window b covers rows b .. b+W-1, so a slice
+        # may only hold windows that end before the next slice's first row.
+        reference = normal[n - max(1, int(round(n * config.holdout))) :]
+        before = normal[normal <= reference[0] - w] if len(reference) else normal[:0]
+        stopping = before[max(0, len(before) - max(1, int(round(n * config.stopping)))) :]
+        fitting = normal[normal <= stopping[0] - w] if len(stopping) else normal[:0]
+        if len(fitting) < 2:  # too short to cut in three: it adds nothing (checked below)
+            fitting = stopping = reference = normal[:0]
+        fit.append(windows[fitting])
+        stop.append(windows[stopping])
+        ref.append(windows[reference])
+        purged += n - len(fitting) - len(stopping) - len(reference)
+        # The rows the fitting windows cover: the standardiser sees nothing held out.
+        starts = np.zeros(len(windows), dtype=np.int64)
+        starts[fitting] = 1
+        covered = np.convolve(starts, np.ones(w, dtype=np.int64))[: len(values)] > 0  # (N,)
+        rows.append(values[covered])
+    split = Split(
+        *(np.concatenate(part) for part in (fit, stop, ref, bad)),
+        rows=np.concatenate(rows),  # (N, C)
+        skipped=skipped,
+        purged=purged,
+    )
+    if len(split.fit) < 2 or len(split.stop) < 1 or len(split.reference) < 1:
+        total = sum(len(v) for v in series)
         raise DataError(
-            f"{rows} training rows give too few windows of {config.window}; "
-            "use more rows or a shorter --window"
+            f"{total} training rows give too few normal windows of {w} to fit, stop early and "
+            "calibrate on separate rows; use more rows or a shorter --window"
         )
-    return fit_w, hold_w, skipped
+    return split
 
 
 def _fit(
     net: torch.nn.Module,
     x_fit: torch.Tensor,
-    x_hold: torch.Tensor,
+    x_stop: torch.Tensor,
+    x_bad: torch.Tensor,
     config: TrainConfig,
     progress: Progress | None,
 ) -> tuple[list[float], list[float], dict[str, torch.Tensor]]:
-    """Adam on the data term + L2 (explicit, not decoupled weight decay); early stopping on
-    the held-out reconstruction MSE."""
+    """Adam on the data term + L2 (explicit, not decoupled weight decay) + the labelled-anomaly
+    hinge; early stopping on the stopping slice's reconstruction MSE."""
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
+    use_bad = len(x_bad) > 0 and config.anomaly_weight > 0
     losses, holdout, best_state = [], [], None
     best, stale = float("inf"), 0
     for epoch in range(config.epochs):
@@ -221,13 +308,18 @@ def _fit(
         for i in range(0, len(x_fit), config.batch_size):
             batch = x_fit[order[i : i + config.batch_size]]
             loss, _ = loss_fn(net, batch, config.l2_lambda)
+            if use_bad:
+                picks = torch.randint(len(x_bad), (len(batch),), generator=generator)
+                loss = loss + config.anomaly_weight * anomaly_hinge(
+                    net, x_bad[picks], config.anomaly_margin
+                )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
         net.eval()
         with torch.inference_mode():
-            mse = torch.nn.functional.mse_loss(net(x_hold), x_hold).item()
+            mse = torch.nn.functional.mse_loss(net(x_stop), x_stop).item()
         losses.append(total / len(x_fit))
         holdout.append(mse)
         if progress:
@@ -244,12 +336,22 @@ def _fit(
     return losses, holdout, best_state
 
 
+def anomaly_hinge(net: torch.nn.Module, x_bad: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean(relu(margin - MSE of each known-anomalous window)): zero once every labelled
+    window reconstructs worse than `margin`, so the term cannot grow without bound."""
+    error = (net(x_bad) - x_bad).pow(2).mean(dim=1)  # (B,)
+    return torch.relu(margin - error).mean()
+
+
 def summary(result: TrainResult) -> dict:
     """Figures for the end-of-training summary line."""
     return {
         "architecture": result.artifact.architecture,
         "windows": result.windows_train,
-        "held_out": result.windows_holdout,
+        "stopping": result.windows_stopping,
+        "reference": result.windows_reference,
+        "purged": result.windows_purged,
+        "labelled": result.windows_labelled,
         "epochs": len(result.train_loss),
         "train_loss": round(result.train_loss[-1], 5),
         "best_holdout_mse": round(min(result.holdout_mse), 5),

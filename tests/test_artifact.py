@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from model import artifact as artifact_io
+from model.detectors import DEFAULT_DETECTORS
 from model.errors import ArtifactError
 from model.preprocessing import sliding_windows
 from model.scoring import Scorer
@@ -119,5 +120,5 @@ def test_machines_and_the_score_distribution_travel_in_the_file(tmp_path):
     assert quantiles[0] == result.holdout_scores.min()
     assert quantiles[-1] == result.holdout_scores.max()
     assert np.isclose(quantiles[50], np.median(result.holdout_scores))
-    assert [d.name for d in loaded.detectors] == ["autoencoder", "level"]
+    assert tuple(d.name for d in loaded.detectors) == DEFAULT_DETECTORS
     assert loaded.references == result.artifact.references

@@ -39,7 +39,7 @@ def test_train_writes_model_report_and_summary(tmp_path, capsys):
 
 
 def test_window_125_on_8_channels_is_the_specified_1000_input_model(tmp_path, capsys):
-    values = np.tile(normal_values(160), (1, 2))
+    values = np.tile(normal_values(700), (1, 2))  # 124 windows purged at each of two cuts
     data = write_csv(tmp_path / "wide.csv", values, [f"c{i}" for i in range(8)])
     out = tmp_path / "m.pt"
     code, _, _ = run_cli(
@@ -189,10 +189,60 @@ def test_train_refuses_bad_model_choices_with_one_line(tmp_path, capsys, flags, 
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_cells_beyond_float_range_are_missing_values(tmp_path, capsys):
+    data = write_csv(tmp_path / "normal.csv", normal_values(600))
+    lines = data.read_text().splitlines()
+    for row, cell in ((101, "inf"), (201, "1e400"), (301, "-Infinity")):
+        cells = lines[row].split(",")
+        cells[2] = cell
+        lines[row] = ",".join(cells)
+    data.write_text("\n".join(lines) + "\n")
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        data,
+        "--out",
+        tmp_path / "m.fwm",
+        "--window",
+        10,
+        "--epochs",
+        1,
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "gaps_filled=3" in stdout  # each one a one-sample gap, interpolated
+
+
+def test_score_skips_and_counts_windows_the_worker_would_dead_letter(tmp_path, capsys, model_path):
+    values = normal_values(80, seed=9)
+    values[40, 1] = 1e300  # a number, yet far beyond anything the model can score
+    data = write_csv(tmp_path / "d.csv", values)
+    out = tmp_path / "s.csv"
+    code, stdout, _ = run_cli(capsys, "score", data, "--model", model_path, "--out", out)
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    window = Scorer.load(model_path).window
+    assert len(rows) == 80 - window + 1 - window  # the windows holding row 40 are left out
+    assert all(np.isfinite(float(r["score"])) for r in rows)
+    assert {int(r["end_row"]) for r in rows}.isdisjoint(range(40, 40 + window))
+    assert f"{window} windows skipped, values beyond the model's range" in stdout
+
+
+def test_train_on_values_too_large_to_standardise_is_one_line(tmp_path, capsys):
+    values = normal_values(300)
+    values[100:120, 0] = 1e300
+    data = write_csv(tmp_path / "huge.csv", values)
+    code, stdout, err = run_cli(capsys, "train", data, "--out", tmp_path / "m.fwm", "--quiet")
+    assert code == 1 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "too large to standardise" in err
+    assert not (tmp_path / "m.fwm").exists()
+
+
 def test_score_writes_the_episodes_the_worker_would_publish(
     tmp_path, capsys, model_path, monkeypatch
 ):
     monkeypatch.setenv("FAULTWATCH_EPISODE_CLEAR_SECONDS", "30")  # the worker's setting
+    monkeypatch.setenv("FAULTWATCH_EPISODE_OPEN_SECONDS", "20")  # the rows below assume 20 s
     values = normal_values(200, seed=4)
     values[60:100] += 25.0  # a fault, over by row 100 (a row a second, window 10)
     values[170:] += 25.0  # another, still on at the end

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pickle
@@ -25,12 +26,24 @@ from model import artifact as artifact_io
 from model.attention import AttentionConfig
 from model.autoencoder import AutoencoderConfig
 from model.conv import ConvConfig
-from model.detectors import Level, Reconstruction
+from model.detectors import (
+    DETECTORS,
+    Detector,
+    Iqr,
+    IsolationForest,
+    Level,
+    PcaQ,
+    PcaT2,
+    Reconstruction,
+    Stuck,
+)
 from model.errors import ArtifactError
-from model.preprocessing import PreprocessConfig, Standardizer
+from model.forest import Forest
+from model.preprocessing import PreprocessConfig, Standardizer, sliding_windows
+from model.scoring import Scorer
 from model.vae import VaeConfig
 from tests.helpers import worker_env
-from tests.synthetic import tiny_model
+from tests.synthetic import normal_values, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -433,3 +446,104 @@ def test_the_worker_process_refuses_a_payload_model_and_never_runs_it(model, tmp
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "ERROR" in lines[0] and str(path) in lines[0], run.stderr
     assert not marker.exists()
+
+
+# The fused detectors' arrays: every shape, number and tree link is checked before use.
+
+
+@functools.cache
+def fitted() -> dict[str, Detector]:
+    """Each detector fitted on the tiny model's normal windows."""
+    scorer = Scorer(ARTIFACT)
+    windows = sliding_windows(normal_values(300, seed=4), ARTIFACT.window)
+    batch = scorer.batch(windows, error=True)
+    return {name: DETECTORS[name].fit(batch) for name in DETECTORS}
+
+
+def with_detector(tmp_path: Path, detector: Detector) -> Path:
+    """The tiny model with `detector` fused last (reference 1), saved with a right checksum."""
+    kept = tuple(d for d in ARTIFACT.detectors if d.name != detector.name)
+    references = {d.name: ARTIFACT.references[d.name] for d in kept} | {detector.name: 1.0}
+    return saved(tmp_path, detectors=(*kept, detector), references=references)
+
+
+def forest_with(**changes: object) -> IsolationForest:
+    """The fitted isolation forest with some of its tree arrays changed (not re-checked)."""
+    original = fitted()["iforest"]
+    trees = {k: v for k, v in vars(original.forest).items()}
+    for name, change in changes.items():
+        trees[name] = change(trees[name].copy()) if callable(change) else change
+    return IsolationForest(Forest(**trees), original.center, original.spread)
+
+
+def _set(index: tuple, value: float) -> Callable[[np.ndarray], np.ndarray]:
+    def change(array: np.ndarray) -> np.ndarray:
+        array[index] = value
+        return array
+
+    return change
+
+
+def _first_inner() -> int:
+    return int(np.flatnonzero(fitted()["iforest"].forest.feature[0] >= 0)[1])
+
+
+def _chain(nodes: int) -> dict[str, np.ndarray]:
+    """One tree that is a chain of `nodes` - 1 splits, each with a shared leaf on its right."""
+    feature = np.zeros((1, nodes), np.int32)
+    feature[0, -1] = -1
+    left = np.arange(1, nodes + 1, dtype=np.int32)[None, :]
+    left[0, -1] = -1
+    right = np.full((1, nodes), nodes - 1, np.int32)
+    right[0, -1] = -1
+    zeros = np.zeros((1, nodes))
+    return {"feature": feature, "left": left, "right": right, "threshold": zeros, "depth": zeros}
+
+
+HOSTILE_DETECTORS = {
+    "iqr-zero-range": lambda: Iqr(np.zeros(4), np.zeros(4)),
+    "iqr-wrong-shape": lambda: Iqr(np.zeros(5), np.ones(5)),
+    "iqr-nan-median": lambda: Iqr(np.full(4, np.nan), np.ones(4)),
+    "pca-nan-loadings": lambda: PcaQ(np.full((4, 2), np.nan), np.ones(2)),
+    "pca-more-components-than-channels": lambda: PcaQ(np.ones((4, 5)), np.ones(5)),
+    "pca-variances-of-another-length": lambda: PcaT2(np.ones((4, 2)), np.ones(3)),
+    "pca-negative-variance": lambda: PcaT2(np.ones((4, 2)), -np.ones(2)),
+    "stuck-negative-spread": lambda: Stuck(-np.ones(4)),
+    "stuck-infinite-spread": lambda: Stuck(np.full(4, np.inf)),
+    "forest-child-outside-the-tree": lambda: forest_with(left=_set((0, 0), 1_000_000)),
+    "forest-child-negative": lambda: forest_with(right=_set((0, 0), -7)),
+    "forest-node-is-its-own-child": lambda: forest_with(left=_set((0, 0), 0)),
+    "forest-cycle-back-to-the-root": lambda: forest_with(left=_set((0, _first_inner()), 0)),
+    "forest-leaf-with-children": lambda: forest_with(
+        left=_set((0, int(np.flatnonzero(fitted()["iforest"].forest.feature[0] < 0)[0])), 1)
+    ),
+    "forest-feature-out-of-range": lambda: forest_with(feature=_set((0, 0), 8)),
+    "forest-nan-threshold": lambda: forest_with(threshold=_set((0, 0), np.nan)),
+    "forest-negative-path": lambda: forest_with(depth=_set((0, -1), -1.0)),
+    "forest-non-integer-children": lambda: forest_with(left=lambda a: a.astype(np.float64) + 0.5),
+    "forest-shapes-disagree": lambda: forest_with(threshold=np.zeros((3, 3))),
+    "forest-deeper-than-allowed": lambda: forest_with(**_chain(100)),
+    "forest-too-many-trees": lambda: forest_with(
+        **{k: np.repeat(v[:, :1], 2000, axis=0) for k, v in _chain(1).items()}
+    ),
+    "forest-sample-not-a-count": lambda: forest_with(sample=10**9),
+}
+
+
+@pytest.mark.parametrize("make", HOSTILE_DETECTORS.values(), ids=HOSTILE_DETECTORS.keys())
+def test_a_detector_whose_arrays_are_inconsistent_is_refused_before_use(make, tmp_path):
+    path = with_detector(tmp_path, make())
+    grew, seconds = peak_growth_mib(lambda: refused(path))
+    assert "checksum mismatch" not in refused(path)
+    assert grew < 50 and seconds < 2, (grew, seconds)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_fitted_detector_travels_in_the_file(name, tmp_path):
+    # The control: the same route with the untouched detector loads and scores the same.
+    path = with_detector(tmp_path, fitted()[name])
+    loaded = Scorer.load(path)
+    windows = sliding_windows(normal_values(60, seed=8), ARTIFACT.window)
+    expected = Scorer(artifact_io.load(path)).detector_scores(windows)[name]
+    np.testing.assert_array_equal(loaded.detector_scores(windows)[name], expected)
+    assert [d.name for d in loaded.detectors][-1] == name

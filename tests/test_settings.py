@@ -130,7 +130,7 @@ def test_episode_settings_and_event_mode():
     assert s.events == "episodes"
     assert (s.state_topic, s.control_topic) == ("faultwatch.state", "faultwatch.control")
     config = s.episode_config()
-    assert (config.open_seconds, config.clear_seconds, config.clear_ratio) == (20, 600, 0.8)
+    assert (config.open_seconds, config.clear_seconds, config.clear_ratio) == (30, 600, 0.8)
     assert (config.update_seconds, config.silent_seconds) == (60, 600)
 
 

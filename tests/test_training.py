@@ -1,9 +1,13 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from model.errors import DataError
-from model.training import summary, train
+from model.preprocessing import sliding_windows
+from model.scoring import Scorer
+from model.training import _split_windows, summary, train
 from tests.synthetic import TINY, normal_values, recording, tiny_model
 
 
@@ -15,11 +19,57 @@ def test_same_seed_gives_the_same_model():
         assert torch.equal(tensor, again.state[name])
 
 
-def test_threshold_sits_above_most_held_out_normal_scores():
-    result = tiny_model()
-    share_below = (result.holdout_scores <= result.artifact.threshold).mean()
-    assert share_below >= 0.95
-    assert result.artifact.threshold > 0
+def test_calibration_holds_on_normal_data_the_model_has_not_seen():
+    # Normal runs of the same process with other noise: no window took part in fitting,
+    # stopping or calibrating, so this is what a deployed model meets on a good day.
+    scorer = Scorer(tiny_model().artifact)
+    unseen = [sliding_windows(normal_values(600, seed=seed), scorer.window) for seed in (21, 22)]
+    flagged = np.concatenate([scorer.score(w).anomaly for w in unseen])
+    assert flagged.mean() < 0.01
+
+
+def test_the_slices_share_no_row_and_run_in_time_order():
+    values = np.arange(600.0)[:, None].repeat(4, axis=1)  # each cell holds its own row number
+    config = dataclasses.replace(TINY, window=10)
+    split = _split_windows([values], [None], config)
+
+    def first(w):
+        return int(w[:, :, 0].min()), int(w[:, :, 0].max())
+
+    fit, stop, ref = (first(w) for w in (split.fit, split.stop, split.reference))
+    assert fit[1] < stop[0] and stop[1] < ref[0]  # no row in two slices: purged
+    assert split.purged == 2 * (config.window - 1)
+    assert len(split.fit) + len(split.stop) + len(split.reference) + split.purged == 591
+    assert split.rows[:, 0].max() == fit[1]  # the standardiser's rows: the fitting ones only
+
+
+def test_statistics_and_detectors_are_fitted_on_the_fitting_rows_only():
+    values = normal_values(600)
+    values[:, 3] = 70.0 + np.random.default_rng(3).normal(0, 1, 600)  # noise: never slow
+    values[500:, 3] += 100.0  # inside the training rows, but in the held-out tail
+    result = train([recording(values)], dataclasses.replace(TINY, epochs=1))
+    artifact = result.artifact
+    assert abs(artifact.standardizer.mean[3] - 70.0) < 0.5
+    assert artifact.standardizer.scale[3] < 2.0  # fitted on the shifted rows: about 40
+    # the shifted rows are unseen by every fit, so calibration meets them as a level shift
+    assert artifact.references["level"] > 50
+
+
+def test_labelled_windows_stay_out_of_the_normal_fit_and_train_to_reconstruct_badly():
+    values = normal_values(600)
+    labels = np.zeros(600, dtype=bool)
+    values[200:260, 1] += 0.5  # a known fault inside the training rows
+    labels[200:260] = True
+    known = dataclasses.replace(recording(values), labels=labels)
+    config = dataclasses.replace(TINY, epochs=4, detectors=("autoencoder",))
+    with_labels = train([known], dataclasses.replace(config, anomaly_weight=1.0))
+    assert with_labels.windows_labelled == 60 + config.window - 1
+    assert with_labels.windows_train + with_labels.windows_holdout < 591 - 60
+    faulty = sliding_windows(values[200:260], config.window)
+    without = train([known], config)
+    pushed = Scorer(with_labels.artifact).detector_scores(faulty)["autoencoder"].mean()
+    plain = Scorer(without.artifact).detector_scores(faulty)["autoencoder"].mean()
+    assert pushed > plain
 
 
 def test_training_statistics_come_from_the_training_rows_only():
@@ -41,5 +91,5 @@ def test_long_gaps_are_excluded_and_counted():
 
 
 def test_too_few_rows_for_the_window_is_a_clear_error():
-    with pytest.raises(DataError, match="too few windows"):
+    with pytest.raises(DataError, match="too few normal windows"):
         train([recording(normal_values(10))], TINY)

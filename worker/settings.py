@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
     events: EventsMode = Field("episodes", description="episodes or windows")
     # Defaults chosen on SKAB valve1 and TEP with benchmarks/episodes.py (README, Episodes).
-    episode_open_seconds: float = Field(20.0, ge=0)  # anomalous this long before it opens
+    episode_open_seconds: float = Field(30.0, ge=0)  # anomalous this long before it opens
     episode_clear_seconds: float = Field(600.0, ge=0)  # below clear_ratio x threshold this long
     episode_clear_ratio: float = Field(0.8, gt=0, le=1)  # hysteresis under the threshold
     episode_update_seconds: float = Field(60.0, ge=0)  # at most one `updated` per this
