@@ -179,6 +179,7 @@ def train(
         "windows_train": len(split.fit),
         "windows_stopping": len(split.stop),
         "windows_reference": len(split.reference),
+        "windows_purged": split.purged,
         "windows_labelled": len(split.labelled),
         "epochs": len(losses),
         "seed": config.seed,

@@ -710,6 +710,7 @@ def worker_metrics(bootstrap, make_topic, tiny_model_path, tmp_path: Path) -> It
         control_topic=make_topic("control"),
         shadow_model_path=tiny_model_path,  # the live model as its own candidate: agreement 1
         shadow_topic=make_topic("shadow"),
+        episode_open_seconds=20,
         episode_clear_seconds=5,
         group_id=unique("group"),
         metrics_port=port,
