@@ -154,8 +154,8 @@ def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--loop", action="store_true", help="start over at the end, until stopped")
     p.add_argument("--limit", type=_positive, default=None, help="stop after N windows")
     p.add_argument("--from-topic", default=None, help="copy a range of this topic instead")
-    p.add_argument("--from-offset", type=int, default=None, help="first offset, each partition")
-    p.add_argument("--to-offset", type=int, default=None, help="end offset (exclusive)")
+    p.add_argument("--from-offset", type=_offset, default=None, help="first offset, each partition")
+    p.add_argument("--to-offset", type=_offset, default=None, help="end offset (exclusive)")
     p.add_argument("--since", default=None, help="e.g. 2h, 30m or an RFC 3339 time")
     p.add_argument("--until", default=None, help="e.g. 1h or an RFC 3339 time")
     _add_data_options(p)
@@ -204,8 +204,10 @@ def _add_training_topic(p: argparse.ArgumentParser) -> None:
     topic.add_argument("--from-topic", default=None, metavar="TOPIC", help="its windows")
     topic.add_argument("--since", default=None, help="e.g. 24h, 30m or an RFC 3339 time")
     topic.add_argument("--until", default=None, help="e.g. 1h or a time (default: now)")
-    topic.add_argument("--from-offset", type=int, default=None, help="first offset, each partition")
-    topic.add_argument("--to-offset", type=int, default=None, help="end offset (exclusive)")
+    topic.add_argument(
+        "--from-offset", type=_offset, default=None, help="first offset, each partition"
+    )
+    topic.add_argument("--to-offset", type=_offset, default=None, help="end offset (exclusive)")
     topic.add_argument(
         "--exclude-episodes",
         action="store_true",
@@ -264,6 +266,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _offset(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an offset, 0 or more, got {text}")
     return value
 
 

@@ -128,25 +128,32 @@ def read_topic(
             raise BrokerError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
-        _seek(consumer, assigned, span)
-        yield from _until_end(consumer, assigned, span, progress)
+        empty = _seek(consumer, assigned, span)
+        yield from _until_end(consumer, assigned, span, progress, empty)
     except KafkaError as exc:
         raise BrokerError(f"cannot read topic {topic}: {exc}") from exc
     finally:
         consumer.close(autocommit=False)
 
 
-def _seek(consumer: KafkaConsumer, assigned: list[TopicPartition], span: TopicRange) -> None:
+def _seek(
+    consumer: KafkaConsumer, assigned: list[TopicPartition], span: TopicRange
+) -> set[TopicPartition]:
+    """Each partition at its first offset to read; returns those with nothing since `--since`."""
     for tp in assigned:
         if span.from_offset is not None:
             consumer.seek(tp, span.from_offset)
         else:
             consumer.seek_to_beginning(tp)
+    empty: set[TopicPartition] = set()
     if span.since is not None:  # a broker's time index may start too early: records filter too
         stamp = int(span.since.timestamp() * 1000)
         for tp, found in consumer.offsets_for_times({tp: stamp for tp in assigned}).items():
-            if found is not None:
+            if found is None:
+                empty.add(tp)  # every record is older: read none of them
+            else:
                 consumer.seek(tp, max(found.offset, span.from_offset or 0))
+    return empty
 
 
 def _until_end(
@@ -154,11 +161,14 @@ def _until_end(
     assigned: list[TopicPartition],
     span: TopicRange,
     progress: Callable[[int], None] | None,
+    empty: set[TopicPartition],
 ) -> Iterator[Any]:
     """Until each partition is past the span or at its end (a fetch's high watermark)."""
     since = span.since.timestamp() * 1000 if span.since else -math.inf
     until = span.until.timestamp() * 1000 if span.until else math.inf
-    done: set[TopicPartition] = set()
+    done = set(empty)
+    if empty:
+        consumer.pause(*empty)
     last = time.monotonic()
     while len(done) < len(assigned):
         for tp, batch in consumer.poll(timeout_ms=200).items():
@@ -178,7 +188,24 @@ def _until_end(
             if tp not in done and high is not None and consumer.position(tp) >= high:
                 done.add(tp)
         if time.monotonic() - last > IDLE:
-            break  # nothing arrives and no end is known: take what was read
+            _check_ends(consumer, [tp for tp in assigned if tp not in done])
+            break  # nothing arrives, and every partition is at its end
+
+
+def _check_ends(consumer: KafkaConsumer, waiting: list[TopicPartition]) -> None:
+    """BrokerError naming the partitions that hold more than was read: never train on a part
+    of the range without saying so."""
+    ends = consumer.end_offsets(waiting) if waiting else {}
+    short = [
+        f"{tp.partition} (at {consumer.position(tp)} of {ends[tp]})"
+        for tp in waiting
+        if consumer.position(tp) < ends[tp]
+    ]
+    if short:
+        raise BrokerError(
+            f"{waiting[0].topic}: no records for {IDLE:g} s from partitions {', '.join(short)}; "
+            "the broker is slow or unavailable, try again"
+        )
 
 
 def collect(records: Iterator[Any], patterns: Sequence[str]) -> Collected:

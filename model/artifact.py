@@ -236,6 +236,8 @@ def _check_tensors(path: Path, tensors: dict) -> None:
     """Plain tensors whose data is in the file: a stride-0 view of one number can declare
     gigabytes, which checksumming or scoring would then allocate."""
     for name, tensor in tensors.items():
+        if not isinstance(name, str):
+            raise ArtifactError(f"{path}: model file entry {printable(name)[:40]} is not named")
         if not isinstance(tensor, torch.Tensor):
             raise ArtifactError(f"{path}: model file entry {name!r} is not a tensor")
         plain = tensor.layout == torch.strided and tensor.device.type == "cpu"
@@ -333,7 +335,7 @@ def _score_quantiles(tensor: torch.Tensor) -> np.ndarray:
 def _checksum(meta: str, tensors: dict[str, torch.Tensor]) -> str:
     """Over meta and, per tensor, a header (name, dtype, shape, size) then its bytes: the same
     bytes read as another dtype or shape are another model."""
-    digest = hashlib.sha256(meta.encode())
+    digest = hashlib.sha256(meta.encode("utf-8", "surrogatepass"))  # any str a file can hold
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         data = tensor.numpy().tobytes()

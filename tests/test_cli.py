@@ -284,3 +284,18 @@ def test_train_takes_files_or_a_topic_and_says_which_flag_is_out_of_place(
     args = [str(data) if a == "DATA" else a for a in args]
     code, _, err = run_cli(capsys, "train", *args, "--out", tmp_path / "m.fwm", "--quiet")
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--from-topic", "t", "--out", "m.fwm"],
+        ["replay", "--topic", "t", "--from-topic", "s"],
+    ],
+    ids=["train", "replay"],
+)
+@pytest.mark.parametrize("flag", ["--from-offset", "--to-offset"])
+def test_a_negative_offset_is_a_usage_error_before_any_broker_is_asked(capsys, command, flag):
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, flag, "-1"])
+    assert stopped.value.code == 2 and "must be an offset, 0 or more" in capsys.readouterr().err

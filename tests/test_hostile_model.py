@@ -547,3 +547,19 @@ def test_every_fitted_detector_travels_in_the_file(name, tmp_path):
     expected = Scorer(artifact_io.load(path)).detector_scores(windows)[name]
     np.testing.assert_array_equal(loaded.detector_scores(windows)[name], expected)
     assert [d.name for d in loaded.detectors][-1] == name
+
+
+def _unnamed_tensor(payload: dict) -> None:
+    payload["tensors"][7] = torch.zeros(1)  # names are sorted for the checksum: 7 < "a" fails
+
+
+def _lone_surrogate(payload: dict) -> None:
+    payload["meta"] += "\ud800"  # a str pickle holds but UTF-8 cannot encode
+
+
+@pytest.mark.parametrize("change", [_unnamed_tensor, _lone_surrogate], ids=lambda f: f.__name__)
+def test_a_payload_the_checksum_cannot_read_is_refused_not_raised(model, change):
+    payload = torch.load(model, weights_only=True)
+    change(payload)
+    torch.save(payload, model)
+    refused(model)

@@ -11,6 +11,7 @@ import pytest
 
 from model.scoring import Scorer
 from tests.synthetic import tiny_model
+from worker import routing
 from worker.drift import ScoreDrift
 from worker.errors import ModelError
 from worker.routing import Routes, Served, overlap, rank
@@ -23,10 +24,11 @@ def served(name: str, *patterns: str) -> Served:
 
 
 def test_ranks_order_patterns_from_the_most_specific():
-    ordered = ["pump-7", "pump-1?", "pump-*", "p*", "*"]
+    ordered = ["pump-1?", "pump-??", "pump-?*", "pump-*", "p*", "*"]
     assert sorted(ordered, key=rank, reverse=True) == ordered
-    assert rank("pump-[12]") == rank("pump-?") == rank("pump-*") == (5, -1)
-    assert rank("**") == rank("*")  # the same language, the same rank
+    assert rank("pump-[12]") == rank("pump-?") == (5, 0, 1)
+    assert rank("**") == rank("*") == (0, -1, 0)  # the same language, the same rank
+    assert rank("??????") > rank("*")  # six characters exactly, inside anything
 
 
 @pytest.mark.parametrize(
@@ -73,10 +75,32 @@ def test_the_most_specific_pattern_wins_and_no_match_is_none():
 
 def test_equal_matches_from_two_files_are_refused_naming_both():
     with pytest.raises(ModelError) as refused:
-        Routes([served("a", "pump-*"), served("b", "pump-?", "press-*")])
+        Routes([served("a", "pump-[0-9]"), served("b", "pump-?", "press-*")])
     message = str(refused.value)
     assert "/models/a.fwm" in message and "/models/b.fwm" in message and "ambiguous" in message
-    Routes([served("a", "pump-*"), served("b", "press-?")])  # equal ranks, no common id: fine
+    Routes([served("a", "pump-*"), served("b", "press-*")])  # equal ranks, no common id: fine
+    Routes([served("a", "pump-*"), served("b", "pump-?")])  # pump-? is narrower: it wins
+    with pytest.raises(ModelError):
+        Routes([served("a", "pump-7", "pump-8"), served("b", "pump-9", "pump-7")])
+
+
+def test_a_narrower_pattern_wins_over_a_broader_one_of_as_many_literals():
+    routes = Routes([served("any", "pump-*"), served("two", "pump-??"), served("all", "*")])
+    assert [routes.served(m).name for m in ("pump-12", "pump-1", "pump-123", "x")] == [
+        "two",
+        "any",
+        "any",
+        "all",
+    ]
+
+
+def test_plain_ids_are_compared_as_strings_not_pattern_by_pattern(monkeypatch):
+    # 1000 ids a model (the most a file holds) against 1000: pairwise overlaps took 85 s.
+    compared = []
+    monkeypatch.setattr(routing, "overlap", lambda a, b: compared.append((a, b)) or False)
+    ids = [f"pump-{i:04d}" for i in range(2000)]  # one length: one rank
+    Routes([served("a", *ids[:1000], "pump-*"), served("b", *ids[1000:], "pres-*")])
+    assert compared == [("pump-*", "pres-*")]  # only the patterns of one rank with wildcards
 
 
 def test_a_single_file_serves_every_machine_whatever_its_patterns():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
@@ -50,3 +51,25 @@ def test_records_without_a_key_still_spread_over_partitions(bootstrap, make_topi
     topic = make_topic("dlq", 4)
     publish(bootstrap, [Output(topic, None, b"x") for _ in range(200)])
     assert len({r.partition for r in read_topic(bootstrap, topic)}) > 1
+
+
+@pytest.mark.parametrize(("pause", "sent"), [(60.0, 0), (0.0, 1)], ids=["paused", "no-pause"])
+def test_a_shadow_topic_that_refuses_a_record_is_left_alone_for_a_while(
+    bootstrap, make_topic, caplog, pause, sent
+):
+    # A shadow topic that cannot take records would otherwise cost every batch its first
+    # send's wait (max_block_ms when the topic is unreachable): after one failure, a pause.
+    live, shadow = make_topic("events"), make_topic("shadow")
+    too_big = Output(shadow, b"pump-1", b"x" * (2**20 + 1), best_effort=True)  # refused at send
+    shadow_record = Output(shadow, b"pump-1", b"{}", best_effort=True)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **producer_options(2**20))
+    publisher = Publisher(producer, best_effort_pause=pause)
+    try:
+        assert publisher.publish([Output(live, b"pump-1", b"{}"), too_big, shadow_record]) == 2
+        assert publisher.publish([Output(live, b"pump-1", b"{}"), shadow_record]) == 1 - sent
+    finally:
+        publisher.close()
+    assert len(read_topic(bootstrap, shadow)) == sent  # paused: dropped and counted, not sent
+    assert len(read_topic(bootstrap, live)) == 2  # every live record, whatever shadows did
+    warnings = [r for r in caplog.records if "shadow record not sent" in r.getMessage()]
+    assert len(warnings) == 1

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.artifact import printable
 from model.errors import FaultwatchError
 from model.scoring import Scorer
 from worker.drift import ScoreDrift
@@ -139,6 +140,10 @@ class ModelStore:
         except FaultwatchError as exc:  # ArtifactError: truncated, corrupt, another format...
             self._bad[path] = signature
             failures.append(str(exc))
+            return None
+        except Exception as exc:  # a check the loader lacks must not end the worker
+            self._bad[path] = signature
+            failures.append(f"{path}: refused ({type(exc).__name__}: {printable(exc)[:200]})")
             return None
         self._bad.pop(path, None)
         previous = self._serving.get(path)

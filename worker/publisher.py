@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ PRODUCER_OPTIONS: dict[str, Any] = {
 }
 FLUSH_TIMEOUT = 130.0  # seconds: a little over delivery_timeout_ms, so every send settles
 CLOSE_TIMEOUT = 10.0  # seconds to send what is left when the worker stops
+BEST_EFFORT_PAUSE = 60.0  # seconds without shadow records after one was not sent or refused
 
 
 def producer_options(max_request_bytes: int) -> dict[str, Any]:
@@ -75,23 +77,40 @@ class KeyPartitioner(DefaultPartitioner):
 class Publisher:
     """Publishes outputs; returns only when all are acknowledged, else raises PublishError."""
 
-    def __init__(self, producer: KafkaProducer, flush_timeout: float = FLUSH_TIMEOUT) -> None:
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        flush_timeout: float = FLUSH_TIMEOUT,
+        best_effort_pause: float = BEST_EFFORT_PAUSE,
+    ) -> None:
         self.producer = producer
         self.flush_timeout = flush_timeout
+        self.best_effort_pause = best_effort_pause
+        self._best_effort_from = 0.0  # monotonic time from which shadow records are sent again
 
     def publish(self, outputs: Sequence[Output]) -> int:
         """Send everything, flush, then check each acknowledgement. Returns how many best-effort
-        outputs (shadow score records) were not acknowledged: those never fail the batch."""
+        outputs (shadow score records) were not acknowledged: those never fail the batch.
+
+        A shadow topic that cannot be reached would block each batch's first send for
+        max_block_ms, so after one failure shadow records are dropped (counted) for a pause."""
         futures, lost = [], 0
+        paused = time.monotonic() < self._best_effort_from
         for output in outputs:
             if output.best_effort:
-                if lost:  # its topic refused one already: the batch goes on without the rest
+                if lost or paused:  # its topic refused one already: go on without the rest
                     lost += 1
                     continue
                 try:
                     futures.append((output, self._send(output)))
                 except PublishError as exc:
-                    log.warning("shadow record not sent topic=%s error=%s", output.topic, exc)
+                    log.warning(
+                        "shadow record not sent, shadow records off for %g s topic=%s error=%s",
+                        self.best_effort_pause,
+                        output.topic,
+                        exc,
+                    )
+                    self._pause_best_effort()
                     lost += 1
             else:
                 futures.append((output, self._send(output)))
@@ -102,6 +121,7 @@ class Publisher:
         for output, future in futures:
             if output.best_effort and (not future.is_done or future.failed()):
                 lost += 1
+                self._pause_best_effort()
                 continue
             if not future.is_done:
                 raise PublishError(f"no acknowledgement from {output.topic}", retriable=True)
@@ -112,6 +132,9 @@ class Publisher:
                     retriable=future.retriable(),
                 ) from exc
         return lost
+
+    def _pause_best_effort(self) -> None:
+        self._best_effort_from = time.monotonic() + self.best_effort_pause
 
     def _send(self, output: Output):
         try:

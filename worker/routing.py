@@ -1,13 +1,15 @@
 """Which model serves a machine: the models' machine-id patterns, the most specific one winning.
 
-A pattern's rank is (literal characters, -wildcards), where `*`, `?` and a `[...]` set are
-wildcards and every other character is a literal; the higher rank is the more specific. A
-machine goes to the model of the highest-ranked pattern that matches its id: `pump-7` (6, 0)
-before `pump-1?` (6, -1) before `pump-*` (5, -1) before `p*` (1, -1) before `*` (0, -1).
-Two models whose patterns have equal ranks and can match one same machine id (`pump-?` and
-`pump-*` both match `pump-1`; two `*`) are ambiguous: refused when the models are loaded,
-naming both files, never decided record by record. A model file given alone serves every
-machine, whatever its patterns.
+A pattern's rank is (literal characters, -`*` wildcards, single-character wildcards), where `?`
+and a `[...]` set match one character and every other character is a literal; the higher rank
+is the more specific. Each key only decides between patterns that can match one same id: one
+more literal or one `*` fewer narrows a pattern, and with equal literals and `*`, more
+single-character tokens demand a longer id (`p*?` inside `p*`). A machine goes to the model of
+the highest-ranked pattern that matches its id: `pump-1?` before `pump-??` before `pump-*`
+before `p*` before `*`. Two models whose patterns have equal ranks and can match one same
+machine id (`pump-?` and `pump-[0-9]` both match `pump-1`; two `*`) are ambiguous: refused
+when the models are loaded, naming both files, never decided record by record. A model file
+given alone serves every machine, whatever its patterns.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from model.scoring import Scorer
 from worker.drift import ScoreDrift
 from worker.errors import ModelError
 
-Rank = tuple[int, int]
+Rank = tuple[int, int, int]
 MAX_CACHED = 100_000  # machine ids remembered; then start over: bounded memory whatever the ids
 STAR = None  # a `*` token; any other token is a set of characters (CharSet)
 
@@ -99,22 +101,37 @@ class Routes:
 
 
 def rank(pattern: str) -> Rank:
-    """(literal characters, -wildcards): the higher, the more specific."""
+    """(literal characters, -`*` wildcards, single-character wildcards): higher, more specific."""
     tokens = parse(pattern)
+    stars = sum(1 for t in tokens if t is STAR)
     literals = sum(1 for t in tokens if t is not STAR and t.literal)
-    return literals, literals - len(tokens)
+    return literals, -stars, len(tokens) - stars - literals
 
 
 def check_unambiguous(models: Sequence[Served]) -> None:
     """ModelError naming both files when two models could serve one machine id equally."""
-    for a, b in combinations(models, 2):
-        for pa in a.patterns:
-            for pb in b.patterns:
-                if rank(pa) == rank(pb) and overlap(pa, pb):
-                    raise ModelError(
-                        f"ambiguous models: {a.path} ({pa!r}) and {b.path} ({pb!r}) are equally "
-                        "specific for some machine ids; make one pattern more specific"
-                    )
+    by_rank: dict[Rank, list[tuple[Served, str]]] = {}
+    for served in models:
+        for pattern in dict.fromkeys(served.patterns):
+            by_rank.setdefault(rank(pattern), []).append((served, pattern))
+    for (_, stars, singles), entries in by_rank.items():
+        if stars == singles == 0:  # plain ids: they meet only when equal (a dictionary, not n^2)
+            first: dict[str, Served] = {}
+            for served, pattern in entries:
+                other = first.setdefault(pattern, served)
+                if other is not served:
+                    _ambiguous(other, pattern, served, pattern)
+            continue
+        for (a, pa), (b, pb) in combinations(entries, 2):
+            if a is not b and overlap(pa, pb):
+                _ambiguous(a, pa, b, pb)
+
+
+def _ambiguous(a: Served, pa: str, b: Served, pb: str) -> None:
+    raise ModelError(
+        f"ambiguous models: {a.path} ({pa!r}) and {b.path} ({pb!r}) are equally specific for "
+        "some machine ids; make one pattern more specific"
+    )
 
 
 # --- glob patterns as tokens, and whether two of them can match one same string

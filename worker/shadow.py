@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 60.0  # seconds between two log lines of the same failing candidate
+MAX_MESSAGES = 1000  # distinct messages remembered for LOG_EVERY
 
 
 class Shadow:
@@ -116,6 +117,8 @@ class Shadow:
     def _say(self, message: str) -> None:
         now = time.monotonic()
         if now - self._said.get(message, -LOG_EVERY) >= LOG_EVERY:
+            if len(self._said) >= MAX_MESSAGES:  # messages vary with errors: bounded memory
+                self._said.clear()
             self._said[message] = now
             log.warning(message)
 
