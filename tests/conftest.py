@@ -11,6 +11,7 @@ import pytest
 from demo.broker import EmbeddedBroker, create_topics
 from model import artifact as artifact_io
 from model.recording import read_recording
+from model.scoring import Scorer
 from model.training import TrainConfig, train
 from tests.helpers import unique
 from tests.synthetic import tiny_model
@@ -62,6 +63,12 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny.fwm"
     artifact_io.save(tiny_model().artifact, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(tiny_model_path: Path) -> Scorer:
+    """That model loaded, as the worker loads it (shared: scoring does not change it)."""
+    return Scorer.load(tiny_model_path)
 
 
 @pytest.fixture(scope="session")

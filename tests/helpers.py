@@ -23,6 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_GROUP = {"FAULTWATCH_SESSION_TIMEOUT_MS": "6000", "FAULTWATCH_HEARTBEAT_INTERVAL_MS": "1000"}
 
 
+@dataclass(frozen=True)
+class Record:
+    """A consumed record as the pipeline sees it."""
+
+    offset: int
+    value: bytes | None
+    key: bytes | None = b"pump-1"
+    topic: str = "windows"
+    partition: int = 3  # not 0: a partition number dropped on the way shows
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 
 import pytest
 
 from model.episodes import EpisodeConfig
 from model.scoring import Scorer
-from tests.helpers import synthetic_values
+from tests.helpers import Record, synthetic_values
 from worker.control import MuteTable
 from worker.pipeline import Episodes, Pipeline, Topics
 from worker.routing import Routes
@@ -21,18 +20,9 @@ CONFIG = EpisodeConfig(
 )
 
 
-@dataclass(frozen=True)
-class Record:
-    offset: int
-    value: bytes | None
-    key: bytes | None = b"pump-1"
-    topic: str = "windows"
-    partition: int = 2
-
-
 @pytest.fixture(scope="module")
-def scorer(tiny_model_path) -> Scorer:
-    return Scorer.load(tiny_model_path)
+def scorer(tiny_scorer: Scorer) -> Scorer:
+    return tiny_scorer
 
 
 class Changelog:
@@ -100,7 +90,7 @@ def test_state_records_go_to_the_input_partition_keyed_by_machine(scorer):
     log = Changelog()
     outputs = run(make(scorer, log), stream(scorer)[:8], [8], log)
     state = [o for o in outputs if o.topic == "state"]
-    assert {o.partition for o in state} == {2}
+    assert {o.partition for o in state} == {3}
     assert [o.key for o in state] == [b"pump-1", CLOCK_KEY]
     saved = json.loads(state[0].value)
     assert saved["through"] == 8 and saved["previous"] is None
@@ -139,9 +129,9 @@ def test_state_of_another_group_is_ignored(scorer):
     log = Changelog()
     run(make(scorer, log), records[:8], [8], log)  # open at offset 8
     other = EpisodeState(CONFIG, "windows", "another-group", log)
-    assert other.tracker(2, 8).episodes == {}
+    assert other.tracker(3, 8).episodes == {}
     same = EpisodeState(CONFIG, "windows", "group", log)
-    assert list(same.tracker(2, 8).episodes) == ["pump-1"]
+    assert list(same.tracker(3, 8).episodes) == ["pump-1"]
 
 
 def test_a_muted_machine_is_scored_but_opens_nothing(scorer):
@@ -193,5 +183,5 @@ def test_an_open_episode_carries_on_across_a_model_change_and_names_both_version
     assert set(closed["detectors"]) == set(scorer.detector_names)  # ratios at the peak
     assert closed["detectors"][closed["detector"]] == closed["peak_score"]
     # A worker restoring as of offset 11 (still open then) knows both: they are in the state.
-    restored = EpisodeState(CONFIG, "windows", "group", log).tracker(2, 11)
+    restored = EpisodeState(CONFIG, "windows", "group", log).tracker(3, 11)
     assert restored.episodes["pump-1"].versions == [scorer.version, retrained.version]

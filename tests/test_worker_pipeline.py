@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.scoring import Scorer
-from tests.helpers import synthetic_values, window_value
+from tests.helpers import Record, synthetic_values, window_value
 from tests.synthetic import normal_values, press_model, press_values, tiny_model
 from worker.drift import ScoreDrift
 from worker.pipeline import Pipeline, Topics, event_id
 from worker.routing import Routes, Served
 
 
-@dataclass(frozen=True)
-class Record:
-    """A consumed record as the pipeline sees it."""
-
-    offset: int
-    value: bytes | None
-    key: bytes | None = b"pump-1"
-    topic: str = "windows"
-    partition: int = 3
-
-
 @pytest.fixture(scope="module")
-def scorer(tiny_model_path) -> Scorer:
-    return Scorer.load(tiny_model_path)
+def scorer(tiny_scorer: Scorer) -> Scorer:
+    return tiny_scorer
 
 
 def pipeline(scorer: Scorer, scores_topic: str | None = "scores") -> Pipeline:

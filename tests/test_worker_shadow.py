@@ -5,30 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from dataclasses import dataclass
 
 import pytest
 
 from model.scoring import Scorer
-from tests.helpers import synthetic_values
+from tests.helpers import Record, synthetic_values
 from tests.synthetic import press_model
 from worker.pipeline import Pipeline, Topics
 from worker.routing import Routes
 from worker.shadow import Shadow
 
 
-@dataclass(frozen=True)
-class Record:
-    offset: int
-    value: bytes | None
-    key: bytes | None = b"pump-1"
-    topic: str = "windows"
-    partition: int = 0
-
-
 @pytest.fixture(scope="module")
-def scorer(tiny_model_path) -> Scorer:
-    return Scorer.load(tiny_model_path)
+def scorer(tiny_scorer: Scorer) -> Scorer:
+    return tiny_scorer
 
 
 class Broken(Scorer):
