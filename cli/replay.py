@@ -203,15 +203,23 @@ def copy_topic(
         consumer_timeout_ms=int(idle * 1000),
     )
     try:
-        partitions = consumer.partitions_for_topic(source)
-        if not partitions:
-            raise BrokerError(f"topic {source!r} does not exist on {settings.bootstrap_servers}")
-        assigned = [TopicPartition(source, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
+        assigned = assign_every_partition(consumer, source, settings)
         _seek_start(consumer, assigned, span)
         return _copy(consumer, assigned, target, span, producer, progress)
     finally:
         consumer.close()
+
+
+def assign_every_partition(
+    consumer: KafkaConsumer, topic: str, settings: Settings
+) -> list[TopicPartition]:
+    """Every partition of `topic` assigned to a consumer without a group, in order."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise BrokerError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    return assigned
 
 
 def _seek_start(consumer: KafkaConsumer, assigned: list[TopicPartition], span: TopicRange) -> None:

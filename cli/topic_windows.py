@@ -37,7 +37,7 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from cli.progress import Progress
-from cli.replay import TopicRange, moment
+from cli.replay import TopicRange, assign_every_partition, moment
 from model.errors import DataError
 from model.recording import Recording, format_time, to_rfc3339
 from worker import settings as settings_io
@@ -123,11 +123,7 @@ def read_topic(
     except (KafkaError, OSError) as exc:
         raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise BrokerError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
+        assigned = assign_every_partition(consumer, topic, settings)
         empty = _seek(consumer, assigned, span)
         yield from _until_end(consumer, assigned, span, progress, empty)
     except KafkaError as exc:
