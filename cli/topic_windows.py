@@ -211,7 +211,7 @@ def collect(records: Iterator[Any], patterns: Sequence[str]) -> Collected:
         found.records += 1
         try:
             message = WindowMessage.model_validate_json(record.value or b"")
-            end = datetime.fromisoformat(to_rfc3339(_stamp(message.timestamp))).timestamp()
+            end = _seconds(message.timestamp)
             values = np.array(message.values, dtype=np.float64)
         except (ValidationError, DataError, ValueError):
             found.skipped["not contract windows"] += 1

@@ -37,11 +37,11 @@ class FailingPublisher(Publisher):
         super().__init__(producer)
         self.failures, self.retriable, self.calls = failures, retriable, 0
 
-    def publish(self, outputs) -> None:
+    def publish(self, outputs) -> int:
         self.calls += 1
         if self.calls <= self.failures:
             raise PublishError("broker hiccup", retriable=self.retriable)
-        super().publish(outputs)
+        return super().publish(outputs)
 
 
 class SlowPublisher(Publisher):
@@ -51,11 +51,12 @@ class SlowPublisher(Publisher):
         super().__init__(producer)
         self.seconds, self.calls = seconds, 0
 
-    def publish(self, outputs) -> None:
+    def publish(self, outputs) -> int:
         self.calls += 1
-        super().publish(outputs)
+        lost = super().publish(outputs)
         if self.calls == 1:
             time.sleep(self.seconds)  # the group rebalances without this member meanwhile
+        return lost
 
 
 class RefusingConsumer(KafkaConsumer):

@@ -176,7 +176,7 @@ class Loop:
         self.metrics.batch_committed(result.models, result.dead_letters, seconds)
         self.metrics.episodes_committed(result.episodes)
         self.metrics.shadow_committed(result.shadow)
-        self.metrics.shadow_failures.inc(result.shadow_failures + (lost or 0))
+        self.metrics.shadow_failures.inc(result.shadow_failures + lost)
         self.totals.add(len(result.scores), result.anomalies, result.dead_letters.total(), seconds)
         if self._retry:
             log.info("batch retry succeeded after=%d failures", self._failures)

@@ -24,7 +24,7 @@ from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seco
 from model.scoring import Scorer, Scores
 from worker.control import MuteTable
 from worker.messages import Decoded, Decoder, Invalid, Origin
-from worker.outputs import Output, json_bytes
+from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
 from worker.state import EpisodeState
 
@@ -144,12 +144,6 @@ class Pipeline:
         else:
             shapes = [(m.scorer.window, m.scorer.channels) for m in models.models]
             self.decoder = Decoder.routed(shapes, models.route, self.max_record_bytes)
-
-    @property
-    def scorer(self) -> Scorer:
-        """The one model of a single-model pipeline."""
-        (served,) = self.models.models
-        return served.scorer
 
     def process(self, records: Sequence[Record]) -> BatchResult:
         """Every record of the batch ends as a score (and maybe an event) or a dead letter."""
@@ -284,7 +278,7 @@ class Pipeline:
             i, origin = decoded.valid[j]
             record = records[i]
             tracker: Tracker = trackers[record.partition]
-            source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+            source = source_of(record)
             timestamp, score, slot, k = origin.timestamp, values[j], slots[j], rows[j]
             threshold, channels, model_version, share, detectors = about[slot]
             if timestamp != stamp:
@@ -315,7 +309,8 @@ class Pipeline:
         counts = EpisodeCounts()
         for event in events:
             self._stamp(event)
-            outputs.append(Output(self.topics.events, event["machine_id"].encode(), _json(event)))
+            key = event["machine_id"].encode()
+            outputs.append(Output(self.topics.events, key, json_bytes(event)))
             if event["kind"] == "opened":
                 counts.opened += 1
             elif event["kind"] == "closed":
@@ -356,9 +351,9 @@ class Pipeline:
                 "top_channels": scores.top_channels(j, scorer.channels, self.top_channels),
                 "detector": scores.detector(j),
                 "detectors": window_ratios(scores, j),
-                "source": _source(record),
+                "source": source_of(record),
             }
-            outputs.append(Output(self.topics.events, _key(record, origin), _json(event)))
+            outputs.append(Output(self.topics.events, _key(record, origin), json_bytes(event)))
         if self.topics.scores:
             outputs.append(self._score_record(record, origin, served, scores, j))
         return outputs
@@ -375,9 +370,9 @@ class Pipeline:
             "model_version": served.version,
             "detector": scores.detector(j),
             "detectors": window_ratios(scores, j),
-            "source": _source(record),
+            "source": source_of(record),
         }
-        return Output(self.topics.scores or "", _key(record, origin), _json(score))
+        return Output(self.topics.scores or "", _key(record, origin), json_bytes(score))
 
     def _dead_letter(self, record: Record, problem: Invalid) -> Output:
         """The original key and value, unchanged, with the reason and the source as headers."""
@@ -401,14 +396,7 @@ class Pipeline:
         return Output(self.topics.dlq, record.key, value, headers)
 
 
-_json = json_bytes
 DEFAULT_DETECTOR = "autoencoder"
-
-
-def window_ratios(scores: Scores, j: int) -> dict[str, float]:
-    """Each detector's ratio to its reference for window j (Scores.detector_ratios, faster)."""
-    assert scores.ratios is not None
-    return dict(zip(scores.detectors, scores.ratios[j].tolist(), strict=True))
 
 
 def _ratios_of(scores: Scores, j: int) -> Ratios:
@@ -425,10 +413,6 @@ def _keyed(decoded: Decoded, records: Sequence[Record]) -> Decoded:
             message = f"key {key[:100]!r} is not the machine_id {origin.machine_id[:100]!r}"
             problems[j] = Invalid("key_mismatch", message)
     return decoded.drop(problems)
-
-
-def _source(record: Record) -> dict:
-    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 def _key(record: Record, origin: Origin) -> bytes:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from worker.messages import Decoded
-from worker.outputs import Output, json_bytes
+from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
 
 if TYPE_CHECKING:
@@ -50,8 +50,6 @@ class Shadow:
         finite: np.ndarray,
     ) -> tuple[list[Output], Counter[tuple[str, bool, bool]]]:
         """The candidates' score records of the batch, and (candidate, live, candidate) counts."""
-        from worker.pipeline import window_ratios  # the same fields as the live score records
-
         outputs: list[Output] = []
         counts: Counter[tuple[str, bool, bool]] = Counter()
         if not self.routes.models:
@@ -87,11 +85,7 @@ class Shadow:
                             "threshold": served.scorer.threshold,
                             "anomaly": live_flagged,
                         },
-                        "source": {
-                            "topic": records[i].topic,
-                            "partition": records[i].partition,
-                            "offset": records[i].offset,
-                        },
+                        "source": source_of(records[i]),
                     }
                     key = origin.machine_id.encode()
                     outputs.append(Output(self.topic, key, json_bytes(document), best_effort=True))
