@@ -191,7 +191,9 @@ def _until_end(
 def _check_ends(consumer: KafkaConsumer, waiting: list[TopicPartition]) -> None:
     """BrokerError naming the partitions that hold more than was read: never train on a part
     of the range without saying so."""
-    ends = consumer.end_offsets(waiting) if waiting else {}
+    listed = consumer.end_offsets(waiting) if waiting else {}
+    # end_offsets can be short on some brokers (DESIGN.md); a fetch's high watermark is not.
+    ends = {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in waiting}
     short = [
         f"{tp.partition} (at {consumer.position(tp)} of {ends[tp]})"
         for tp in waiting

@@ -11,6 +11,7 @@ import pytest
 
 from model import artifact as artifact_io
 from model.artifact import Artifact
+from model.scoring import Scorer
 from tests.synthetic import press_model, tiny_model
 from worker.errors import ModelError
 from worker.models import ModelStore
@@ -110,3 +111,21 @@ def test_start_up_refuses_an_empty_directory_an_ambiguous_one_and_a_bad_file(tmp
     (tmp_path / "b.fwm").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="b.fwm"):
         ModelStore(tmp_path).open()
+
+
+def test_a_loader_failure_nobody_foresaw_is_a_refusal_not_a_crash(directory):
+    def load(path: Path) -> Scorer:
+        if (directory / "broken").exists() and path.name == "pump.fwm":
+            raise RuntimeError("a check the loader lacks")
+        return Scorer.load(path)
+
+    store = ModelStore(directory, load)
+    served = store.open().served("pump-1")
+    (directory / "broken").touch()
+    write(directory / "pump.fwm", pump(training={"retrained": True}))
+    refresh = store.refresh()
+    assert refresh.routes is None
+    assert refresh.failures == [
+        f"{directory / 'pump.fwm'}: refused (RuntimeError: a check the loader lacks)"
+    ]
+    assert store.routes.served("pump-1") is served

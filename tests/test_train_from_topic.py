@@ -9,6 +9,7 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from cli import topic_windows
 from cli.main import main
 from model import artifact as artifact_io
 from model.recording import format_time
@@ -111,3 +112,31 @@ def test_windows_inside_episodes_and_mutes_are_left_out(bootstrap, make_topic, t
     slices = ("windows_train", "windows_stopping", "windows_reference", "windows_purged")
     assert sum(training[name] for name in slices) == 511, training
     assert training["files"] == [f"pump-1#{n}" for n in (1, 2, 3)]
+
+
+class StalledConsumer(KafkaConsumer):
+    """A real consumer whose partition 1 never delivers, as behind a broker that stalls."""
+
+    def assign(self, partitions):
+        super().assign(partitions)
+        self.pause(*[tp for tp in partitions if tp.partition == 1])
+
+
+def test_a_partition_left_unread_is_an_error_not_a_model_of_part_of_the_range(
+    bootstrap, make_topic, tmp_path, capsys, monkeypatch
+):
+    topic = make_topic("history", partitions=2)
+    windows = [
+        (m.encode(), window_value(m, T0 + end, normal_values(10, seed=end), channels=CHANNELS), p)
+        for end in range(9, 60)
+        for m, p in (("pump-1", 0), ("pump-2", 1))
+    ]
+    produce(bootstrap, topic, windows)
+    monkeypatch.setattr(topic_windows, "KafkaConsumer", StalledConsumer)
+    monkeypatch.setattr(topic_windows, "IDLE", 2.0)
+    flags = ["--from-topic", topic, "--bootstrap-servers", bootstrap]
+    out = tmp_path / "model.fwm"
+    assert main(["train", *flags, "--out", str(out), *TINY_FLAGS]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{topic}: no records for 2 s from partitions 1 (at 0 of " in err, err
+    assert len(err.splitlines()) == 1 and not out.exists()

@@ -137,13 +137,9 @@ class ModelStore:
             return None
         try:
             scorer = self._load(path)
-        except FaultwatchError as exc:  # ArtifactError: truncated, corrupt, another format...
+        except Exception as exc:  # a check the loader lacks must not end the worker either
             self._bad[path] = signature
-            failures.append(str(exc))
-            return None
-        except Exception as exc:  # a check the loader lacks must not end the worker
-            self._bad[path] = signature
-            failures.append(f"{path}: refused ({type(exc).__name__}: {printable(exc)[:200]})")
+            failures.append(_refusal(path, exc))
             return None
         self._bad.pop(path, None)
         previous = self._serving.get(path)
@@ -154,6 +150,12 @@ class ModelStore:
             served = Served(path.stem, path, scorer, drift)
         self._loaded[path] = Loaded(signature, served)
         return self._loaded[path]
+
+
+def _refusal(path: Path, exc: Exception) -> str:
+    if isinstance(exc, FaultwatchError):  # ArtifactError: truncated, corrupt, another format...
+        return str(exc)
+    return f"{path}: refused ({type(exc).__name__}: {printable(exc)[:200]})"
 
 
 def _models(files: dict[Path, Loaded]) -> dict[Path, Served]:
