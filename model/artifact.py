@@ -57,6 +57,9 @@ class Artifact:
     architecture: str = "dense"
     machines: tuple[str, ...] = machine_patterns.ALL
     training: dict = field(default_factory=dict)
+    # Seconds between two rows of the training data (their median step): the grid readings
+    # are assembled on and the unit of the episode rules. None: the data had no usable times.
+    sampling_interval: float | None = None
 
     @property
     def version(self) -> str:
@@ -81,6 +84,7 @@ class Artifact:
             "layers": networks.layers(self.state),
             "detectors": self._detector_meta(),
             "machines": list(self.machines),
+            "sampling_interval": self.sampling_interval,
             "slow_channels": [
                 c for c, s in zip(self.channels, self.standardizer.slow, strict=True) if s
             ],
@@ -104,6 +108,8 @@ class Artifact:
             "machines": list(self.machines),
             "training": self.training,
         }
+        if self.sampling_interval is not None:  # absent in files trained before it was stored
+            meta["sampling_interval"] = self.sampling_interval
         return json.dumps(meta, sort_keys=True)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -206,6 +212,7 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
         architecture=architecture,
         machines=machine_patterns.check(meta["machines"]),
         training=meta.get("training", {}),
+        sampling_interval=_interval(meta.get("sampling_interval")),
     )
     _check_content(artifact)
     artifact.build()
@@ -321,6 +328,14 @@ def _detectors(
         detectors.append(DETECTORS[name].from_arrays(arrays, channels))
         references[name] = float(reference)
     return tuple(detectors), references
+
+
+def _interval(value: object) -> float | None:
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not (np.isfinite(value) and value > 0):
+        raise ValueError(f"sampling interval {printable(value)[:40]} is not a positive number")
+    return float(value)
 
 
 def _score_quantiles(tensor: torch.Tensor) -> np.ndarray:

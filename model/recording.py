@@ -42,6 +42,16 @@ class Recording:
             self.path, self.timestamps[:rows], self.channels, self.values[:rows], labels
         )
 
+    def interval(self) -> float | None:
+        """Seconds between rows: the median step, robust to a few gaps and repeated times."""
+        try:
+            seconds = np.array([parse_time(t).timestamp() for t in self.timestamps])
+        except DataError:
+            return None
+        steps = np.diff(seconds)
+        steps = steps[steps > 0]
+        return float(np.median(steps)) if len(steps) else None
+
     def windows(
         self, window: int, *, max_gap: int, stride: int = 1, from_row: int = 0
     ) -> tuple[np.ndarray, np.ndarray, int]:

@@ -188,7 +188,9 @@ def train(
         "final_train_loss": losses[-1],
         "best_holdout_mse": min(holdout_mse),
     }
-    artifact = replace(probe, references=references, training=training)
+    intervals = [i for i in (p.interval() for p in parts) if i is not None]
+    interval = float(np.median(intervals)) if intervals else None
+    artifact = replace(probe, references=references, training=training, sampling_interval=interval)
     holdout_scores = Scorer(artifact).score(split.reference).score
     # The model's own score distribution on normal data nothing was fitted or chosen on: the
     # baseline a running worker's recent scores can be compared with (score drift).

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import artifact as artifact_io
 from model.errors import DataError
 from model.preprocessing import sliding_windows
 from model.scoring import Scorer
@@ -93,3 +94,18 @@ def test_long_gaps_are_excluded_and_counted():
 def test_too_few_rows_for_the_window_is_a_clear_error():
     with pytest.raises(DataError, match="too few normal windows"):
         train([recording(normal_values(10))], TINY)
+
+
+def test_the_model_stores_its_sampling_interval_and_a_reload_keeps_it(tmp_path):
+    # The rows' median step: one late row and one repeated time do not move it.
+    rec = recording(normal_values(600))
+    times = [float(t) for t in rec.timestamps]
+    times[100] += 0.7
+    times[200] = times[199]
+    rec = dataclasses.replace(rec, timestamps=[str(t) for t in times])
+    artifact = train([rec], TINY).artifact
+    assert artifact.sampling_interval == pytest.approx(1.0)  # the synthetic rows are 1 s apart
+    artifact_io.save(artifact, tmp_path / "m.fwm")
+    loaded = artifact_io.load(tmp_path / "m.fwm")
+    assert loaded.sampling_interval == artifact.sampling_interval
+    assert loaded.summary()["sampling_interval"] == pytest.approx(1.0)
