@@ -169,6 +169,9 @@ def _consume(
         episodes = None
         if settings.events == "episodes":
             episodes, readers = episode_stage(settings)
+            episodes.state.on_skip = lambda reason, n: metrics.state_records_skipped.labels(
+                reason
+            ).inc(n)
             metrics.muted_machines.set_function(lambda: len(episodes.mutes.active()))
             metrics.episodes_open.set_function(lambda: episodes.state.open_now)
         pipeline = pipeline_for(live, settings, episodes, shadow)
