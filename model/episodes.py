@@ -265,11 +265,15 @@ class Tracker:
         return events
 
     def close_muted(self, is_muted: Callable[[str], bool], cause: Cause) -> list[dict[str, Any]]:
-        """Close the episodes of machines muted since their last window; `cause` is at hand."""
+        """Close the episodes of machines muted since their last window; `cause` is at hand.
+
+        Each ends at its own machine's last window: another machine's time says nothing of it
+        (and may be older than the episode)."""
         events: list[dict[str, Any]] = []
         for machine in sorted(m for m in self.episodes if is_muted(m)):
             self._touch(machine)
-            events += self._end(self.episodes[machine], "muted", cause.time, cause.timestamp, cause)
+            episode = self.episodes[machine]
+            events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
 
     def open_count(self) -> int:

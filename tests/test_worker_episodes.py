@@ -185,3 +185,26 @@ def test_an_open_episode_carries_on_across_a_model_change_and_names_both_version
     # A worker restoring as of offset 11 (still open then) knows both: they are in the state.
     restored = EpisodeState(CONFIG, "windows", "group", log).tracker(3, 11)
     assert restored.episodes["pump-1"].versions == [scorer.version, retrained.version]
+
+
+def other_machine(scorer: Scorer, shift: float = 0.0) -> list[Record]:
+    """pump-2, two windows at 2023-11-14T22:13:20Z and :21 (before pump-1's episode began)."""
+    values = synthetic_values(2, scorer.window, shift=shift, seed=7)
+    return [
+        Record(100 + i, value.replace(b'"pump-1"', b'"pump-2"'), key=b"pump-2")
+        for i, value in enumerate(values)
+    ]
+
+
+def test_a_mute_close_ends_at_the_machine_s_own_last_window(scorer):
+    """Another machine's window, older than the episode, causes the close: no negative length."""
+    records = stream(scorer)
+    mutes = MuteTable(clock=lambda: 1e9)
+    pipeline = make(scorer, Changelog(), mutes)
+    pipeline.process(records[:8])
+    mutes.apply(b"pump-1", json.dumps({"machine": "pump-1", "mute_until": None}).encode())
+    result = pipeline.process(other_machine(scorer))
+    (closed,) = events(result.outputs)
+    assert closed["close_reason"] == "muted" and closed["source"]["offset"] == 100
+    assert closed["ended_at"] == "2023-11-14T22:13:27Z"  # pump-1's last window, offset 7
+    assert closed["duration_seconds"] == 2.0 and result.episodes.durations == [2.0]
