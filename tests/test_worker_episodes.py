@@ -196,6 +196,25 @@ def other_machine(scorer: Scorer, shift: float = 0.0) -> list[Record]:
     ]
 
 
+def test_a_retried_batch_gives_the_same_events_even_when_mutes_changed_meanwhile(scorer):
+    """The first attempt's publish failed: the retry must be an exact replay (pump-1's mute close
+    included) although pump-2's mute expired between the two attempts."""
+    records = stream(scorer)
+    now = [1e9]
+    mutes = MuteTable(clock=lambda: now[0])
+    log = Changelog()
+    pipeline = make(scorer, log, mutes)
+    log.write(pipeline.process(records[:7]).outputs)  # opened, committed
+    mutes.apply(b"pump-1", json.dumps({"machine": "pump-1", "mute_until": None}).encode())
+    until = "2001-09-09T01:46:50Z"  # 1e9 + 10
+    mutes.apply(b"pump-2", json.dumps({"machine": "pump-2", "mute_until": until}).encode())
+    batch = other_machine(scorer, shift=25.0)  # anomalous: opens an episode unless muted
+    first = pipeline.process(batch).outputs  # its publish fails: not committed
+    assert [e["close_reason"] for e in events(first)] == ["muted"]
+    now[0] += 60  # the retry comes after pump-2's mute ended
+    assert pipeline.process(batch).outputs == first
+
+
 def test_a_mute_close_ends_at_the_machine_s_own_last_window(scorer):
     """Another machine's window, older than the episode, causes the close: no negative length."""
     records = stream(scorer)

@@ -114,12 +114,16 @@ class MuteTable:
 
     def checker(self) -> Callable[[str], bool]:
         """Whether a machine is muted now (one `now` for a whole batch)."""
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[Callable[[str], bool], int]:
+        """(the checker, the table's version it reflects), read together under the lock."""
         with self._lock:
             if not self._mutes:
-                return _never
+                return _never, self.version
             if self._cached_version != self.version:
                 self._cache, self._cached_version = {}, self.version
-            mutes = list(self._mutes.values())
+            mutes, version = list(self._mutes.values()), self.version
         now, cache = self.clock(), self._cache
 
         def muted(machine: str) -> bool:
@@ -129,7 +133,7 @@ class MuteTable:
                 until = cache[machine] = _until(machine, mutes)
             return until != NOT_MUTED and (until is None or now < until)
 
-        return muted
+        return muted, version
 
 
 def _until(machine: str, mutes: list[Mute]) -> float | None:

@@ -3,7 +3,8 @@
 In the store: `episode` (machine -> Episode.to_dict(), pending and open ones), `clock` (key "":
 the partition's clock, its newest window time) and `seen` (machine -> its newest window time,
 kept in memory only: a redone batch must find it as it was, a restore rebuilds it from the
-episodes). The tracker keeps live Episode objects for speed and says which machines a batch
+episodes) and `mutes` (in memory: the mute table version the partition's episodes have seen;
+the pipeline's, undone with the batch whose mute closes it caused). The tracker keeps live Episode objects for speed and says which machines a batch
 touched; `save` puts those into the store, `rolled_back` loads them back from it.
 """
 
@@ -18,13 +19,14 @@ from worker.state.partitions import Family, State
 from worker.state.store import Store
 
 SEEN = "seen"
+MUTES = "mutes"  # key "version": the mute table version the partition's episodes have seen
 
 
 class EpisodeFamily:
     """The trackers of the partitions in hand."""
 
-    names = (EPISODE, CLOCK, SEEN)
-    memory_only = (SEEN,)
+    names = (EPISODE, CLOCK, SEEN, MUTES)
+    memory_only = (SEEN, MUTES)
 
     def __init__(self, config: EpisodeConfig, top_channels: int = 3) -> None:
         self.config = config

@@ -66,16 +66,19 @@ class State:
         self.on_skip = on_skip  # (reason, records): a malformed or foreign record was skipped
         self.partitions: dict[int, Owned] = {}
         self.restores: list[tuple[int, int, float]] = []  # (partition, values, seconds)
+        self.redone: set[int] = set()  # partitions whose batch is a redo, as of the last begin
         names = [name for family in self.families for name in family.names]
         self._order = {name: i for i, name in enumerate(names)}
 
     def begin(self, starts: dict[int, int]) -> dict[int, Store]:
         """Each partition's store as of the offset where its next batch begins."""
         unknown = {}
+        self.redone = set()
         for partition, first in starts.items():
             owned = self.partitions.get(partition)
             if owned is not None and owned.start == first:
                 self._rollback(partition, owned)  # the last batch again: it was not committed
+                self.redone.add(partition)
             elif owned is not None and first >= owned.through:
                 owned.store.begin()  # the next batch (offsets may skip transaction markers)
             else:
