@@ -1,11 +1,12 @@
 """The episode family: each partition's `Tracker`, kept in its store (worker/state/store.py).
 
 In the store: `episode` (machine -> Episode.to_dict(), pending and open ones), `clock` (key "":
-the partition's clock, its newest window time) and `seen` (machine -> its newest window time,
-kept in memory only: a redone batch must find it as it was, a restore rebuilds it from the
-episodes) and `mutes` (in memory: the mute table version the partition's episodes have seen;
-the pipeline's, undone with the batch whose mute closes it caused). The tracker keeps live Episode objects for speed and says which machines a batch
-touched; `save` puts those into the store, `rolled_back` loads them back from it.
+the partition's clock, its newest window time), `seen` (in memory only: machine -> its newest
+window time; a redone batch must find it as it was, a restore rebuilds it from the episodes)
+and `mutes` (in memory only, key "version": the mute table version the partition's episodes
+have seen, the pipeline's; undone with the batch whose mute closes it caused). The tracker keeps
+live Episode objects for speed and says which machines a batch touched; `save` puts those into
+the store, `rolled_back` loads them back from it.
 """
 
 from __future__ import annotations
