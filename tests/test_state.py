@@ -84,11 +84,37 @@ def test_records_of_the_first_format_still_restore():
     assert restored.episodes["m1"].to_dict() == saved and restored.clock == T0
 
 
+class LastSeen:
+    """The smallest family: no live objects, it works on the store directly."""
+
+    names, memory_only = ("last_seen",), ()
+
+    def restored(self, partition, store) -> int:
+        return 0
+
+    def save(self, partition, store) -> None:
+        pass
+
+    def rolled_back(self, partition, store, undone) -> None:
+        pass
+
+    def forget(self, partition) -> None:
+        pass
+
+
 def test_a_new_family_rides_in_the_same_topic_under_its_own_key():
+    log = Log()
+    state = EpisodeState(CONFIG, "in", "group", log, families=(LastSeen(),))
+    state.begin({0: 0})
+    state.store(0).put("last_seen", "m1", {"at": T0})
+    records = state.finish(0, 1)
+    assert [key for key, _ in records] == [b"last_seen/m1"]
+    log.write(0, records)
+    again = EpisodeState(CONFIG, "in", "group", log, families=(LastSeen(),))
+    again.begin({0: 1})
+    assert again.store(0).get("last_seen", "m1") == {"at": T0}
     record = encode("assembly", "m1", 7, {"buckets": []}, None, "group", "in")
-    assert record[0] == b"assembly/m1"
-    found = restore([record], 7, "group", "in")
-    assert found.values == {("assembly", "m1"): {"buckets": []}}
+    assert restore([record], 7, "group", "in").values == {("assembly", "m1"): {"buckets": []}}
 
 
 def test_restore_keeps_the_state_with_the_highest_through_not_the_last_written():

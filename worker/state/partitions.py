@@ -92,6 +92,10 @@ class State:
             found[partition] = owned.store
         return found
 
+    def store(self, partition: int) -> Store:
+        """The partition's store (begun by `begin`)."""
+        return self.partitions[partition].store
+
     def finish(self, partition: int, through: int) -> list[StateRecord]:
         """The batch is done up to `through`: the state records to publish with it."""
         owned = self.partitions[partition]

@@ -10,25 +10,29 @@ its commit was refused) is rolled back first, so the second attempt starts from 
 as the first. Values are plain JSON (dicts, lists, str, numbers, None) and are never mutated
 after a `put`: put a new value instead (that is what lets the store keep the old one cheaply).
 
-A new family of per-machine state plugs in with a `Family` (worker/state/partitions.py): its
-name, and three hooks that move its live objects in and out of the store. The smallest family
-keeps no live objects at all and works on the store directly:
+A new family of per-machine state plugs in with a `Family` (worker/state/partitions.py): the
+names of its values in the store and the topic, and four hooks that move its live objects in
+and out of the store. A family that keeps no live objects (it reads and puts the store as it
+goes) has nothing to do in them:
 
     class LastSeen:
-        names = ("last_seen",)              # its values' family in the store and the topic
-        memory_only = ()                    # families kept across batches but never written
+        names = ("last_seen",)      # its values' family names, in the store and the topic
+        memory_only = ()            # those of them undone per batch but never written
 
-        def restored(self, partition: int, store: Store) -> None: ...   # state read back
-        def save(self, partition: int, store: Store) -> None: ...       # batch done: put changes
-        def rolled_back(self, partition: int, store: Store) -> None: ... # batch undone
-        def forget(self, partition: int) -> None: ...                   # partition gone
+        def restored(self, partition, store) -> int: return 0   # unusable values dropped
+        def save(self, partition, store) -> None: ...            # batch done: put live changes
+        def rolled_back(self, partition, store, undone) -> None: ...  # live objects <- store
+        def forget(self, partition) -> None: ...                 # partition gone elsewhere
 
-    stores = state.begin({partition: first_offset})      # restored, next batch, or redone
-    store = stores[partition]
+    state = EpisodeState(config, input_topic, group, reader, families=(LastSeen(),))
+    state.begin({partition: first_offset})       # restored, the next batch, or the same again
+    store = state.store(partition)
     store.put("last_seen", "pump-1", {"at": 1700000000.0})
-    store.get("last_seen", "pump-1")                       # -> {"at": 1700000000.0}
-    records = state.finish(partition, through=last_offset + 1)   # publish with the batch
+    store.get("last_seen", "pump-1")             # -> {"at": 1700000000.0}
+    records = state.finish(partition, through=last_offset + 1)  # publish with the batch
 
+In the worker, `worker/service.py` (episode_stage) builds the state and the pipeline begins and
+finishes every batch's partitions (`EpisodeState.trackers` begins them all, whatever family).
 Restoring a partition reads its changelog and gives each family its keys back
 (`store.items(family)`), so nothing else is needed for a new family to survive restarts,
 rebalances and crashes: no new topic, no new record format.
