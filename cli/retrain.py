@@ -197,6 +197,7 @@ def candidate_config(artifact: Artifact, epochs: int, seed: int | None) -> Train
     """The live model's training settings, for a candidate of the same kind."""
     trained = artifact.training
     network = {k: v for k, v in artifact.config.to_dict().items() if k not in SHAPE_KEYS}
+    sizes = {k: network.pop(k) for k in ("hidden", "bottleneck") if k in network}
     rule = trained.get("threshold_rule")
     return TrainConfig(
         window=artifact.window,
@@ -205,6 +206,7 @@ def candidate_config(artifact: Artifact, epochs: int, seed: int | None) -> Train
         l2_lambda=trained.get("l2_lambda", TrainConfig.l2_lambda),
         architecture=artifact.architecture,
         network=network,
+        **sizes,
         detectors=tuple(d.name for d in artifact.detectors),
         machines=artifact.machines,
         preprocess=artifact.preprocess,
