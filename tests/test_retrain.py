@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from cli.main import main
-from cli.retrain import METRICS, WORKDIR, read_metrics
+from cli.retrain import METRICS, WORKDIR, read_metrics, write_metrics
 from model import artifact as artifact_io
 from model.promotion import previous_of
 from model.recording import format_time
-from tests.helpers import produce
+from tests.helpers import metric_samples, produce
 from tests.synthetic import CHANNELS, normal_values
+from worker.retraining import RetrainCollector
 
 T0 = 1_700_000_000
 ROWS, WINDOW = 1000, 10  # the tiny model's window
@@ -144,3 +146,20 @@ def test_a_rollback_without_a_kept_model_is_one_line(tmp_path: Path, tiny_model_
     assert main(["promote", "--rollback", "pump", "--models", str(models)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nothing to roll back to" in err
+
+
+def test_workers_serve_the_retrain_job_s_counts_from_the_models_directory(tmp_path: Path):
+    registry = CollectorRegistry()
+    registry.register(RetrainCollector(tmp_path))
+    assert "faultwatch_retrain" not in generate_latest(registry).decode()  # no run yet
+    write_metrics(tmp_path / WORKDIR / METRICS, {"runs": 1, "refusals": 1}, last_run=1.7e9)
+    write_metrics(tmp_path / WORKDIR / METRICS, {"runs": 1, "promotions": 1}, 1.8e9, True)
+    samples = metric_samples(generate_latest(registry).decode())
+    assert samples[("faultwatch_retrain_runs_total", ())] == 2
+    assert samples[("faultwatch_retrain_promotions_total", ())] == 1
+    assert samples[("faultwatch_retrain_refusals_total", ())] == 1
+    assert samples[("faultwatch_retrain_rollbacks_total", ())] == 0
+    assert samples[("faultwatch_retrain_last_run_timestamp_seconds", ())] == 1.8e9
+    assert samples[("faultwatch_retrain_last_promotion_timestamp_seconds", ())] == 1.8e9
+    (tmp_path / WORKDIR / METRICS).write_text("other_series 1\n")
+    assert "other_series" not in generate_latest(registry).decode()  # only the job's pass
