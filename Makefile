@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools lint format test demo bench bench-throughput clean
+.PHONY: install tools lint format docs test demo bench bench-throughput clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,15 +19,22 @@ tools:
 	  apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
+CODE := model worker cli demo tests benchmarks tools
+
 lint: install
-	$(BIN)/ruff check model worker cli demo tests benchmarks
-	$(BIN)/ruff format --check model worker cli demo tests benchmarks
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 format: install
-	$(BIN)/ruff check --fix model worker cli demo tests benchmarks
-	$(BIN)/ruff format model worker cli demo tests benchmarks
+	$(BIN)/ruff check --fix $(CODE)
+	$(BIN)/ruff format $(CODE)
 
-test: lint tools
+# The reference pages from the code, then the site, strictly (a broken link fails); offline.
+docs: install
+	$(BIN)/python tools/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint tools docs
 	$(BIN)/python -m pytest -q
 
 demo: install
@@ -40,4 +47,4 @@ bench-throughput: install
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site
