@@ -201,7 +201,8 @@ def _help_of(parser: argparse.ArgumentParser, name: str) -> str:
         if isinstance(action, argparse._SubParsersAction):
             for choice in action._choices_actions:
                 if choice.dest == name:
-                    return (choice.help or "").rstrip(".").capitalize() + "."
+                    text = (choice.help or "").rstrip(".")
+                    return text[:1].upper() + text[1:] + "."
     return ""
 
 
