@@ -9,6 +9,7 @@ tests/test_docs.py runs that check. Output is stable: no timestamps, class order
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import types
@@ -53,18 +54,37 @@ def settings_page() -> str:
         "[running against Kafka](operating-running.md), [security](operating-security.md), "
         "[episodes](concepts-episodes.md), [models](concepts-models.md).",
         "",
-        "| variable | flag | type | default | description |",
-        "|---|---|---|---|---|",
     ]
-    for name, field in Settings.model_fields.items():
-        variable = ENV_PREFIX + name.upper()
-        flag = f"`{FLAGS[name]}`" if name in FLAGS else ""
-        lines.append(
-            f'| <a id="{variable.lower()}"></a>`{variable}` | {flag} | '
-            f"{_type_name(field.annotation)}{_bounds(field.metadata)} | "
-            f"{_default(field.default)} | {_cell(field.description or '')} |"
-        )
-    return "\n".join(lines) + "\n"
+    sections = _sections(Settings)
+    for section in dict.fromkeys(sections.values()):
+        lines += [f"## {section}", ""]
+        lines += ["| variable | flag | type | default | description |", "|---|---|---|---|---|"]
+        for name, field in Settings.model_fields.items():
+            if sections[name] != section:
+                continue
+            variable = ENV_PREFIX + name.upper()
+            flag = f"`{FLAGS[name]}`" if name in FLAGS else ""
+            lines.append(
+                f'| <a id="{variable.lower()}"></a>`{variable}` | {flag} | '
+                f"{_type_name(field.annotation)}{_bounds(field.metadata)} | "
+                f"{_default(field.default)} | {_cell(field.description or '')} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _sections(cls: type) -> dict[str, str]:
+    """Each field's section: the comment after a blank line that heads its group in the class."""
+    source = inspect.getsource(cls).splitlines()
+    section, found = "Settings", {}
+    for before, line in zip(["", *source], source, strict=False):
+        text = line.strip()
+        if text.startswith("#") and not before.strip():
+            section = text.lstrip("# ").rstrip(".")
+        name = text.split(":", 1)[0]
+        if name in cls.model_fields and name not in found:
+            found[name] = section
+    return found
 
 
 def _type_name(annotation: Any) -> str:
