@@ -97,8 +97,10 @@ def test_the_messages_page_names_every_reason() -> None:
 def test_every_page_is_in_the_nav_and_every_nav_entry_exists() -> None:
     nav = _nav_pages(_mkdocs()["nav"])
     pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
-    assert sorted(nav) == pages
-    assert len(set(nav)) == len(nav)
+    unlisted, absent = sorted(set(pages) - set(nav)), sorted(set(nav) - set(pages))
+    assert not unlisted, f"pages missing from mkdocs.yml's nav (docs/contributing.md): {unlisted}"
+    assert not absent, f"mkdocs.yml's nav names pages docs/ does not have: {absent}"
+    assert len(set(nav)) == len(nav), "a page is in the nav twice"
 
 
 def test_theme_fetches_nothing_at_build_time() -> None:
