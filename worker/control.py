@@ -57,11 +57,17 @@ class Mute:
         }
 
 
+class NotAMute(ValueError):
+    """A control record of another kind (a label): not a mute, and no mistake either."""
+
+
 def parse_mute(key: bytes | None, value: bytes) -> Mute:
-    """A control record as a Mute; ValueError when it is not one."""
+    """A control record as a Mute; NotAMute for a label, ValueError when it is neither."""
     document = json.loads(value)
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
+    if document.get("kind", "mute") != "mute":
+        raise NotAMute(f"a {document.get('kind')!r} record")
     target = document.get("machine") or (key or b"").decode()
     if not isinstance(target, str) or not target:
         raise ValueError("no machine")
@@ -98,6 +104,8 @@ class MuteTable:
             else:
                 try:
                     self._mutes[key] = parse_mute(key, value)
+                except NotAMute:
+                    return  # a label under the machine's key: its mute (if any) stands
                 except (ValueError, UnicodeDecodeError) as exc:
                     log.warning("control record ignored key=%r error=%s", key[:100], exc)
                     return
