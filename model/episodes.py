@@ -28,8 +28,11 @@ from typing import Any, Literal
 import numpy as np
 
 Kind = Literal["opened", "updated", "closed"]
-CloseReason = Literal["cleared", "silent", "muted"]
-CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted")
+CloseReason = Literal["cleared", "silent", "muted", "dismissed", "new_normal"]
+CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted", "dismissed", "new_normal")
+# An operator's label (the control topic) -> the close it causes in an open episode; `fault`
+# confirms the episode, which stays open and carries the label.
+LABEL_CLOSES: dict[str, CloseReason] = {"false-alarm": "dismissed", "new-normal": "new_normal"}
 DIGITS = 6  # significant digits of event floats: a re-scored window gives the same bytes
 
 
@@ -62,6 +65,7 @@ class Episode:
         "machine_id", "id", "phase", "started", "started_at", "opened_at", "windows",
         "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
         "reported_peak", "reported", "clear_since", "clear_at", "versions", "peak_ratios",
+        "label",
     )  # fmt: skip
 
     def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
@@ -79,6 +83,7 @@ class Episode:
         self.clear_at: str | None = None
         self.versions: list[str] = []  # the models that scored its windows, oldest first
         self.peak_ratios: dict[str, float] = {}  # detector -> its ratio at the peak
+        self.label: str | None = None  # an operator's: false-alarm, fault or new-normal
 
     def copy(self) -> Episode:
         twin = Episode.__new__(Episode)
@@ -107,6 +112,7 @@ class Episode:
         # Saved before a model could change under an open episode: none recorded.
         episode.versions = list(data.get("versions", []))
         episode.peak_ratios = dict(data.get("peak_ratios", {}))
+        episode.label = data.get("label")
         episode.peak_score = _infinite(data["peak_score"])
         episode.reported_peak = _infinite(data["reported_peak"])
         episode.weights = dict(data["weights"])
@@ -133,7 +139,7 @@ class Episode:
 
 Shares = Callable[[], Sequence[tuple[str, float]]]  # a window's (channel, share), computed lazily
 Ratios = Callable[[], dict[str, float]]  # a window's ratio per detector, computed lazily
-LATER_FIELDS = ("versions", "peak_ratios")  # absent from state saved by earlier versions
+LATER_FIELDS = ("versions", "peak_ratios", "label")  # absent from state saved by earlier versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +282,29 @@ class Tracker:
             events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
 
+    def apply_labels(
+        self, label_of: Callable[[str], str | None], cause: Cause
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Operators' labels on the open episodes: `false-alarm` closes one `dismissed`,
+        `new-normal` closes it `new_normal`, `fault` confirms it (it stays open, its events
+        carry the label). Returns the events and the machines labelled `new-normal` (their
+        normal is to be re-based). Each episode ends at its own machine's last window."""
+        events: list[dict[str, Any]] = []
+        renewed: list[str] = []
+        for machine in sorted(self.episodes):
+            episode = self.episodes[machine]
+            label = label_of(episode.id) if episode.phase == "open" else None
+            if label is None or label == episode.label:
+                continue
+            self._touch(machine)
+            episode.label = label
+            reason = LABEL_CLOSES.get(label)
+            if reason is not None:
+                events += self._end(episode, reason, episode.last, episode.last_at, cause)
+            if reason == "new_normal":
+                renewed.append(machine)
+        return events, renewed
+
     def open_count(self) -> int:
         return sum(1 for e in self.episodes.values() if e.phase == "open")
 
@@ -344,6 +373,7 @@ class Tracker:
             "detector": episode.detector,
             "detectors": _rounded(episode.peak_ratios),
             "model_versions": list(episode.versions),
+            "label": episode.label,
             "close_reason": None,
             "source": cause.source,
         }
