@@ -41,7 +41,7 @@ from cli.replay import TopicRange, assign_every_partition, moment
 from model.errors import DataError
 from model.recording import Recording, format_time, to_rfc3339
 from worker import settings as settings_io
-from worker.control import parse_mute
+from worker.control import Mute, Unmute, parse
 from worker.errors import BrokerError
 from worker.messages import WindowMessage
 from worker.settings import Settings
@@ -252,24 +252,22 @@ def episode_spans(records: Iterator[Any]) -> dict[str, list[Span]]:
     return {m: sorted((a, b) for a, b in spans.values()) for m, spans in episodes.items()}
 
 
-def mute_spans(records: Iterator[Any]) -> list[tuple[Any, Span]]:
-    """(mute, its span in wall-clock seconds) from the control topic's history."""
-    spans: list[tuple[Any, Span]] = []
+def mute_spans(records: Iterator[Any]) -> list[tuple[Mute, Span]]:
+    """(mute, its span in wall-clock seconds) from the control topic's history: a mute holds
+    until its end, its key's tombstone or the next mute under its key (labels change none)."""
+    spans: list[tuple[Mute, Span]] = []
     current: dict[bytes, int] = {}  # key -> index in spans of its mute in force
     for record in records:
-        key, at = record.key or b"", record.timestamp / 1000
-        index = current.pop(key, None)
+        parsed, at = parse(record.key, record.value), record.timestamp / 1000
+        if not isinstance(parsed, Mute | Unmute):
+            continue  # a label, or a record that is none of the three
+        index = current.pop(parsed.key, None)
         if index is not None:  # replaced or lifted from now on
             mute, (start, end) = spans[index]
             spans[index] = (mute, (start, min(end, at)))
-        if record.value is None:
-            continue
-        try:
-            mute = parse_mute(key, record.value)
-        except (ValueError, UnicodeDecodeError):
-            continue
-        current[key] = len(spans)
-        spans.append((mute, (at, mute.until if mute.until is not None else math.inf)))
+        if isinstance(parsed, Mute):
+            current[parsed.key] = len(spans)
+            spans.append((parsed, (at, parsed.until if parsed.until is not None else math.inf)))
     return spans
 
 

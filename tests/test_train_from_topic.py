@@ -74,7 +74,14 @@ def test_windows_inside_episodes_and_mutes_are_left_out(bootstrap, make_topic, t
     produce(
         bootstrap,
         control,
-        [(b"pump-2", json.dumps({"machine": "pump-2", "mute_until": None}).encode(), None)],
+        [
+            (b"pump-2", json.dumps({"machine": "pump-2", "mute_until": None}).encode(), None),
+            # labels keyed by the machine id (DESIGN.md): they neither mute pump-1 nor lift
+            # pump-2's mute (issue 22)
+            (b"pump-1", _label("e0", "pump-1"), None),
+            (b"pump-2", _label("e9", "pump-2"), None),
+            (b"pump-3", json.dumps({"kind": "alarm"}).encode(), None),  # unknown: skipped
+        ],
     )
     windows = [
         (m.encode(), window_value(m, T0 + end, rows[end - 9 : end + 1], channels=CHANNELS), None)
@@ -112,6 +119,11 @@ def test_windows_inside_episodes_and_mutes_are_left_out(bootstrap, make_topic, t
     slices = ("windows_train", "windows_stopping", "windows_reference", "windows_purged")
     assert sum(training[name] for name in slices) == 511, training
     assert training["files"] == [f"pump-1#{n}" for n in (1, 2, 3)]
+
+
+def _label(episode: str, machine: str) -> bytes:
+    document = {"kind": "label", "episode_id": episode, "machine_id": machine, "label": "fault"}
+    return json.dumps(document | {"code": None, "note": "", "by": "ana", "at": at(0)}).encode()
 
 
 class StalledConsumer(KafkaConsumer):

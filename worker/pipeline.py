@@ -258,7 +258,7 @@ class Pipeline:
             else:
                 span[1] = record.offset
         trackers = state.trackers({p: first for p, (first, _) in spans.items()})
-        muted, version = table.checker(), table.version
+        version, muted = table.snapshot()  # together: the control thread writes meanwhile
         rescan = {p for p in spans if self._mute_versions.get(p, 0) != version}
         models = self.models.models
         about = {  # per model in the batch: what each of its windows needs
