@@ -132,7 +132,11 @@ def serve(
     health = Health(blocked_after=settings.session_timeout_ms / 1000)
     metrics = Metrics(registry)
     reload = threading.Event()  # SIGHUP: re-read the model paths between two batches
-    shadow_store = ModelStore(settings.shadow_model_path) if settings.shadow_model_path else None
+    shadow_store = (
+        ModelStore(settings.shadow_model_path, may_empty=True)
+        if settings.shadow_model_path
+        else None
+    )
     models = Lifecycle(
         store,
         shadow_store,
