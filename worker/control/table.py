@@ -81,7 +81,9 @@ class MuteTable:
         self.skipped[record.reason] += 1
         if self._on_skip is not None:
             self._on_skip(record.reason)
-        log.warning(
+        first = self.skipped[record.reason] == 1  # then counted only: a topic full of them
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
             "control record skipped key=%r reason=%s error=%s", key[:100], record.reason,
             record.detail,
         )  # fmt: skip
