@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from worker.control import Label, Mute, Skipped, Unmute, parse, parse_mute
+from worker.control import Label, Mute, NotAMute, Skipped, Unmute, parse, parse_mute
 
 
 def doc(**fields: object) -> bytes:
@@ -42,7 +42,7 @@ def test_a_label_is_a_label_never_a_mute():
     label = parse(b"pump-1", json.dumps(LABEL).encode())
     assert label == Label("ep-1", "pump-1", "false-alarm", None, "valve test", "ana", LABEL["at"])
     assert label.to_dict() == LABEL
-    with pytest.raises(ValueError):
+    with pytest.raises(NotAMute):
         parse_mute(b"pump-1", json.dumps(LABEL).encode())
 
 

@@ -43,6 +43,7 @@ from worker.publisher import (
     Publisher,
     producer_options,
 )
+from worker.retraining import RetrainCollector
 from worker.routing import Routes
 from worker.settings import ENV_PREFIX, FLAGS, Settings
 from worker.shadow import Shadow
@@ -131,6 +132,8 @@ def serve(
     # A loop blocked longer than a session (a frozen broker answers nothing) is not ready.
     health = Health(blocked_after=settings.session_timeout_ms / 1000)
     metrics = Metrics(registry)
+    if store.directory:  # the retrain job's counts, written beside the models it promotes
+        registry.register(RetrainCollector(settings.model_path))
     reload = threading.Event()  # SIGHUP: re-read the model paths between two batches
     shadow_store = (
         ModelStore(settings.shadow_model_path, may_empty=True)

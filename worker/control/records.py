@@ -122,9 +122,15 @@ def parse(key: bytes | None, value: bytes | None) -> ControlRecord:
     return Skipped("unknown_kind", f"kind {str(kind)[:50]!r}")
 
 
+class NotAMute(ValueError):
+    """A control record of another kind (a label): not a mute, and no mistake either."""
+
+
 def parse_mute(key: bytes | None, value: bytes) -> Mute:
-    """A control record that must be a mute: ValueError when it is not one."""
+    """A control record that must be a mute: NotAMute for a label, ValueError otherwise."""
     record = parse(key, value)
+    if isinstance(record, Label):
+        raise NotAMute(f"a label of episode {record.episode_id}")
     if not isinstance(record, Mute):
         raise ValueError(record.detail if isinstance(record, Skipped) else "not a mute")
     return record
