@@ -113,7 +113,7 @@ def test_a_snapshot_holds_its_version_and_its_mutes_together():
     before = table.snapshot()
     table.apply(b"b", mute("b"))  # the control thread, between two reads of a batch
     assert before.version == 1 and not before.muted("b")
-    version, muted = table.snapshot()
+    muted, version = table.snapshot()
     assert version == 2 and muted("b") and muted("a")
 
 

@@ -177,6 +177,9 @@ def _consume(
         episodes = None
         if settings.events == "episodes":
             episodes, readers = episode_stage(settings, metrics.control_skipped)
+            episodes.state.on_skip = lambda reason, n: metrics.state_records_skipped.labels(
+                reason
+            ).inc(n)
             metrics.muted_machines.set_function(episodes.mutes.muted_machines)
             metrics.mutes.set_function(lambda: len(episodes.mutes.active()))
             metrics.episodes_open.set_function(lambda: episodes.state.open_now)

@@ -34,10 +34,10 @@ Checker = Callable[[str], bool]
 
 
 class Snapshot(NamedTuple):
-    """The mutes' version and a checker of exactly that version, read together."""
+    """A checker of the mutes and the version it reflects, read together."""
 
-    version: int
     muted: Checker
+    version: int
 
 
 class MuteTable:
@@ -127,7 +127,7 @@ class MuteTable:
                 seen[machine] = now
                 return False
 
-            return Snapshot(version, never)
+            return Snapshot(never, version)
 
         def muted(machine: str) -> bool:
             seen[machine] = now
@@ -137,7 +137,7 @@ class MuteTable:
                 until = cache[machine] = _until(machine, mutes)
             return until != NOT_MUTED and (until is None or now < until)
 
-        return Snapshot(version, muted)
+        return Snapshot(muted, version)
 
     def _prune(self, now: float) -> None:
         """Forget the machines gone quiet, and the cache with them: both stay bounded by the
