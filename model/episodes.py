@@ -284,13 +284,14 @@ class Tracker:
 
     def apply_labels(
         self, label_of: Callable[[str], str | None], cause: Cause
-    ) -> tuple[list[dict[str, Any]], list[str]]:
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Operators' labels on the open episodes: `false-alarm` closes one `dismissed`,
-        `new-normal` closes it `new_normal`, `fault` confirms it (it stays open, its events
-        carry the label). Returns the events and the machines labelled `new-normal` (their
-        normal is to be re-based). Each episode ends at its own machine's last window."""
+        `new-normal` closes it `new_normal` (its machine's normal is to be re-based); either
+        way the machine opens no new episode before it has cleared. `fault` confirms it (it
+        stays open, its events carry the label). Returns the events and the
+        (machine, label) applied. Each episode ends at its own machine's last window."""
         events: list[dict[str, Any]] = []
-        renewed: list[str] = []
+        applied: list[tuple[str, str]] = []
         for machine in sorted(self.episodes):
             episode = self.episodes[machine]
             label = label_of(episode.id) if episode.phase == "open" else None
@@ -298,12 +299,15 @@ class Tracker:
                 continue
             self._touch(machine)
             episode.label = label
+            applied.append((machine, label))
             reason = LABEL_CLOSES.get(label)
             if reason is not None:
                 events += self._end(episode, reason, episode.last, episode.last_at, cause)
-            if reason == "new_normal":
-                renewed.append(machine)
-        return events, renewed
+                # Held, unpublished, until the machine clears by the usual rule: a condition
+                # the operator just dismissed must not open the next episode a window later.
+                episode.phase = "labelled"
+                self.episodes[machine] = episode
+        return events, applied
 
     def open_count(self) -> int:
         return sum(1 for e in self.episodes.values() if e.phase == "open")

@@ -236,14 +236,19 @@ def test_labels_dismiss_re_base_or_confirm_the_open_episodes():
     ids = {m: e.id for m, e in feed.tracker.episodes.items()}
     labels = {ids["m1"]: "false-alarm", ids["m2"]: "new-normal", ids["m3"]: "fault"}
     cause = Cause(T0 + 5, stamp(T0 + 5), THRESHOLD, {"topic": "in", "partition": 0, "offset": 9})
-    events, renewed = feed.tracker.apply_labels(labels.get, cause)
+    events, applied = feed.tracker.apply_labels(labels.get, cause)
     assert [(e["machine_id"], e["close_reason"], e["label"]) for e in events] == [
         ("m1", "dismissed", "false-alarm"),
         ("m2", "new_normal", "new-normal"),
     ]
     assert events[0]["ended_at"] == stamp(T0 + 1)  # its own machine's last window
-    assert renewed == ["m2"]
-    assert set(feed.tracker.episodes) == {"m3", "m4", "m5"}
+    assert applied == [("m1", "false-alarm"), ("m2", "new-normal"), ("m3", "fault")]
+    assert feed.tracker.open_count() == 2  # m3 and m4
+    assert feed(6, 9.0, "m1") == []  # still anomalous: dismissed, no new episode
+    feed(7, 1.0, "m1")
+    assert feed(17, 1.0, "m1") == [] and "m1" not in feed.tracker.episodes  # cleared, quietly
+    (reopened,) = feed(18, 3.0, "m1")  # a new condition: a new episode
+    assert reopened["kind"] == "opened" and reopened["label"] is None
     assert feed.tracker.episodes["m3"].label == "fault"
     assert feed.tracker.apply_labels(labels.get, cause) == ([], [])  # again: nothing new
     (updated,) = feed(40, 5.0, "m3")  # a confirmed episode's events carry its label

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
-from worker.control import MuteTable
+from worker.control import Label, MuteTable
 from worker.messages import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
@@ -56,6 +56,7 @@ class EpisodeCounts:
     durations: list[float] = field(default_factory=list)  # seconds, of the closed ones
     late: int = 0  # windows older than their machine's newest
     open_now: int = 0  # open episodes in this worker's partitions after the batch
+    labels: Counter[str] = field(default_factory=Counter)  # labels that reached open episodes
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,9 @@ class Pipeline:
         self.shadow = shadow  # None: no shadow models
         # partition -> (first offset, checker, version) of its last batch: a redo reuses them
         self._mute_snapshots: dict[int, tuple[int, Callable[[str], bool], int]] = {}
+        # partition -> (first offset, labels) of its last batch: a redo reuses them too
+        self._label_snapshots: dict[int, tuple[int, Mapping[str, Label]]] = {}
+        self._labels: tuple[int, Mapping[str, Label]] = (-1, {})  # (table version, labels)
         self.serve(models if isinstance(models, Routes) else Routes.single(models))
 
     def serve(self, models: Routes) -> None:
@@ -263,6 +267,9 @@ class Pipeline:
         trackers = state.trackers(firsts)
         mutes = self._mutes(firsts, state.redone, table)
         rescan = {p for p in spans if mutes[p][2] != mutes[p][1]}
+        labels = self._labels_of(firsts, state.redone, table)
+        unlabelled = {p for p in spans if labels[p]}  # labels still to look for, per partition
+        applied: list[tuple[str, str]] = []
         models = self.models.models
         about = {  # per model in the batch: what each of its windows needs
             slot: (
@@ -291,6 +298,15 @@ class Pipeline:
                 rescan.discard(record.partition)
                 cause = Cause(time, timestamp, threshold, source)
                 events += tracker.close_muted(muted, cause)
+            if record.partition in unlabelled:  # operators' labels on its open episodes
+                unlabelled.discard(record.partition)
+                found = labels[record.partition]
+                closes, done = tracker.apply_labels(
+                    lambda episode, found=found: _label(found, episode),
+                    Cause(time, timestamp, threshold, source),
+                )
+                events += closes
+                applied += done
             events += tracker.observe(
                 origin.machine_id,
                 time,
@@ -310,7 +326,7 @@ class Pipeline:
         for p in spans:
             if p not in rescan:  # undone with the batch, like the episodes it closed
                 state.partitions[p].store.put(MUTES, "version", mutes[p][1])
-        counts = EpisodeCounts()
+        counts = EpisodeCounts(labels=Counter(label for _, label in applied))
         for event in events:
             self._stamp(event)
             key = event["machine_id"].encode()
@@ -340,6 +356,22 @@ class Pipeline:
                 saved = self._mute_snapshots[p] = (first, *fresh)
             seen = self.episodes.state.partitions[p].store.get(MUTES, "version", 0)
             found[p] = (saved[1], saved[2], seen)
+        return found
+
+    def _labels_of(
+        self, firsts: dict[int, int], redone: set[int], table: MuteTable
+    ) -> dict[int, Mapping[str, Label]]:
+        """Per partition: the labels by episode id its batch applies. A redone batch gets its
+        first attempt's: the retry is an exact replay whatever labels arrived since."""
+        version = table.labels_version
+        if version != self._labels[0]:
+            self._labels = (version, table.labels())  # a copy: never changes under a batch
+        found = {}
+        for p, first in firsts.items():
+            saved = self._label_snapshots.get(p)
+            if p not in redone or saved is None or saved[0] != first:
+                saved = self._label_snapshots[p] = (first, self._labels[1])
+            found[p] = saved[1]
         return found
 
     def _stamp(self, event: dict) -> None:
@@ -416,6 +448,11 @@ class Pipeline:
 
 
 DEFAULT_DETECTOR = "autoencoder"
+
+
+def _label(labels: Mapping[str, Label], episode: str) -> str | None:
+    found = labels.get(episode)
+    return None if found is None else found.label
 
 
 def _ratios_of(scores: Scores, j: int) -> Ratios:
