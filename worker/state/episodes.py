@@ -130,7 +130,7 @@ class EpisodeState(State):
 def _check(episode: Episode, machine: str) -> None:
     """ValueError unless the fields the tracker computes with have their types."""
     numbers = (episode.started, episode.last, episode.reported, episode.score)
-    if episode.machine_id != machine or episode.phase not in ("pending", "open"):
+    if episode.machine_id != machine or episode.phase not in ("pending", "open", "labelled"):
         raise ValueError("not this machine's episode")
     if not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers):
         raise ValueError("a time or score is not a number")
