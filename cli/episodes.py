@@ -60,6 +60,8 @@ def score_episodes(
         scorer.channels,
         config,
         leading_detectors(scores),
+        interval=scorer.interval,
+        typical=scorer.typical,
     )
     write_episodes(args.episodes, episodes)
     still = sum(1 for e in episodes if e.closed_row is None)
@@ -199,7 +201,7 @@ def read_open_episodes(settings: Settings) -> list[Episode]:
         changelogs = reader(partitions)
         found = []
         for p in partitions:
-            episodes, _, _ = restore(
+            episodes, *_ = restore(
                 changelogs[p], resume.get(p) or 0, settings.group_id, settings.input_topic
             )
             found += [e for e in episodes if e.phase == "open"]

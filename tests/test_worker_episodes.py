@@ -16,8 +16,9 @@ from worker.routing import Routes
 from worker.state import CLOCK_KEY, EpisodeState
 
 CONFIG = EpisodeConfig(
-    open_seconds=0, clear_seconds=5, clear_ratio=1.0, update_seconds=3, silent_seconds=60
-)
+    open_seconds=0, clear_seconds=5, clear_ratio=1.0, update_seconds=3, silent_seconds=60,
+    open_windows=1, clear_windows=1, silent_windows=1,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,8 @@ def test_state_records_go_to_the_input_partition_keyed_by_machine(scorer):
     assert [o.key for o in state] == [b"pump-1", CLOCK_KEY]
     saved = json.loads(state[0].value)
     assert saved["through"] == 8 and saved["previous"] is None
-    assert saved["state"]["phase"] == "open" and saved["state"]["windows"] == 3
+    assert saved["state"]["episode"]["phase"] == "open"
+    assert saved["state"]["episode"]["windows"] == 3
     assert (saved["group"], saved["input"]) == ("group", "windows")
     events_ = [o for o in outputs if o.topic == "events"]
     assert [o.key for o in events_] == [b"pump-1"] * len(events_)

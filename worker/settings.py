@@ -104,6 +104,16 @@ class Settings(BaseSettings):
     episode_clear_ratio: float = Field(0.8, gt=0, le=1)  # hysteresis under the threshold
     episode_update_seconds: float = Field(60.0, ge=0)  # at most one `updated` per this
     episode_silent_seconds: float = Field(600.0, ge=0)  # closes a quiet machine's (0: never)
+    # Each rule in windows as well (one per sample): they decide on slowly sampled machines.
+    episode_open_windows: int = Field(EpisodeConfig.open_windows, ge=1)
+    episode_clear_windows: int = Field(EpisodeConfig.clear_windows, ge=1)
+    episode_silent_windows: int = Field(EpisodeConfig.silent_windows, ge=1)
+    # Recovery and drift (docs/concepts-drift-and-recovery.md): an open episode whose scores
+    # stayed steady this long takes that level as the machine's normal (0: never); the
+    # baseline's time constant (0: no adaptation) and the most it may divide scores by.
+    episode_settle_seconds: float = Field(EpisodeConfig.settle_seconds, ge=0)
+    adapt_seconds: float = Field(EpisodeConfig.adapt_seconds, ge=0)
+    adapt_max_factor: float = Field(EpisodeConfig.adapt_max, ge=1)
 
     # Operations
     metrics_port: int = Field(
@@ -237,6 +247,12 @@ class Settings(BaseSettings):
             clear_ratio=self.episode_clear_ratio,
             update_seconds=self.episode_update_seconds,
             silent_seconds=self.episode_silent_seconds,
+            open_windows=self.episode_open_windows,
+            clear_windows=self.episode_clear_windows,
+            silent_windows=self.episode_silent_windows,
+            settle_seconds=self.episode_settle_seconds,
+            adapt_seconds=self.adapt_seconds,
+            adapt_max=self.adapt_max_factor,
         )
 
     def secret_values(self) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from model.episodes import Episode, EpisodeConfig, Tracker
+from model.episodes import Episode, EpisodeConfig, Tracker, read_machine_state
 from worker.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,9 @@ class EpisodeState:
         records = [
             (
                 machine.encode(),
-                _json(common | {"state": _dict(now), "previous": _dict(before)}),
+                _json(common | {"state": now, "previous": before}),
             )
-            for machine, (before, now) in sorted(tracker.changed().items())
+            for machine, (before, now) in tracker.states().items()
         ]
         # The clock matters only to episodes (silent machines): without any, the next window
         # sets it again, so a partition of normal machines writes no state at all.
@@ -128,9 +128,11 @@ class EpisodeState:
         seconds = time.monotonic() - started
         for partition, first in sorted(resume.items()):
             records = changelogs.get(partition, ())
-            episodes, clock, foreign = restore(records, first, self.group, self.input_topic)
+            episodes, clock, foreign, baselines = restore(
+                records, first, self.group, self.input_topic
+            )
             tracker = Tracker(self.config, self.top_channels)
-            tracker.restore(episodes, clock)
+            tracker.restore(episodes, clock, baselines)
             self.partitions[partition] = Owned(tracker, first, first)
             self.restores.append((partition, len(episodes), seconds))
             log.info(
@@ -152,8 +154,9 @@ class EpisodeState:
 
 def restore(
     records: Iterable[StateRecord], resume: int, group: str, input_topic: str
-) -> tuple[list[Episode], float, int]:
-    """(episodes, clock, records of others) as of input offset `resume`, from a changelog."""
+) -> tuple[list[Episode], float, int, dict[str, dict[str, Any]]]:
+    """(episodes, clock, records of others, baselines by machine) as of input offset `resume`,
+    from a changelog."""
     latest: dict[bytes, dict[str, Any]] = {}
     foreign = 0
     for key, value in records:
@@ -165,17 +168,19 @@ def restore(
             foreign += 1
             continue
         latest[key] = document
-    episodes, clock = [], -math.inf
+    episodes, clock, baselines = [], -math.inf, {}
     for key, document in latest.items():
         redone = document["through"] > resume  # written by a batch that was not committed
         if key == CLOCK_KEY:
             value = document["previous"] if redone else document["clock"]
             clock = -math.inf if value is None else value
             continue
-        state = document["previous"] if redone else document["state"]
-        if state is not None:
-            episodes.append(Episode.from_dict(state))
-    return episodes, clock, foreign
+        episode, baseline = read_machine_state(document["previous" if redone else "state"])
+        if episode is not None:
+            episodes.append(episode)
+        if baseline is not None:
+            baselines[key.decode()] = baseline
+    return episodes, clock, foreign, baselines
 
 
 class ChangelogReader:
@@ -215,10 +220,6 @@ class ChangelogReader:
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
-
-
-def _dict(episode: Episode | None) -> dict[str, Any] | None:
-    return None if episode is None else episode.to_dict()
 
 
 def _finite(value: float) -> float | None:
