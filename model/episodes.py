@@ -57,10 +57,10 @@ class EpisodeConfig:
     silent_seconds: float = 600.0  # 0: never close for silence
     # Counts of windows each rule needs as well, whatever the sampling rate (one window per
     # sample: the worker slides its windows by one).
-    open_windows: int = 3
-    clear_windows: int = 5
+    open_windows: int = 6
+    clear_windows: int = 10
     silent_windows: int = 5  # x the machine's sampling interval
-    settle_seconds: float = 1800.0  # steady this long in an open episode: re-based (0: never)
+    settle_seconds: float = 7200.0  # steady this long in an open episode: re-based (0: never)
     adapt_seconds: float = 86400.0  # the baseline's time constant (0: no adaptation)
     adapt_max: float = 4.0  # the baseline divides scores by at most this
 
@@ -211,13 +211,14 @@ class Tracker:
         self.late = 0  # windows older than their machine's newest, since the last take_late
         self._next_scan = math.inf
         self._undo = Undo({}, {}, self.clock)
+        self._due: set[str] = set()  # machines whose baseline is to be saved
 
     # --- batches: what changed, and taking it back
 
     def begin(self) -> None:
         """Start a batch: what follows can be rolled back, and is reported by `changed`."""
         self._undo = Undo({}, {}, self.clock)
-        self._due: set[str] = set()
+        self._due = set()
 
     def rollback(self) -> None:
         """The batch since `begin` never happened (it is about to be redone)."""
