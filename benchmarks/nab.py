@@ -160,7 +160,9 @@ def run_nab(
 ) -> list[NabFile]:
     limits = json.loads((folder / "windows.json").read_text())
     return [
-        run_file(folder / name, limits[name], train_config or TrainConfig(), config or EpisodeConfig())[0]
+        run_file(
+            folder / name, limits[name], train_config or TrainConfig(), config or EpisodeConfig()
+        )[0]
         for name in sorted(limits)
     ]
 

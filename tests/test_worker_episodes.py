@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -187,3 +188,29 @@ def test_an_open_episode_carries_on_across_a_model_change_and_names_both_version
     # A worker restoring as of offset 11 (still open then) knows both: they are in the state.
     restored = EpisodeState(CONFIG, "windows", "group", log).tracker(3, 11)
     assert restored.episodes["pump-1"].versions == [scorer.version, retrained.version]
+
+
+def test_a_machines_baseline_survives_a_restart(scorer):
+    """Adaptation state rides in the machine's state record: a new owner restores it as the
+    live tracker holds it (the level, the recent level, their unit) and carries on alike."""
+    config = dataclasses.replace(CONFIG, adapt_seconds=2.0, settle_seconds=0)
+    normal = synthetic_values(40, scorer.window)
+    records = [Record(offset, value) for offset, value in enumerate(normal)]
+    log = Changelog()
+    live = Pipeline(
+        scorer,
+        Topics("events", "dlq", "scores", "state"),
+        2,
+        Episodes(EpisodeState(config, "windows", "group", log), MuteTable()),
+        max_record_bytes=10_000,
+    )
+    run(live, records[:30], [10, 10, 10], log)
+    saved = [json.loads(v) for k, v in log.partitions[3] if k == b"pump-1"]
+    assert saved and saved[-1]["state"]["baseline"] is not None
+    assert saved[-1]["state"]["episode"] is None  # a normal machine keeps its baseline only
+    held = live.episodes.state.partitions[3].tracker.baselines["pump-1"]
+    restored = EpisodeState(config, "windows", "group", log).tracker(3, 30).baselines["pump-1"]
+    assert restored.to_dict() == saved[-1]["state"]["baseline"]  # what was written, exactly
+    assert restored.level != math.log(scorer.typical)  # adapted, not a fresh baseline
+    assert abs(restored.level - held.level) < 0.05  # written whenever it moved 5 %
+    assert restored.typical == held.typical == pytest.approx(scorer.typical)
