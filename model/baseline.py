@@ -8,10 +8,12 @@ exponential average of log(score) over its normal windows with time constant
 `adapt_seconds` of data time, each step clipped so the level moves at most ln 2 per time
 constant (a factor of 2). The machine's scores are divided by
 
-    factor = clip(exp(level) / typical, 1, adapt_max)
+    factor = clip(exp(level) / (MARGIN x typical), 1, adapt_max)
 
 before the episode rules compare them with the threshold: never more sensitive than the
-model was calibrated, at most `adapt_max` times less. Guards: nothing is learned from a
+model was calibrated, at most `adapt_max` times less, and not at all while the machine's
+level stays within MARGIN (x1.5) of the model's typical score (a machine like the one the
+model was fitted on keeps the model's sensitivity whole). Guards: nothing is learned from a
 window above the threshold, inside a pending or open episode, or of a muted machine; the
 level moves only when data time moves. `rebase` takes the machine's recent level (a fast
 average, `recent_seconds`) as normal at once: the settle rule of an open episode and an
@@ -24,6 +26,7 @@ import math
 from typing import Any
 
 MAX_STEP = math.log(2.0)  # a log-score further than this from the level counts as this far
+MARGIN = 1.5  # a level within this factor of the model's typical score changes nothing
 SAVE_STEP = 0.05  # the changelog is written when the level moved this far (5 %) since
 
 
@@ -86,7 +89,7 @@ class Baseline:
         self.refactor(cap)
 
     def refactor(self, cap: float) -> None:
-        ratio = math.exp(self.level) / self.typical if self.typical > 0 else 1.0
+        ratio = math.exp(self.level) / (MARGIN * self.typical) if self.typical > 0 else 1.0
         self.factor = min(cap, max(1.0, ratio))
 
 

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model.baseline import Baseline
+from model.baseline import MARGIN, Baseline
 
 Kind = Literal["opened", "updated", "closed"]
 CloseReason = Literal["cleared", "silent", "muted"]
@@ -456,7 +456,7 @@ class Tracker:
         ):
             return score
         level = 0.5 * (math.log(max(low, 1e-6)) + math.log(max(high, 1e-6)))
-        factor = min(config.adapt_max, max(1.0, math.exp(level) / baseline.typical))
+        factor = min(config.adapt_max, max(1.0, math.exp(level) / (MARGIN * baseline.typical)))
         if high / factor >= config.clear_ratio * threshold:
             return score  # too far from normal to be learned: it stays open
         baseline.recent = level

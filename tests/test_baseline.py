@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from model.baseline import Baseline, typical_score
+from model.baseline import MARGIN, Baseline, typical_score
 from model.episodes import (
     Episode,
     EpisodeConfig,
@@ -95,8 +95,11 @@ def test_drift_below_the_threshold_raises_the_factor_within_its_rate_and_cap():
     config = replace(RULES, adapt_seconds=3600.0, adapt_max=4.0)
     m = Machine(config, 60.0)
     m.feed([1.5] * 60)  # an hour of scores 3 x the typical one, under the threshold
-    factor = m.tracker.baselines["m"].factor
-    assert 1.5 < factor <= 2.0 + 1e-9  # at most a doubling per time constant
+    baseline = m.tracker.baselines["m"]
+    moved = baseline.level - math.log(TYPICAL)
+    assert 0.6 < moved <= math.log(2.0) + 1e-9  # at most a doubling per time constant
+    assert baseline.factor == pytest.approx(math.exp(baseline.level) / (MARGIN * TYPICAL))
+    assert baseline.factor > 1.0
     assert m.events == []
     quiet = Machine(config, 60.0)  # a model whose normal windows score 0.25: 1.9 is 7.6 x
     quiet.feed([1.9] * 60 * 24, typical=0.25)
@@ -194,6 +197,13 @@ def test_a_rolled_back_batch_takes_the_baseline_back_too():
     assert "m" in m.tracker.states()  # moved far enough to be saved
     m.tracker.rollback()
     assert m.tracker.baselines["m"].to_dict() == before
+
+
+def test_a_level_within_the_margin_keeps_the_models_sensitivity():
+    config = replace(RULES, adapt_seconds=600.0)
+    m = Machine(config, 60.0)
+    m.feed([TYPICAL * 1.4] * 600)  # ten time constants at 1.4 x the typical score
+    assert m.tracker.baselines["m"].factor == 1.0
 
 
 def test_typical_score_is_the_geometric_mean_of_the_quantiles():
