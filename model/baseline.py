@@ -12,7 +12,7 @@ constant (a factor of 2). The machine's scores are divided by
 
 before the episode rules compare them with the threshold: never more sensitive than the
 model was calibrated, at most `adapt_max` times less, and not at all while the machine's
-level stays within MARGIN (x1.5) of the model's typical score (a machine like the one the
+level stays within MARGIN (x1.25) of the model's typical score (a machine like the one the
 model was fitted on keeps the model's sensitivity whole). Guards: nothing is learned from a
 window above the threshold, inside a pending or open episode, or of a muted machine; the
 level moves only when data time moves. `rebase` takes the machine's recent level (a fast
@@ -26,7 +26,7 @@ import math
 from typing import Any
 
 MAX_STEP = math.log(2.0)  # a log-score further than this from the level counts as this far
-MARGIN = 1.5  # a level within this factor of the model's typical score changes nothing
+MARGIN = 1.25  # a level within this factor of the model's typical score changes nothing
 SAVE_STEP = 0.05  # the changelog is written when the level moved this far (5 %) since
 
 

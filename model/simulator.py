@@ -145,7 +145,8 @@ def simulate_plant(
     """A pump line for `days`, with every nuisance a plant has and, by `scenario`, a fault.
 
     Nuisances (unlabelled: none may open an episode): daily cycles on both temperatures (the
-    hall's air) and a slow ambient drift (+3 degrees over two weeks); day and night load (flow,
+    hall's air) and a slow ambient drift (+3 degrees over two weeks); normal wear (vibration
+    up 3 noise widths over two weeks, far outside the training days); day and night load (flow,
     current, pressure follow it, ramped over 10 minutes) and a change of the night setpoint on
     day 5 (inside the loads seen in the first two days); a cold start at row 0 and a restart
     after four hours of maintenance on day 6 (no readings while stopped, then the motor warms
@@ -165,6 +166,9 @@ def simulate_plant(
     drift = 3.0 * t / (14 * DAY)
     values[:, TEMP] += 1.2 * daily + drift
     values[:, THERMO] += 0.8 * daily + 0.7 * drift
+    wear = t / (14 * DAY)  # normal wear: vibration up 3 noise widths in two weeks
+    values[:, ACC1] += 3 * NOISE[ACC1] * wear
+    values[:, ACC2] += 2 * NOISE[ACC2] * wear
     night = np.where(t < 5 * DAY, 0.85, 0.9)  # the night setpoint changes on day 5
     load = _ramped(np.where((hour >= 6) & (hour < 22), 1.0, night), interval, 600.0)
     values[:, FLOW] = values[:, FLOW] - BASE[FLOW] + BASE[FLOW] * load

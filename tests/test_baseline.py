@@ -202,7 +202,7 @@ def test_a_rolled_back_batch_takes_the_baseline_back_too():
 def test_a_level_within_the_margin_keeps_the_models_sensitivity():
     config = replace(RULES, adapt_seconds=600.0)
     m = Machine(config, 60.0)
-    m.feed([TYPICAL * 1.4] * 600)  # ten time constants at 1.4 x the typical score
+    m.feed([TYPICAL * 1.2] * 600)  # ten time constants at 1.2 x the typical score
     assert m.tracker.baselines["m"].factor == 1.0
 
 
