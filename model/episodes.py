@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -177,17 +177,6 @@ LATER_DEFAULTS: dict[str, Any] = {
 LATER_FIELDS = ("versions", "peak_ratios", *LATER_DEFAULTS)
 
 
-@dataclass
-class Undo:
-    """What a batch changed in a tracker, to take back if the batch is redone."""
-
-    episodes: dict[str, Episode | None]  # machine -> its episode before the batch (None: normal)
-    seen: dict[str, float | None]
-    clock: float
-    baselines: dict[str, Baseline | None] = field(default_factory=dict)
-    due: set[str] = field(default_factory=set)  # machines whose baseline is to be saved
-
-
 @dataclass(frozen=True, slots=True)
 class Cause:
     """The window at hand when an event is made: its time, its threshold and where it came from."""
@@ -210,59 +199,52 @@ class Tracker:
         self.clock = -math.inf  # the newest window time of any machine
         self.late = 0  # windows older than their machine's newest, since the last take_late
         self._next_scan = math.inf
-        self._undo = Undo({}, {}, self.clock)
-        self._due: set[str] = set()  # machines whose baseline is to be saved
+        self._touched: set[str] = set()  # machines whose episode the batch may have changed
+        self._observed: set[str] = set()  # machines whose newest window time the batch moved
+        self.baselines: dict[str, Baseline] = {}  # every machine's adapted normal
+        self._adapted: set[str] = set()  # machines whose baseline the batch changed
+        self._due: set[str] = set()  # ... and moved far enough to be written to the changelog
 
-    # --- batches: what changed, and taking it back
+    # --- batches: what changed, and loading it back (the undo is the worker's state store)
 
     def begin(self) -> None:
-        """Start a batch: what follows can be rolled back, and is reported by `changed`."""
-        self._undo = Undo({}, {}, self.clock)
-        self._due = set()
+        """Start a batch: `changed` reports what follows."""
+        self._touched, self._observed = set(), set()
+        self._adapted, self._due = set(), set()
 
-    def rollback(self) -> None:
-        """The batch since `begin` never happened (it is about to be redone)."""
-        for machine, episode in self._undo.episodes.items():
-            if episode is None:
-                self.episodes.pop(machine, None)
-            else:
-                self.episodes[machine] = episode
-        for machine, time in self._undo.seen.items():
-            if time is None:
-                self.seen.pop(machine, None)
-            else:
-                self.seen[machine] = time
-        for machine, baseline in self._undo.baselines.items():
-            if baseline is None:
-                self.baselines.pop(machine, None)
-            else:
-                self.baselines[machine] = baseline
-        self.clock = self._undo.clock
+    def changed(self) -> tuple[set[str], set[str]]:
+        """(machines whose episode the batch may have changed, machines it saw a window of)."""
+        return self._touched, self._observed
+
+    def adapted(self) -> tuple[set[str], set[str]]:
+        """(machines whose baseline the batch changed, those of them to write to the
+        changelog: moved 5 % since last written, or re-based)."""
+        return self._adapted, self._due
+
+    def written(self, machine: str) -> None:
+        """The machine's baseline as it is now is in the changelog."""
+        baseline = self.baselines.get(machine)
+        if baseline is not None:
+            baseline.saved_level = baseline.level
+
+    def load_baseline(self, machine: str, data: dict[str, Any] | None) -> None:
+        """Put one machine's baseline back as it was (a batch undone, or a restore)."""
+        if data is None:
+            self.baselines.pop(machine, None)
+        else:
+            self.baselines[machine] = Baseline.from_dict(data, self.config.adapt_max)
+
+    def load(self, machine: str, episode: Episode | None, seen: float | None) -> None:
+        """Put one machine back as it was (a batch undone): its episode and newest window time."""
+        if episode is None:
+            self.episodes.pop(machine, None)
+        else:
+            self.episodes[machine] = episode
+        if seen is None:
+            self.seen.pop(machine, None)
+        else:
+            self.seen[machine] = seen
         self._next_scan = -math.inf  # rescan at the next window
-        self.begin()
-
-    def changed(self) -> dict[str, tuple[Episode | None, Episode | None]]:
-        """machine -> (before the batch, now) for each machine whose episode the batch touched."""
-        return {m: (before, self.episodes.get(m)) for m, before in self._undo.episodes.items()}
-
-    def states(self) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-        """machine -> (its saved state before the batch, now), JSON-ready, for each machine
-        whose episode the batch touched or whose baseline moved enough to be saved."""
-        undo, found = self._undo, {}
-        for machine in sorted(set(undo.episodes) | self._due):
-            episode = self.episodes.get(machine)
-            before = undo.episodes[machine] if machine in undo.episodes else episode
-            baseline = self.baselines.get(machine)
-            old = undo.baselines[machine] if machine in undo.baselines else baseline
-            found[machine] = (machine_state(before, old), machine_state(episode, baseline))
-            if baseline is not None:
-                baseline.saved_level = baseline.level
-        return found
-
-    @property
-    def clock_before(self) -> float:
-        """The partition's clock when the batch began."""
-        return self._undo.clock
 
     def restore(
         self,
@@ -308,8 +290,7 @@ class Tracker:
         if seen is not None and time < seen:
             self.late += 1  # out of order: the machine's episode has moved past it
             return []
-        if machine not in self._undo.seen:
-            self._undo.seen[machine] = seen
+        self._observed.add(machine)
         self.seen[machine] = time
         events: list[dict[str, Any]] = []
         if time > self.clock:
@@ -392,17 +373,21 @@ class Tracker:
         baseline = self.baselines.get(machine)
         if baseline is None:
             return False
-        self._touch_baseline(machine)
         baseline.rebase(self.config.adapt_max)
+        self._adapted.add(machine)
         self._due.add(machine)
         return True
 
     def close_muted(self, is_muted: Callable[[str], bool], cause: Cause) -> list[dict[str, Any]]:
-        """Close the episodes of machines muted since their last window; `cause` is at hand."""
+        """Close the episodes of machines muted since their last window; `cause` is at hand.
+
+        Each ends at its own machine's last window: another machine's time says nothing of it
+        (and may be older than the episode)."""
         events: list[dict[str, Any]] = []
         for machine in sorted(m for m in self.episodes if is_muted(m)):
             self._touch(machine)
-            events += self._end(self.episodes[machine], "muted", cause.time, cause.timestamp, cause)
+            episode = self.episodes[machine]
+            events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
 
     def open_count(self) -> int:
@@ -416,25 +401,16 @@ class Tracker:
     # --- the rest
 
     def _touch(self, machine: str) -> None:
-        """Keep the machine's episode as it was before the batch, once per batch."""
-        undo = self._undo.episodes
-        if machine not in undo:
-            episode = self.episodes.get(machine)
-            undo[machine] = episode.copy() if episode is not None else None
+        """The batch changes the machine's episode (the store saves it, and undoes it)."""
+        self._touched.add(machine)
 
     def _baseline(self, machine: str, time: float, typical: float) -> Baseline:
-        """The machine's baseline, kept as it was before the batch (once per batch)."""
-        self._touch_baseline(machine)
+        """The machine's baseline (the batch changes it: the store keeps it, and undoes it)."""
+        self._adapted.add(machine)
         baseline = self.baselines.get(machine)
         if baseline is None:
             baseline = self.baselines[machine] = Baseline(typical, time)
         return baseline
-
-    def _touch_baseline(self, machine: str) -> None:
-        undo = self._undo.baselines
-        if machine not in undo:
-            baseline = self.baselines.get(machine)
-            undo[machine] = baseline.copy() if baseline is not None else None
 
     def _settle(
         self, episode: Episode, baseline: Baseline, time: float, raw: float, threshold: float
@@ -530,28 +506,6 @@ class Tracker:
             "close_reason": None,
             "source": cause.source,
         }
-
-
-def machine_state(episode: Episode | None, baseline: Baseline | None) -> dict[str, Any] | None:
-    """A machine's state record: its episode and its baseline (None: nothing to keep)."""
-    if episode is None and baseline is None:
-        return None
-    return {
-        "episode": None if episode is None else episode.to_dict(),
-        "baseline": None if baseline is None else baseline.to_dict(),
-    }
-
-
-def read_machine_state(
-    document: dict[str, Any] | None,
-) -> tuple[Episode | None, dict[str, Any] | None]:
-    """(episode, baseline document) of a state record; an episode alone (older versions)."""
-    if document is None:
-        return None, None
-    if "episode" not in document and "baseline" not in document:
-        return Episode.from_dict(document), None
-    episode = document.get("episode")
-    return (None if episode is None else Episode.from_dict(episode)), document.get("baseline")
 
 
 def leading_detectors(scores: Any) -> list[str] | None:

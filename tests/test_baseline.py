@@ -10,13 +10,7 @@ from dataclasses import replace
 import pytest
 
 from model.baseline import MARGIN, Baseline, typical_score
-from model.episodes import (
-    Episode,
-    EpisodeConfig,
-    Tracker,
-    machine_state,
-    read_machine_state,
-)
+from model.episodes import Episode, EpisodeConfig, Tracker
 
 T0 = 1_700_000_000.0
 THRESHOLD = 2.0
@@ -170,33 +164,31 @@ def test_rebase_takes_the_recent_level_as_normal_at_once():
     assert m.tracker.rebase("never-seen") is False
 
 
-def test_a_baseline_survives_its_state_record_and_old_records_still_read():
+def test_a_baseline_survives_json_and_older_episodes_still_read():
     config = replace(RULES, adapt_seconds=600.0)
     m = Machine(config, 60.0)
     m.feed([1.5] * 30 + [9.0] * 8)
-    tracker = m.tracker
-    document = json.loads(json.dumps(machine_state(tracker.episodes["m"], tracker.baselines["m"])))
-    episode, baseline = read_machine_state(document)
-    assert episode is not None and episode.to_dict() == tracker.episodes["m"].to_dict()
-    restored = Baseline.from_dict(baseline, config.adapt_max)
-    assert restored.to_dict() == tracker.baselines["m"].to_dict()
-    assert restored.factor == tracker.baselines["m"].factor
-    old = {k: v for k, v in tracker.episodes["m"].to_dict().items() if k != "step"}
-    episode, baseline = read_machine_state(old)  # an episode alone, as older versions wrote
-    assert isinstance(episode, Episode) and baseline is None and episode.step is None
+    live = m.tracker.baselines["m"]
+    restored = Baseline.from_dict(json.loads(json.dumps(live.to_dict())), config.adapt_max)
+    assert restored.to_dict() == live.to_dict() and restored.factor == live.factor
+    old = {k: v for k, v in m.tracker.episodes["m"].to_dict().items() if k != "step"}
+    assert Episode.from_dict(old).step is None  # saved before the field existed
 
 
-def test_a_rolled_back_batch_takes_the_baseline_back_too():
+def test_the_batch_reports_which_baselines_changed_and_which_to_write():
     config = replace(RULES, adapt_seconds=600.0)
     m = Machine(config, 60.0)
     m.feed([0.5] * 5)
     before = m.tracker.baselines["m"].to_dict()
     m.tracker.begin()
     m.feed([1.8] * 20)
-    assert m.tracker.baselines["m"].to_dict() != before
-    assert "m" in m.tracker.states()  # moved far enough to be saved
-    m.tracker.rollback()
+    adapted, due = m.tracker.adapted()
+    assert adapted == {"m"} and due == {"m"}  # moved more than 5 %: written
+    m.tracker.load_baseline("m", before)  # the batch undone (the worker's store does it)
     assert m.tracker.baselines["m"].to_dict() == before
+    m.tracker.begin()
+    m.feed([0.5])
+    assert m.tracker.adapted() == ({"m"}, set())  # changed a little: kept in memory only
 
 
 def test_a_level_within_the_margin_keeps_the_models_sensitivity():

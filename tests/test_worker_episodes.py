@@ -96,8 +96,7 @@ def test_state_records_go_to_the_input_partition_keyed_by_machine(scorer):
     assert [o.key for o in state] == [b"pump-1", CLOCK_KEY]
     saved = json.loads(state[0].value)
     assert saved["through"] == 8 and saved["previous"] is None
-    assert saved["state"]["episode"]["phase"] == "open"
-    assert saved["state"]["episode"]["windows"] == 3
+    assert saved["state"]["phase"] == "open" and saved["state"]["windows"] == 3
     assert (saved["group"], saved["input"]) == ("group", "windows")
     events_ = [o for o in outputs if o.topic == "events"]
     assert [o.key for o in events_] == [b"pump-1"] * len(events_)
@@ -190,27 +189,69 @@ def test_an_open_episode_carries_on_across_a_model_change_and_names_both_version
     assert restored.episodes["pump-1"].versions == [scorer.version, retrained.version]
 
 
+def other_machine(scorer: Scorer, shift: float = 0.0) -> list[Record]:
+    """pump-2, two windows at 2023-11-14T22:13:20Z and :21 (before pump-1's episode began)."""
+    values = synthetic_values(2, scorer.window, shift=shift, seed=7)
+    return [
+        Record(100 + i, value.replace(b'"pump-1"', b'"pump-2"'), key=b"pump-2")
+        for i, value in enumerate(values)
+    ]
+
+
+def test_a_retried_batch_gives_the_same_events_even_when_mutes_changed_meanwhile(scorer):
+    """The first attempt's publish failed: the retry must be an exact replay (pump-1's mute close
+    included) although pump-2's mute expired between the two attempts."""
+    records = stream(scorer)
+    now = [1e9]
+    mutes = MuteTable(clock=lambda: now[0])
+    log = Changelog()
+    pipeline = make(scorer, log, mutes)
+    log.write(pipeline.process(records[:7]).outputs)  # opened, committed
+    mutes.apply(b"pump-1", json.dumps({"machine": "pump-1", "mute_until": None}).encode())
+    until = "2001-09-09T01:46:50Z"  # 1e9 + 10
+    mutes.apply(b"pump-2", json.dumps({"machine": "pump-2", "mute_until": until}).encode())
+    batch = other_machine(scorer, shift=25.0)  # anomalous: opens an episode unless muted
+    first = pipeline.process(batch).outputs  # its publish fails: not committed
+    assert [e["close_reason"] for e in events(first)] == ["muted"]
+    now[0] += 60  # the retry comes after pump-2's mute ended
+    assert pipeline.process(batch).outputs == first
+
+
+def test_a_mute_close_ends_at_the_machine_s_own_last_window(scorer):
+    """Another machine's window, older than the episode, causes the close: no negative length."""
+    records = stream(scorer)
+    mutes = MuteTable(clock=lambda: 1e9)
+    pipeline = make(scorer, Changelog(), mutes)
+    pipeline.process(records[:8])
+    mutes.apply(b"pump-1", json.dumps({"machine": "pump-1", "mute_until": None}).encode())
+    result = pipeline.process(other_machine(scorer))
+    (closed,) = events(result.outputs)
+    assert closed["close_reason"] == "muted" and closed["source"]["offset"] == 100
+    assert closed["ended_at"] == "2023-11-14T22:13:27Z"  # pump-1's last window, offset 7
+    assert closed["duration_seconds"] == 2.0 and result.episodes.durations == [2.0]
+
+
 def test_a_machines_baseline_survives_a_restart(scorer):
-    """Adaptation state rides in the machine's state record: a new owner restores it as the
-    live tracker holds it (the level, the recent level, their unit) and carries on alike."""
+    """Adaptation state rides in the episode family's store (family `baseline`, keyed by the
+    machine): a new owner restores it as it was last written, not a fresh baseline."""
     config = dataclasses.replace(CONFIG, adapt_seconds=2.0, settle_seconds=0)
     normal = synthetic_values(40, scorer.window)
     records = [Record(offset, value) for offset, value in enumerate(normal)]
     log = Changelog()
+    state = EpisodeState(config, "windows", "group", log)
     live = Pipeline(
         scorer,
         Topics("events", "dlq", "scores", "state"),
         2,
-        Episodes(EpisodeState(config, "windows", "group", log), MuteTable()),
+        Episodes(state, MuteTable()),
         max_record_bytes=10_000,
     )
     run(live, records[:30], [10, 10, 10], log)
-    saved = [json.loads(v) for k, v in log.partitions[3] if k == b"pump-1"]
-    assert saved and saved[-1]["state"]["baseline"] is not None
-    assert saved[-1]["state"]["episode"] is None  # a normal machine keeps its baseline only
-    held = live.episodes.state.partitions[3].tracker.baselines["pump-1"]
+    saved = [json.loads(v) for k, v in log.partitions[3] if k == b"baseline/pump-1"]
+    assert saved and saved[-1]["family"] == "baseline"
+    held = state.tracker(3, 30).baselines["pump-1"]
     restored = EpisodeState(config, "windows", "group", log).tracker(3, 30).baselines["pump-1"]
-    assert restored.to_dict() == saved[-1]["state"]["baseline"]  # what was written, exactly
+    assert restored.to_dict() == saved[-1]["state"]  # what was written, exactly
     assert restored.level != math.log(scorer.typical)  # adapted, not a fresh baseline
     assert abs(restored.level - held.level) < 0.05  # written whenever it moved 5 %
     assert restored.typical == held.typical == pytest.approx(scorer.typical)
