@@ -201,7 +201,6 @@ class Tracker:
         self._next_scan = math.inf
         self._touched: set[str] = set()  # machines whose episode the batch may have changed
         self._observed: set[str] = set()  # machines whose newest window time the batch moved
-        self.baselines: dict[str, Baseline] = {}  # every machine's adapted normal
         self._adapted: set[str] = set()  # machines whose baseline the batch changed
         self._due: set[str] = set()  # ... and moved far enough to be written to the changelog
 
