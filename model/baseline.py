@@ -95,7 +95,7 @@ class Baseline:
 
 def typical_score(quantiles: Any) -> float:
     """The geometric mean of a model's held-out normal scores (its stored quantiles)."""
-    values = [max(float(q), 1e-6) for q in quantiles]
+    values = [max(float(q), 1e-6) for q in quantiles if math.isfinite(float(q))]
     if not values:
         return 1.0
     return math.exp(sum(math.log(v) for v in values) / len(values))

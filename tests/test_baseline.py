@@ -201,3 +201,4 @@ def test_a_level_within_the_margin_keeps_the_models_sensitivity():
 def test_typical_score_is_the_geometric_mean_of_the_quantiles():
     assert typical_score([0.25, 1.0]) == pytest.approx(0.5)
     assert typical_score([]) == 1.0
+    assert typical_score([float("nan"), 0.25, 1.0, float("inf")]) == pytest.approx(0.5)
