@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -173,6 +174,82 @@ def _value(stream: Stream, k: int, loop: int) -> bytes:
     return encode_window(
         stream.machine_id, format_time(moment), stream.recording.channels, stream.windows[k]
     )
+
+
+Form = Literal["windows", "samples", "tags"]
+
+
+@dataclass(frozen=True)
+class Disorder:
+    """How a replay of readings departs from time order, as gateways do.
+
+    jitter: each record is sent up to this many seconds (data time) after its time;
+    shuffle_within: records are shuffled within blocks of this many seconds;
+    late_share: this share of records is held back `late_by` seconds (past the grace: `late`).
+    """
+
+    jitter: float = 0.0
+    shuffle_within: float = 0.0
+    late_share: float = 0.0
+    late_by: float = 0.0
+    seed: int = 0
+
+
+def reading_records(
+    machine_id: str, recording: Recording, form: Form, shift: float = 0.0
+) -> list[tuple[float, bytes]]:
+    """(time in epoch seconds, value) of each sample or tag record of a recording, in time
+    order: one record per row (samples) or per row and channel with a value (tags); an empty
+    cell is a null value (samples) or no record (tags). `shift` moves every time (a loop)."""
+    try:
+        times = [parse_time(t).timestamp() + shift for t in recording.timestamps]
+    except DataError as exc:
+        raise DataError(f"{recording.path}: {exc}") from None
+    channels, rows = recording.channels, recording.values.tolist()
+    records = []
+    for at, row in zip(times, rows, strict=True):
+        stamp = _stamp_of(at)
+        if form == "samples":
+            values = {c: (None if v != v else v) for c, v in zip(channels, row, strict=True)}
+            message = {"machine_id": machine_id, "timestamp": stamp, "values": values}
+            records.append((at, _json(message)))
+            continue
+        for channel, v in zip(channels, row, strict=True):
+            if v == v:  # not NaN
+                tag = {"machine_id": machine_id, "channel": channel, "timestamp": stamp, "value": v}
+                records.append((at, _json(tag)))
+    return records
+
+
+def arrange(records: list[tuple[float, bytes]], disorder: Disorder) -> list[tuple[float, bytes]]:
+    """The records in the order a disorderly gateway would send them, each with its send time."""
+    if disorder == Disorder(seed=disorder.seed):
+        return sorted(records, key=lambda item: item[0])
+    rng = np.random.default_rng(disorder.seed)
+    times = np.array([at for at, _ in records])
+    sent = times.copy()
+    if disorder.shuffle_within > 0:
+        block = disorder.shuffle_within
+        sent = np.floor(times / block) * block + rng.uniform(0, block, len(times))
+    if disorder.jitter > 0:
+        sent = sent + rng.uniform(0, disorder.jitter, len(times))
+    if disorder.late_share > 0:
+        late = rng.random(len(times)) < disorder.late_share
+        sent = np.where(late, sent + disorder.late_by, sent)
+    order = np.argsort(sent, kind="stable")
+    return [(float(sent[i]), records[i][1]) for i in order.tolist()]
+
+
+def _stamp_of(at: float) -> str:
+    """RFC 3339 with the fraction a time has (none for whole seconds, as most producers)."""
+    moment = datetime.fromtimestamp(at, UTC)
+    if moment.microsecond == 0:
+        return format_time(moment)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _json(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
 
 
 @dataclass(frozen=True)

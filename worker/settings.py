@@ -26,6 +26,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 EventsMode = Literal["episodes", "windows"]
+InputFormat = Literal["windows", "samples", "tags"]
 
 # Settings that `faultwatch run` also takes as flags (flags win over the environment).
 FLAGS = {
@@ -95,6 +96,16 @@ class Settings(BaseSettings):
     shadow_topic: str = ""
     torch_threads: int = Field(1, ge=1, le=256)
     top_channels: int = Field(3, ge=1)
+
+    # Input: contract windows (default), or readings the worker assembles into windows on the
+    # model's sampling interval (worker/inputs/assembler.py; docs/concepts-readings.md)
+    input_format: InputFormat = Field("windows", description="windows, samples or tags")
+    # Data-time seconds a bucket waits for late readings after the machine's latest reading.
+    input_grace_seconds: float = Field(5.0, ge=0)
+    # Buckets a missing channel carries its last value into; longer gaps skip windows.
+    input_fill_limit: int = Field(5, ge=0)
+    # A reading further ahead of its machine's latest reading is a dead letter (`future`).
+    input_max_future_seconds: float = Field(120.0, gt=0)
 
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
     events: EventsMode = Field("episodes", description="episodes or windows")
