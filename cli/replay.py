@@ -12,7 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -361,18 +361,44 @@ def command(args: argparse.Namespace) -> int:
     if bool(args.data) == bool(args.from_topic):
         raise FaultwatchError("replay needs either DATA.csv files or --from-topic, not both")
     since, until = moment(args.since, "--since"), moment(args.until, "--until")
+    form = getattr(args, "form", "windows")
+    if form != "windows" and args.from_topic:
+        raise FaultwatchError("--as samples|tags replays DATA.csv files, not --from-topic")
+    disorder = _disorder(args)
+    if form == "windows" and disorder != Disorder(seed=disorder.seed):
+        raise FaultwatchError(
+            "--jitter, --shuffle-within and --late-share apply to --as samples or tags"
+        )
     config = settings_io.load({"bootstrap_servers": args.bootstrap_servers})
-    streams = [] if args.from_topic else _streams(args)
-    total = None if args.loop or args.from_topic else sum(len(s.end_rows) for s in streams)
+    readings = None
+    if form != "windows":
+        readings = _reading_streams(args, form, disorder, config.input_grace_seconds)
+        total = None if args.loop else readings.count
+        streams: list[Stream] = []
+    else:
+        streams = [] if args.from_topic else _streams(args)
+        total = None if args.loop or args.from_topic else sum(len(s.end_rows) for s in streams)
     if args.limit:
         total = min(total or args.limit, args.limit)
     producer = make_producer(config)
-    with Progress(total, f"replay to {args.topic}", "window") as bar:
+    unit = "window" if form == "windows" else "record"
+    with Progress(total, f"replay to {args.topic}", unit) as bar:
         try:
             if args.from_topic:
                 span = TopicRange(args.from_offset, args.to_offset, since, until)
                 sent = copy_topic(
                     config, args.from_topic, args.topic, span, producer, progress=bar.update
+                )
+            elif readings is not None:
+                sent = replay_readings(
+                    readings,
+                    args.topic,
+                    producer,
+                    rate=args.rate,
+                    speed=args.speed,
+                    loops=None if args.loop else 1,
+                    limit=args.limit,
+                    progress=bar.update,
                 )
             else:
                 sent = replay_recordings(
@@ -389,6 +415,99 @@ def command(args: argparse.Namespace) -> int:
             producer.close(timeout=10)
     print(f"{sent} records replayed to {args.topic}")
     return 0
+
+
+@dataclass(frozen=True)
+class ReadingStreams:
+    """Machines' recordings to replay as samples or tags, with their disorder."""
+
+    machines: list[tuple[str, Recording]]
+    form: Form
+    disorder: Disorder
+    count: int  # records per loop
+
+    def loop(self, n: int) -> list[tuple[float, bytes, bytes]]:
+        """(send time, key, value) of loop n, in send order; times move on by each loop."""
+        merged: list[tuple[float, bytes]] = []
+        keyed: dict[bytes, bytes] = {}
+        for machine, recording in self.machines:
+            shift = n * _period(recording)
+            for at, value in reading_records(machine, recording, self.form, shift):
+                merged.append((at, value))
+                keyed[value] = machine.encode()
+        disorder = replace(self.disorder, seed=self.disorder.seed + n)
+        return [(at, keyed[value], value) for at, value in arrange(merged, disorder)]
+
+
+def replay_readings(
+    readings: ReadingStreams,
+    topic: str,
+    producer: KafkaProducer,
+    *,
+    rate: float | None = None,
+    speed: float | None = None,
+    loops: int | None = 1,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Produce the sample or tag records to `topic`, keyed by machine id, paced like windows."""
+    started, sends = clock(), Sends(producer, topic)
+    first: float | None = None
+    n = 0
+    while loops is None or n < loops:
+        for at, key, value in readings.loop(n):
+            if limit is not None and sends.count >= limit:
+                return sends.finish()
+            first = at if first is None else first
+            due = (at - first) / speed if speed else (sends.count / rate if rate else None)
+            if due is not None and (wait := started + due - clock()) > 0:
+                sleep(wait)
+            sends.send(key, value)
+            if progress:
+                progress(1)
+        n += 1
+    return sends.finish()
+
+
+def _disorder(args: argparse.Namespace) -> Disorder:
+    return Disorder(
+        jitter=getattr(args, "jitter", 0.0),
+        shuffle_within=getattr(args, "shuffle_within", 0.0),
+        late_share=getattr(args, "late_share", 0.0),
+        seed=getattr(args, "seed", 0),
+    )
+
+
+def _reading_streams(
+    args: argparse.Namespace, form: Form, disorder: Disorder, grace: float
+) -> ReadingStreams:
+    """The recordings as samples or tags; late records held back past the worker's grace."""
+    channels = artifact_io.load(args.model).channels if args.model else None
+    machines = []
+    for i, path in enumerate(args.data):
+        recording = read(path, args)
+        if channels is not None and recording.channels != channels:
+            raise FaultwatchError(
+                f"{path}: channels {recording.channels} differ from the model's {channels}"
+            )
+        machine = args.machine_id or Path(path).stem
+        if args.machine_id and len(args.data) > 1:
+            machine = f"{args.machine_id}-{i + 1}"
+        machines.append((machine, recording))
+    step = max((r.interval() or 1.0 for _, r in machines), default=1.0)
+    disorder = replace(disorder, late_by=grace + 2 * step)
+    count = sum(
+        len(r) if form == "samples" else int((~np.isnan(r.values)).sum()) for _, r in machines
+    )
+    return ReadingStreams(machines, form, disorder, count)
+
+
+def _period(recording: Recording) -> float:
+    """How far a looped replay moves time on: the recording's span and one step."""
+    first, last = parse_time(recording.timestamps[0]), parse_time(recording.timestamps[-1])
+    return (last - first).total_seconds() + (recording.interval() or 1.0)
 
 
 def moment(text: str | None, flag: str, now: datetime | None = None) -> datetime | None:
