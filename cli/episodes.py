@@ -310,7 +310,7 @@ def _check_topics(settings: Settings, topics: list[str]) -> None:
     if missing:
         raise BrokerError(
             f"topic {', '.join(missing)} not found at {settings.bootstrap_servers}: create it "
-            "(see README, Running the worker) or set FAULTWATCH_CONTROL_TOPIC / _STATE_TOPIC"
+            "(see docs/operating-running.md) or set FAULTWATCH_CONTROL_TOPIC / _STATE_TOPIC"
         )
 
 
