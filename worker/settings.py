@@ -131,15 +131,31 @@ class Settings(BaseSettings):
     )
     top_channels: int = Field(3, ge=1, description="channels named in an event's top_channels")
 
-    # Input: contract windows (default), or readings the worker assembles into windows on the
-    # model's sampling interval (worker/inputs/assembler.py; docs/concepts-readings.md)
-    input_format: InputFormat = Field("windows", description="windows, samples or tags")
-    # Data-time seconds a bucket waits for late readings after the machine's latest reading.
-    input_grace_seconds: float = Field(5.0, ge=0)
-    # Buckets a missing channel carries its last value into; longer gaps skip windows.
-    input_fill_limit: int = Field(5, ge=0)
-    # A reading further ahead of its machine's latest reading is a dead letter (`future`).
-    input_max_future_seconds: float = Field(120.0, gt=0)
+    # Input: windows, or samples and tags the worker assembles into windows
+    input_format: InputFormat = Field(
+        "windows",
+        description="what an input record holds: a window (`windows`), one machine's channels "
+        "at one time (`samples`) or one channel's value (`tags`); samples and tags are "
+        "assembled into the model's windows on its sampling interval",
+    )
+    input_grace_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="samples, tags: data-time seconds a bucket stays open after the machine's "
+        "latest reading passes it; a reading for a closed bucket is a dead letter (`late`)",
+    )
+    input_fill_limit: int = Field(
+        5,
+        ge=0,
+        description="samples, tags: buckets a missing channel carries its last value into; "
+        "windows over longer gaps are skipped and counted",
+    )
+    input_max_future_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="samples, tags: a reading further ahead of its machine's latest reading "
+        "(a jumping clock) is a dead letter (`future`)",
+    )
 
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
     events: EventsMode = Field(

@@ -168,8 +168,8 @@ class Counts:
     """What a batch did, for the metrics."""
 
     readings: int = 0  # accepted into a bucket
-    late: int = 0  # records
-    future: int = 0  # records
+    late: int = 0  # readings refused: their bucket had closed
+    future: int = 0  # readings refused: too far ahead
     filled: int = 0  # cells carried forward
     assembled: int = 0  # windows built
     skipped: int = 0  # windows skipped for gaps longer than the fill limit
@@ -248,6 +248,19 @@ class Assembler:
         self._rebuild_heap()
         self.begin()
 
+    def load(self, name: str, doc: dict[str, Any] | None) -> None:
+        """One machine's state as the store holds it (None: none), after a rollback there."""
+        if doc is None:
+            self.machines.pop(name, None)
+        else:
+            self.machines[name] = Machine.from_dict(doc)
+
+    def load_clock(self, clock: int | None) -> None:
+        """The partition's clock as the store holds it; ends the rollback (a new batch)."""
+        self.clock = clock
+        self._rebuild_heap()
+        self.begin()
+
     def open_buckets(self) -> int:
         return sum(len(m.open) for m in self.machines.values())
 
@@ -278,11 +291,13 @@ class Assembler:
                 if ahead is None or not ahead < t <= ahead + rules.max_future:
                     state.ahead = t
                     refused.setdefault(r, Refusal("future", (t - reference) / MICROS))
+                    counts.future += 1
                     continue
             bucket = t // step
             if state.closed is not None and bucket <= state.closed:
                 seconds = ((state.closed + 1) * step - t) / MICROS
                 refused.setdefault(r, Refusal("late", seconds))
+                counts.late += 1
                 continue
             state.ahead = None
             cell = state.open.get(bucket)
@@ -314,8 +329,6 @@ class Assembler:
             state = self.machines[name]
             slot = slot_of.get(name, -1)
             built += self._windows(name, slot, state, segments, counts)
-        counts.late = sum(1 for why in refused.values() if why.reason == "late")
-        counts.future = len(refused) - counts.late
         return Assembled(built, refused, counts)
 
     def _machine(self, name: str, grid: Grid, counts: Counts) -> Machine:
