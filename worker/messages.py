@@ -78,6 +78,7 @@ class Invalid:
 
     reason: Reason
     message: str
+    headers: tuple[tuple[str, bytes], ...] = ()  # more headers of its dead letter
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,19 @@ class Readings:
     def __len__(self) -> int:
         return len(self.record)
 
+    def take(self, mask: np.ndarray) -> Readings:
+        """Some of the readings (a boolean mask), with the same machines."""
+        return Readings(
+            self.record[mask],
+            self.machine[mask],
+            self.channel[mask],
+            self.time[mask],
+            self.value[mask],
+            self.good[mask],
+            self.machines,
+            self.slots,
+        )
+
 
 @dataclass(frozen=True)
 class DecodedReadings:
