@@ -197,9 +197,11 @@ def test_state_is_plain_json_and_a_restore_carries_on_identically():
     whole = assemble(Assembler(RULES), values, "tags", batch=50)
     first = Assembler(RULES)
     part = assemble(first, values[:230], "tags", batch=50)
+    assert first.open_buckets() == sum(len(m.open) for m in first.machines.values()) == 3
     saved = {n: json.loads(json.dumps(m.to_dict())) for n, m in first.machines.items()}
     second = Assembler(RULES)
     second.restore(saved, first.clock)
+    assert second.open_buckets() == 3
     rest = assemble(second, values[230:], "tags", batch=50)
     assert part[0] + rest[0] == whole[0]
     np.testing.assert_array_equal(np.concatenate([part[1], rest[1]]), whole[1])

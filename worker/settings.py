@@ -253,6 +253,12 @@ class Settings(BaseSettings):
                     "their own, apart from each other and the input, events, scores and "
                     "dead-letter topics"
                 )
+        if self.input_format != "windows" and self.events != "episodes":
+            raise ValueError(
+                f"FAULTWATCH_INPUT_FORMAT={self.input_format} needs FAULTWATCH_EVENTS=episodes: "
+                "the windows assembled from readings keep their state in the state topic, with "
+                "the episodes'"
+            )
         if self.input_topic in outputs:
             raise ValueError(
                 f"FAULTWATCH_INPUT_TOPIC {self.input_topic!r} is also an output topic: "

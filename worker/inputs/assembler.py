@@ -209,6 +209,7 @@ class Assembler:
         self.machines: dict[str, Machine] = {}
         self.clock: int | None = None  # the partition's newest reading time
         self._heap: list[tuple[int, str]] = []  # (latest, machine) of machines with open buckets
+        self.open_count = 0  # open buckets of all machines, kept as they open and close
         self.begin()
 
     # --- batches: what changed, and taking it back
@@ -249,7 +250,8 @@ class Assembler:
         self.begin()
 
     def load(self, name: str, doc: dict[str, Any] | None) -> None:
-        """One machine's state as the store holds it (None: none), after a rollback there."""
+        """One machine's state as the store holds it (None: none), after a rollback there;
+        `load_clock` ends the rollback."""
         if doc is None:
             self.machines.pop(name, None)
         else:
@@ -262,7 +264,7 @@ class Assembler:
         self.begin()
 
     def open_buckets(self) -> int:
-        return sum(len(m.open) for m in self.machines.values())
+        return self.open_count
 
     # --- readings
 
@@ -306,6 +308,7 @@ class Assembler:
                     [math.nan] * len(state.grid.channels),
                     [BEFORE] * len(state.grid.channels),
                 )
+                self.open_count += 1
             if t >= cell[1][c]:  # the last reading of the bucket; the later one of equal times
                 cell[0][c], cell[1][c] = v, t
             counts.readings += 1
@@ -339,6 +342,7 @@ class Assembler:
         self._touch(name)
         if state is not None:
             counts.restarts += 1
+            self.open_count -= len(state.open)
             log.info(
                 "assembly restarted machine=%s reason=model grid changed (channels, window or "
                 "interval) open_buckets_dropped=%d",
@@ -383,6 +387,7 @@ class Assembler:
             if bucket <= through:
                 segment.buckets.append(bucket)
                 segment.rows.append(state.open.pop(bucket)[0])
+                self.open_count -= 1
                 segment.records.append(record)
             k = bucket + 1
         state.closed = through
@@ -438,6 +443,7 @@ class Assembler:
         return built
 
     def _rebuild_heap(self) -> None:
+        self.open_count = sum(len(m.open) for m in self.machines.values())
         self._heap = [(m.latest, n) for n, m in self.machines.items() if m.open and m.latest]
         heapq.heapify(self._heap)
 

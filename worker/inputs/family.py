@@ -82,6 +82,8 @@ class AssemblyFamily:
     def machines(self) -> int:
         return sum(len(a.machines) for a in list(self.assemblers.values()))
 
+    # Both are read by the metrics thread: numbers and dict sizes, never a walk of the machines.
+
 
 def machine_states(store: Store) -> dict[str, Any]:
     """The assembly states in a store (for tests and tools)."""
