@@ -30,6 +30,7 @@ from worker.errors import BrokerError
 from worker.publisher import producer_options
 from worker.settings import Settings
 from worker.state import ChangelogReader, restore
+from worker.state.changelog import EPISODE
 
 DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -199,13 +200,25 @@ def read_open_episodes(settings: Settings) -> list[Episode]:
         changelogs = reader(partitions)
         found = []
         for p in partitions:
-            episodes, _, _ = restore(
+            state = restore(
                 changelogs[p], resume.get(p) or 0, settings.group_id, settings.input_topic
             )
-            found += [e for e in episodes if e.phase == "open"]
+            found += [e for e in _episodes(state.values) if e.phase == "open"]
     finally:
         reader.close()
     return sorted(found, key=lambda e: (e.started, e.machine_id))
+
+
+def _episodes(values: dict[tuple[str, str], Any]) -> list[Episode]:
+    """The restored episodes (a value the worker could not use is skipped, as it skips it)."""
+    found = []
+    for (family, _), data in values.items():
+        if family == EPISODE:
+            try:
+                found.append(Episode.from_dict(data))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+    return found
 
 
 def _committed(settings: Settings, partitions: int) -> dict[int, int | None]:

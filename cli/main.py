@@ -14,6 +14,7 @@ from kafka.errors import KafkaError
 from model.detectors import DETECTORS
 from model.errors import FaultwatchError
 from model.networks import ARCHITECTURES
+from model.retraining import LABELS
 from model.simulator import FAULTS
 from model.training import TrainConfig
 
@@ -218,6 +219,38 @@ def _add_episode_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap-servers", **server)
     p.set_defaults(handler=episodes.episodes_command)
 
+    p = commands.add_parser("label", help="an operator's word on an episode (control topic)")
+    p.add_argument("episode_id", metavar="EPISODE_ID")
+    p.add_argument("--as", dest="label", required=True, choices=list(LABELS))
+    p.add_argument("--code", default=None, help="with --as fault: the fault's code")
+    p.add_argument("--note", default=None, help="free text for whoever reads it next")
+    p.add_argument("--by", default=None, help="who labels (default: the user name)")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=_retraining("cli.labels", "label_command"))
+
+    p = commands.add_parser(
+        "retrain", help="candidates from labelled history; --promote only the better ones"
+    )
+    p.add_argument("--from-topic", required=True, metavar="TOPIC", help="the input windows")
+    p.add_argument("--models", required=True, type=Path, metavar="DIR", help="model directory")
+    p.add_argument("--since", default="14d", help="history to learn from (default 14d)")
+    p.add_argument(
+        "--promote", action="store_true", help="put a candidate in service if it is better"
+    )
+    p.add_argument("--report", type=Path, default=None, help="default: DIR/.retrain/report.json")
+    p.add_argument("--epochs", type=_positive, default=DEFAULTS.epochs)
+    p.add_argument("--seed", type=int, default=None, help="default: the live model's")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=_retraining("cli.retrain", "retrain_command"))
+
+    p = commands.add_parser("promote", help="put the model a promotion replaced back")
+    p.add_argument(
+        "--rollback", required=True, metavar="MODEL", help="DIR/NAME.fwm, or NAME with --models"
+    )
+    p.add_argument("--models", type=Path, default=None, metavar="DIR")
+    p.set_defaults(handler=_retraining("cli.retrain", "promote_command"))
+
 
 def _add_training_topic(p: argparse.ArgumentParser) -> None:
     """`train --from-topic`: contract windows read back from Kafka instead of DATA files."""
@@ -258,6 +291,17 @@ def _offline(name: str):
         from cli import offline
 
         return getattr(offline, name)(args)
+
+    return handler
+
+
+def _retraining(module: str, name: str):
+    """A handler of cli.labels or cli.retrain, imported when its command runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
 
     return handler
 

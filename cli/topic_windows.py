@@ -43,7 +43,7 @@ from model.errors import DataError
 from model.recording import Recording, format_time, to_rfc3339
 from model.training import TrainConfig
 from worker import settings as settings_io
-from worker.control import parse_mute
+from worker.control import NotAMute, parse_mute
 from worker.errors import BrokerError
 from worker.inputs.assembler import MICROS, Assembler, Grid, Rules
 from worker.inputs.readings import ReadingDecoder, Sample, Tag
@@ -351,18 +351,20 @@ def mute_spans(records: Iterator[Any]) -> list[tuple[Any, Span]]:
     current: dict[bytes, int] = {}  # key -> index in spans of its mute in force
     for record in records:
         key, at = record.key or b"", record.timestamp / 1000
+        try:
+            new = None if record.value is None else parse_mute(key, record.value)
+        except NotAMute:
+            continue  # a label under the machine's key: its mute (if any) stands
+        except (ValueError, UnicodeDecodeError):
+            new = None
         index = current.pop(key, None)
         if index is not None:  # replaced or lifted from now on
             mute, (start, end) = spans[index]
             spans[index] = (mute, (start, min(end, at)))
-        if record.value is None:
-            continue
-        try:
-            mute = parse_mute(key, record.value)
-        except (ValueError, UnicodeDecodeError):
+        if new is None:
             continue
         current[key] = len(spans)
-        spans.append((mute, (at, mute.until if mute.until is not None else math.inf)))
+        spans.append((new, (at, new.until if new.until is not None else math.inf)))
     return spans
 
 

@@ -511,6 +511,7 @@ def test_every_manifest_parses_and_is_in_the_kustomization() -> None:
     assert set(resources()) == {
         "Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "PodMonitor",
         "PrometheusRule", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication",
+        "CronJob",
     }  # fmt: skip
     images = {i["name"] for i in kustomization["images"]}
     spec = resources()["Deployment"]["spec"]["template"]["spec"]
@@ -587,6 +588,37 @@ def test_models_reach_the_pods_through_a_volume_the_publishing_job_writes() -> N
     assert 'cp "$f" "$2/.$n.tmp"' in script and 'mv "$2/.$n.tmp" "$2/$n"' in script
     assert template["securityContext"]["runAsNonRoot"] is True
     assert publish["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_retrain_runs_nightly_into_the_workers_models_volume() -> None:
+    from cli.main import _parser
+
+    cron = resources()["CronJob"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"  # promotions never race
+    assert len(cron["spec"]["schedule"].split()) == 5
+    template = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (job,) = template["containers"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert job["image"] in {i["name"] for i in kustomization["images"]}  # the worker's image
+    # A valid call, on the input topic and the directory the workers serve, promoting.
+    argv = [
+        a.replace("$(FAULTWATCH_INPUT_TOPIC)", config()["FAULTWATCH_INPUT_TOPIC"])
+        for a in job["args"]
+    ]
+    args = _parser().parse_args(argv)
+    assert args.command == "retrain" and args.promote
+    assert args.from_topic == config()["FAULTWATCH_INPUT_TOPIC"]
+    assert str(args.models) == config()["FAULTWATCH_MODEL_PATH"]
+    _, worker = pod()
+    assert job["envFrom"] == worker["envFrom"]  # the same brokers, topics and secrets
+    mounts = {m["mountPath"]: m for m in job["volumeMounts"]}
+    assert not mounts[str(args.models)].get("readOnly")  # it renames candidates into it
+    volumes = {v["name"]: v for v in template["volumes"]}
+    claim = volumes[mounts[str(args.models)]["name"]]["persistentVolumeClaim"]["claimName"]
+    assert claim == resources()["PersistentVolumeClaim"]["metadata"]["name"]
+    assert template["securityContext"]["runAsNonRoot"] is True
+    assert job["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "/tmp" in mounts  # torch's and HOME's writes, the root being read-only
 
 
 def test_settings_come_from_the_configmap_and_the_secret() -> None:

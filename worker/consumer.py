@@ -7,7 +7,9 @@
 # whoever holds them after the rebalance, this worker included, reads the batch again and
 # counts it when its commit succeeds. A failed publish or commit rewinds too, and backs off.
 # Models are re-read between two batches (worker/models.py): a batch is scored, published and
-# committed by one set of models, so a reload neither loses nor repeats a window.
+# committed by one set of models, so a reload neither loses nor repeats a window; never between
+# a batch and its retry, which is an exact replay of the first attempt (the episode state and
+# the mutes it saw are rolled back with it: worker/state/).
 
 from __future__ import annotations
 
@@ -121,6 +123,7 @@ class Loop:
         self._assigned: set[TopicPartition] | None = None  # None while (re)joining the group
         self._first_join = True  # until assigned, or until a slow first join is logged
         self._retry: str | None = None  # why the last batch failed, while retrying
+        self._redo = False  # a batch was sought back, uncommitted: it comes again, as it was
         self._failures = 0
         self._last_activity = clock()
         self._next_refresh = clock()
@@ -140,8 +143,8 @@ class Loop:
         try:
             while not self._stop.is_set():
                 self.health.tick()
-                if self.models is not None:
-                    self.models.between_batches()
+                if self.models is not None and not self._redo:
+                    self.models.between_batches()  # never between a batch and its retry
                 polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
                 if polled:
                     self._last_activity = self.clock()
@@ -171,7 +174,9 @@ class Loop:
             return
         if not committed:
             self._seek_back(polled)  # read again by the partitions' next owner: counted then
+            self._redo = True
             return
+        self._redo = False
         seconds = self.clock() - started
         self.metrics.batch_committed(result.models, result.dead_letters, seconds)
         self.metrics.episodes_committed(result.episodes)
@@ -216,6 +221,7 @@ class Loop:
     def _rewind(self, polled: Polled, exc: BatchError) -> None:
         """Re-read the failed batch after a backoff: at least once, never lost."""
         self._seek_back(polled)
+        self._redo = True
         self._failures += 1
         self._retry = str(exc)
         self.metrics.batch_retries.inc()

@@ -57,11 +57,17 @@ class Mute:
         }
 
 
+class NotAMute(ValueError):
+    """A control record of another kind (a label): not a mute, and no mistake either."""
+
+
 def parse_mute(key: bytes | None, value: bytes) -> Mute:
-    """A control record as a Mute; ValueError when it is not one."""
+    """A control record as a Mute; NotAMute for a label, ValueError when it is neither."""
     document = json.loads(value)
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
+    if document.get("kind", "mute") != "mute":
+        raise NotAMute(f"a {document.get('kind')!r} record")
     target = document.get("machine") or (key or b"").decode()
     if not isinstance(target, str) or not target:
         raise ValueError("no machine")
@@ -98,6 +104,8 @@ class MuteTable:
             else:
                 try:
                     self._mutes[key] = parse_mute(key, value)
+                except NotAMute:
+                    return  # a label under the machine's key: its mute (if any) stands
                 except (ValueError, UnicodeDecodeError) as exc:
                     log.warning("control record ignored key=%r error=%s", key[:100], exc)
                     return
@@ -114,12 +122,16 @@ class MuteTable:
 
     def checker(self) -> Callable[[str], bool]:
         """Whether a machine is muted now (one `now` for a whole batch)."""
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[Callable[[str], bool], int]:
+        """(the checker, the table's version it reflects), read together under the lock."""
         with self._lock:
             if not self._mutes:
-                return _never
+                return _never, self.version
             if self._cached_version != self.version:
                 self._cache, self._cached_version = {}, self.version
-            mutes = list(self._mutes.values())
+            mutes, version = list(self._mutes.values()), self.version
         now, cache = self.clock(), self._cache
 
         def muted(machine: str) -> bool:
@@ -129,7 +141,7 @@ class MuteTable:
                 until = cache[machine] = _until(machine, mutes)
             return until != NOT_MUTED and (until is None or now < until)
 
-        return muted
+        return muted, version
 
 
 def _until(machine: str, mutes: list[Mute]) -> float | None:

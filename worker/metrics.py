@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from model.episodes import CLOSE_REASONS
 from worker.messages import REASONS
+from worker.state.changelog import SKIP_REASONS
 
 # Scores are squared errors in standardised units: log-spaced, 0.001 to 1000.
 SCORE_BUCKETS = tuple(m * 10.0**e for e in range(-3, 3) for m in (1, 2, 5)) + (1000.0,)
@@ -214,6 +215,15 @@ class Metrics:
             "Machines whose readings this replica assembles (state held).",
             registry=registry,
         )
+        self.state_records_skipped = Counter(
+            "faultwatch_state_records_skipped",
+            "State topic records skipped at a restore: not JSON, missing or wrong fields, "
+            "another group's or input topic's, or a state its family cannot use.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in SKIP_REASONS:
+            self.state_records_skipped.labels(reason)
         for reason in REASONS:  # every reason exists from the start, so rate() sees the first
             self.dead_letters.labels(reason)
         for reason in CLOSE_REASONS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +28,7 @@ from worker.messages import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
 from worker.state import EpisodeState
+from worker.state.episodes import MUTES
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ class Pipeline:
         self.readings = readings  # None: the input is windows
         if readings is not None and episodes is None:
             raise ValueError("samples and tags need the episode stage: their state is its store")
-        self._mute_versions: dict[int, int] = {}  # partition -> mute table version it saw
+        # partition -> (first offset, checker, version) of its last batch: a redo reuses them
+        self._mute_snapshots: dict[int, tuple[int, Callable[[str], bool], int]] = {}
         self.serve(models if isinstance(models, Routes) else Routes.single(models))
 
     def serve(self, models: Routes) -> None:
@@ -274,10 +276,11 @@ class Pipeline:
                 spans[record.partition] = [record.offset, record.offset]
             else:
                 span[1] = record.offset
+        firsts = {p: first for p, (first, _) in spans.items()}
         if trackers is None:
-            trackers = state.trackers({p: first for p, (first, _) in spans.items()})
-        muted, version = table.checker(), table.version
-        rescan = {p for p in spans if self._mute_versions.get(p, 0) != version}
+            trackers = state.trackers(firsts)
+        mutes = self._mutes(firsts, state.redone, table)
+        rescan = {p for p in spans if mutes[p][2] != mutes[p][1]}
         models = self.models.models
         about = {  # per model in the batch: what each of its windows needs
             slot: (
@@ -296,6 +299,7 @@ class Pipeline:
             i, origin = decoded.valid[j]
             record = records[i]
             tracker: Tracker = trackers[record.partition]
+            muted = mutes[record.partition][0]
             source = source_of(record)
             timestamp, score, slot, k = origin.timestamp, values[j], slots[j], rows[j]
             threshold, channels, model_version, share, detectors = about[slot]
@@ -322,8 +326,8 @@ class Pipeline:
                 served = models[slot]
                 outputs.append(self._score_record(record, origin, served, scored.by_slot[slot], k))
         for p in spans:
-            if p not in rescan:
-                self._mute_versions[p] = version
+            if p not in rescan:  # undone with the batch, like the episodes it closed
+                state.partitions[p].store.put(MUTES, "version", mutes[p][1])
         counts = EpisodeCounts()
         for event in events:
             self._stamp(event)
@@ -348,6 +352,21 @@ class Pipeline:
         for record in records:
             firsts.setdefault(record.partition, record.offset)
         return self.episodes.state.trackers(firsts)
+
+    def _mutes(
+        self, firsts: dict[int, int], redone: set[int], table: MuteTable
+    ) -> dict[int, tuple[Callable[[str], bool], int, int]]:
+        """Per partition: (checker, table version, version its episodes saw). A redone batch
+        gets its first attempt's checker: the retry is an exact replay whatever changed since."""
+        found, fresh = {}, None
+        for p, first in firsts.items():
+            saved = self._mute_snapshots.get(p)
+            if p not in redone or saved is None or saved[0] != first:
+                fresh = fresh or table.snapshot()
+                saved = self._mute_snapshots[p] = (first, *fresh)
+            seen = self.episodes.state.partitions[p].store.get(MUTES, "version", 0)
+            found[p] = (saved[1], saved[2], seen)
+        return found
 
     def _stamp(self, event: dict) -> None:
         """The model of the event's machine: its version, and its threshold (a silent close is

@@ -42,6 +42,7 @@ from worker.publisher import (
     Publisher,
     producer_options,
 )
+from worker.retraining import RetrainCollector
 from worker.routing import Routes
 from worker.settings import ENV_PREFIX, FLAGS, Settings
 from worker.shadow import Shadow
@@ -130,6 +131,8 @@ def serve(
     # A loop blocked longer than a session (a frozen broker answers nothing) is not ready.
     health = Health(blocked_after=settings.session_timeout_ms / 1000)
     metrics = Metrics(registry)
+    if store.directory:  # the retrain job's counts, written beside the models it promotes
+        registry.register(RetrainCollector(settings.model_path))
     reload = threading.Event()  # SIGHUP: re-read the model paths between two batches
     shadow_store = ModelStore(settings.shadow_model_path) if settings.shadow_model_path else None
     models = Lifecycle(
@@ -169,6 +172,9 @@ def _consume(
         episodes = None
         if settings.events == "episodes":
             episodes, readers = episode_stage(settings)
+            episodes.state.on_skip = lambda reason, n: metrics.state_records_skipped.labels(
+                reason
+            ).inc(n)
             metrics.muted_machines.set_function(lambda: len(episodes.mutes.active()))
             metrics.episodes_open.set_function(lambda: episodes.state.open_now)
         pipeline = pipeline_for(live, settings, episodes, shadow)
