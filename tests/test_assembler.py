@@ -249,3 +249,14 @@ def test_machine_state_round_trips_through_json():
 def _args(decoder, values):
     decoded = decoder.decode_batch(values)
     return decoded.readings, [GRID], decoded.readings.slots
+
+
+def test_a_saved_state_is_not_changed_by_later_readings():
+    rec = recording(normal_values(40))
+    values = [v for _, v in reading_records("m", rec, "samples")]
+    assembler = Assembler(RULES)
+    assemble(assembler, values[:20], "samples")
+    saved = assembler.machines["m"].to_dict()
+    frozen = json.dumps(saved)
+    assemble(assembler, values[20:], "samples")
+    assert json.dumps(saved) == frozen

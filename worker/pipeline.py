@@ -23,6 +23,7 @@ import numpy as np
 from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
 from worker.control import MuteTable
+from worker.inputs.family import AssemblyFamily
 from worker.inputs.stage import ReadingCounts, ReadingStage
 from worker.messages import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
@@ -109,6 +110,7 @@ class Episodes:
 
     state: EpisodeState
     mutes: MuteTable
+    assembly: AssemblyFamily | None = None  # samples and tags: the assemblers, in the state
 
 
 def event_id(topic: str, partition: int, offset: int) -> str:

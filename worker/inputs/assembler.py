@@ -116,15 +116,16 @@ class Machine:
             self.rows = np.empty((0, c))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON (NaN as null), for the state topic."""
+        """Plain JSON (NaN as null), for the state topic: new lists, never the live ones (the
+        store keeps the value as it was put)."""
         return {
             "grid": self.grid.key(),
             "latest": self.latest,
             "closed": self.closed,
             "ahead": self.ahead,
-            "open": {str(b): [_nulls(v), t] for b, (v, t) in sorted(self.open.items())},
+            "open": {str(b): [_nulls(v), list(t)] for b, (v, t) in sorted(self.open.items())},
             "last_value": _nulls(self.last_value),
-            "last_bucket": self.last_bucket,
+            "last_bucket": list(self.last_bucket),
             "rows": [_nulls(row) for row in self.rows.tolist()],
             "last_window": self.last_window,
         }

@@ -13,8 +13,9 @@ state must have been begun for the batch (the pipeline does it before calling `d
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -53,10 +54,17 @@ def grid_of(scorer: Scorer, name: str = "model") -> Grid:
     return Grid.of(scorer.channels, scorer.window, interval, name)
 
 
-def require_interval(scorer: Scorer) -> Scorer:
-    """A model loader's check in samples and tags mode: DataError unless the model has a grid."""
-    grid_of(scorer, f"model {scorer.version}")
-    return scorer
+def interval_loader(load: Callable[[Path], Scorer] = Scorer.load) -> Callable[[Path], Scorer]:
+    """The model loader of a worker reading samples or tags: a model that stores no sampling
+    interval is refused (at start: the worker stops with that line; on reload: the file is
+    refused and what served keeps serving)."""
+
+    def loaded(path: Path) -> Scorer:
+        scorer = load(path)
+        grid_of(scorer, str(path))
+        return scorer
+
+    return loaded
 
 
 class ReadingStage:
