@@ -4,11 +4,10 @@ episodes, dead letters, redone batches and restores of the assembly state."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pathlib import Path
 
 from cli.replay import reading_records
 from model.episodes import EpisodeConfig
@@ -16,13 +15,13 @@ from model.recording import Recording
 from model.scoring import Scorer
 from tests.helpers import Record
 from tests.synthetic import CHANNELS, normal_values
+from tests.test_worker_episodes import Changelog
 from worker.control import MuteTable
 from worker.inputs.assembler import MICROS, Rules
 from worker.inputs.family import AssemblyFamily
 from worker.inputs.stage import ReadingStage
 from worker.pipeline import Episodes, Pipeline, Topics
 from worker.state import EpisodeState
-from tests.test_worker_episodes import Changelog
 
 CONFIG = EpisodeConfig(
     open_seconds=0, clear_seconds=5, clear_ratio=1.0, update_seconds=3, silent_seconds=60
