@@ -179,3 +179,19 @@ def test_a_model_without_a_sampling_interval_is_refused_for_readings(tiny_model_
     assert interval_loader()(tiny_model_path).artifact.sampling_interval == 1.0
     with pytest.raises(DataError, match="old.fwm stores no sampling interval"):
         interval_loader()(old)
+
+
+def test_the_worker_refuses_to_assemble_with_a_model_without_interval(tiny_model_path, tmp_path):
+    import dataclasses
+
+    from model import artifact as artifact_io
+    from tests.helpers import run_worker, worker_env
+
+    old = tmp_path / "old.fwm"
+    artifact = dataclasses.replace(artifact_io.load(tiny_model_path), sampling_interval=None)
+    artifact_io.save(artifact, old)
+    env = worker_env("127.0.0.1:9", old, input_format="samples")
+    worker = run_worker(env, tmp_path / "worker.log", timeout=60)
+    assert worker.process.returncode == 1
+    lines = [line for line in worker.stderr.splitlines() if "stopped" in line]
+    assert len(lines) == 1 and "old.fwm stores no sampling interval" in lines[0], worker.stderr
