@@ -62,10 +62,23 @@ EXPORTED = {
     "faultwatch_episode_duration_seconds_count",
     "faultwatch_late_windows_total",
     "faultwatch_muted_machines",
+    "faultwatch_mutes",
+    "faultwatch_control_records_skipped_total",
+    "faultwatch_partitions_paused",
     "faultwatch_model_reload_failures_total",
     "faultwatch_score_drift",
     "faultwatch_shadow_windows_total",
     "faultwatch_shadow_failures_total",
+    "faultwatch_readings_received_total",
+    "faultwatch_readings_late_total",
+    "faultwatch_readings_future_total",
+    "faultwatch_readings_extra_total",
+    "faultwatch_readings_filled_total",
+    "faultwatch_readings_windows_assembled_total",
+    "faultwatch_readings_windows_skipped_total",
+    "faultwatch_readings_assembly_restarts_total",
+    "faultwatch_readings_open_buckets",
+    "faultwatch_readings_machines",
 }
 ALLOWED = EXPORTED | {"up"}  # `up` is Prometheus' own, per scrape target
 
@@ -214,10 +227,16 @@ def test_every_panel_queries_prometheus() -> None:
         ("flagged by the candidate only", r'live="normal", candidate="anomaly"'),
         ("workers up", r'up\{job="faultwatch"\}'),
         ("open episodes", r"sum\(faultwatch_episodes_open\)"),
-        ("mutes", r"faultwatch_muted_machines"),
+        ("muted machines", r"sum\(faultwatch_muted_machines\)"),  # each worker its own
+        ("mutes", r"faultwatch_mutes\b"),
         ("episodes opened", r"rate\(faultwatch_episodes_opened_total\["),
         ("episodes closed by reason", r"by \(reason\) \(rate\(faultwatch_episodes_closed_total\["),
         ("episode duration", r"histogram_quantile\(0\.5, .*faultwatch_episode_duration_seconds"),
+        ("readings late", r"rate\(faultwatch_readings_late_total\["),
+        ("readings future", r"rate\(faultwatch_readings_future_total\["),
+        ("windows assembled", r"rate\(faultwatch_readings_windows_assembled_total\["),
+        ("windows skipped for gaps", r"rate\(faultwatch_readings_windows_skipped_total\["),
+        ("open buckets", r"sum\(faultwatch_readings_open_buckets\)"),
     ],
 )
 def test_dashboard_shows(topic: str, pattern: str) -> None:
