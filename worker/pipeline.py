@@ -23,6 +23,8 @@ import numpy as np
 from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
 from worker.control import Label, MuteTable
+from worker.inputs.family import AssemblyFamily
+from worker.inputs.stage import ReadingCounts, ReadingStage
 from worker.messages import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
@@ -81,6 +83,7 @@ class BatchResult:
     # (candidate, live flagged, candidate flagged) -> windows both scored
     shadow: Counter[tuple[str, bool, bool]] = field(default_factory=Counter)
     shadow_failures: int = 0
+    readings: ReadingCounts | None = None  # None unless the input is samples or tags
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Episodes:
 
     state: EpisodeState
     mutes: MuteTable
+    assembly: AssemblyFamily | None = None  # samples and tags: the assemblers, in the state
 
 
 def event_id(topic: str, partition: int, offset: int) -> str:
@@ -127,12 +131,16 @@ class Pipeline:
         *,
         max_record_bytes: int = 1_000_000,
         shadow: Shadow | None = None,
+        readings: ReadingStage | None = None,
     ):
         self.topics = topics
         self.top_channels = top_channels
         self.max_record_bytes = max_record_bytes
         self.episodes = episodes  # None: one event per anomalous window
         self.shadow = shadow  # None: no shadow models
+        self.readings = readings  # None: the input is windows
+        if readings is not None and episodes is None:
+            raise ValueError("samples and tags need the episode stage: their state is its store")
         # partition -> (first offset, checker, version) of its last batch: a redo reuses them
         self._mute_snapshots: dict[int, tuple[int, Callable[[str], bool], int]] = {}
         # partition -> (first offset, labels) of its last batch: a redo reuses them too
@@ -150,10 +158,18 @@ class Pipeline:
         else:
             shapes = [(m.scorer.window, m.scorer.channels) for m in models.models]
             self.decoder = Decoder.routed(shapes, models.route, self.max_record_bytes)
+        if self.readings is not None:
+            self.readings.serve(models)
 
     def process(self, records: Sequence[Record]) -> BatchResult:
         """Every record of the batch ends as a score (and maybe an event) or a dead letter."""
-        decoded = _keyed(self.decoder.decode_batch([r.value for r in records]), records)
+        trackers, counts = None, None
+        if self.readings is not None:
+            # The partitions' state first (restored, or rolled back for a redo): assembly needs it.
+            trackers = self._trackers(records)
+            decoded, counts = self.readings.decode(records)
+        else:
+            decoded = _keyed(self.decoder.decode_batch([r.value for r in records]), records)
         scored = self._score(decoded)
         finite = np.isfinite(scored.score)  # (V,) 1e300 is a number, yet overflows the model
         invalid = decoded.invalid + [
@@ -163,6 +179,7 @@ class Pipeline:
         reasons = Counter(problem.reason for _, problem in invalid)
         anomalies = int(scored.anomaly[finite].sum())
         result = BatchResult(outputs, scored.score[finite], anomalies, reasons)
+        result.readings = counts
         result.models = self._model_batches(decoded, scored, finite)
         if self.episodes is None:
             # Only windows with an output cost Python work: without score records, the anomalies.
@@ -173,7 +190,7 @@ class Pipeline:
                 served, scores = models[slots[j]], scored.by_slot[slots[j]]
                 outputs.extend(self._results(records[i], origin, served, scores, rows[j]))
         else:
-            result.episodes = self._episodes(records, decoded, scored, finite, outputs)
+            result.episodes = self._episodes(records, decoded, scored, finite, outputs, trackers)
         if self.shadow is not None:
             self._shadow(records, decoded, scored, finite, result)
         return result
@@ -252,8 +269,10 @@ class Pipeline:
         scored: Scored,
         finite: np.ndarray,
         outputs: list[Output],
+        trackers: dict[int, Tracker] | None = None,
     ) -> EpisodeCounts:
-        """Every valid window through its partition's tracker, in order; events and state out."""
+        """Every valid window through its partition's tracker, in order; events and state out.
+        `trackers`: the batch's, when the readings stage has begun the state already."""
         assert self.episodes is not None and self.topics.state is not None
         state, table = self.episodes.state, self.episodes.mutes
         spans: dict[int, list[int]] = {}  # partition -> [first offset, last offset]
@@ -264,7 +283,8 @@ class Pipeline:
             else:
                 span[1] = record.offset
         firsts = {p: first for p, (first, _) in spans.items()}
-        trackers = state.trackers(firsts)
+        if trackers is None:
+            trackers = state.trackers(firsts)
         mutes = self._mutes(firsts, state.redone, table)
         rescan = {p for p in spans if mutes[p][2] != mutes[p][1]}
         labels = self._labels_of(firsts, state.redone, table)
@@ -278,6 +298,8 @@ class Pipeline:
                 models[slot].version,
                 scores.channel_share,
                 leading_detectors(scores) or [DEFAULT_DETECTOR] * len(scores.score),
+                models[slot].scorer.interval,
+                models[slot].scorer.typical,
             )
             for slot, scores in scored.by_slot.items()
         }
@@ -291,7 +313,7 @@ class Pipeline:
             muted = mutes[record.partition][0]
             source = source_of(record)
             timestamp, score, slot, k = origin.timestamp, values[j], slots[j], rows[j]
-            threshold, channels, model_version, share, detectors = about[slot]
+            threshold, channels, model_version, share, detectors, interval, typical = about[slot]
             if timestamp != stamp:
                 stamp, time = timestamp, parse_seconds(timestamp)
             if record.partition in rescan:  # mutes changed: close what they silence now
@@ -319,6 +341,8 @@ class Pipeline:
                 muted(origin.machine_id),
                 model_version,
                 _ratios_of(scored.by_slot[slot], k) if score > threshold else None,
+                interval,
+                typical,
             )
             if self.topics.scores:
                 served = models[slot]
@@ -342,6 +366,14 @@ class Pipeline:
             counts.late += trackers[p].take_late()
         counts.open_now = state.open_count()
         return counts
+
+    def _trackers(self, records: Sequence[Record]) -> dict[int, Tracker]:
+        """Begin the batch in the state of each of its partitions (every family's)."""
+        assert self.episodes is not None
+        firsts: dict[int, int] = {}
+        for record in records:
+            firsts.setdefault(record.partition, record.offset)
+        return self.episodes.state.trackers(firsts)
 
     def _mutes(
         self, firsts: dict[int, int], redone: set[int], table: MuteTable
@@ -441,6 +473,7 @@ class Pipeline:
             ("faultwatch.source.topic", record.topic.encode()),
             ("faultwatch.source.partition", str(record.partition).encode()),
             ("faultwatch.source.offset", str(record.offset).encode()),
+            *problem.headers,
         ]
         # Kafka clients refuse a record with neither key nor value: keep it as an empty value.
         value = record.value if record.value is not None or record.key is not None else b""

@@ -26,6 +26,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 EventsMode = Literal["episodes", "windows"]
+InputFormat = Literal["windows", "samples", "tags"]
 
 # Settings that `faultwatch run` also takes as flags (flags win over the environment).
 FLAGS = {
@@ -130,6 +131,32 @@ class Settings(BaseSettings):
     )
     top_channels: int = Field(3, ge=1, description="channels named in an event's top_channels")
 
+    # Input: windows, or samples and tags the worker assembles into windows
+    input_format: InputFormat = Field(
+        "windows",
+        description="what an input record holds: a window (`windows`), one machine's channels "
+        "at one time (`samples`) or one channel's value (`tags`); samples and tags are "
+        "assembled into the model's windows on its sampling interval",
+    )
+    input_grace_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="samples, tags: data-time seconds a bucket stays open after the machine's "
+        "latest reading passes it; a reading for a closed bucket is a dead letter (`late`)",
+    )
+    input_fill_limit: int = Field(
+        5,
+        ge=0,
+        description="samples, tags: buckets a missing channel carries its last value into; "
+        "windows over longer gaps are skipped and counted",
+    )
+    input_max_future_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="samples, tags: a reading further ahead of its machine's latest reading "
+        "(a jumping clock) is a dead letter (`future`)",
+    )
+
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
     events: EventsMode = Field(
         "episodes",
@@ -151,6 +178,39 @@ class Settings(BaseSettings):
     )
     episode_silent_seconds: float = Field(
         600.0, ge=0, description="a machine silent this long closes its episode (0: never)"
+    )
+    # Each rule in windows as well (one per sample): they decide on slowly sampled machines
+    # (docs/concepts-drift-and-recovery.md).
+    episode_open_windows: int = Field(
+        EpisodeConfig.open_windows, ge=1, description="... and for at least this many windows"
+    )
+    episode_clear_windows: int = Field(
+        EpisodeConfig.clear_windows,
+        ge=1,
+        description="... closes after at least this many windows below (and settles after them)",
+    )
+    episode_silent_windows: int = Field(
+        EpisodeConfig.silent_windows,
+        ge=1,
+        description="... and silent at least this many of the model's sampling intervals",
+    )
+    episode_settle_seconds: float = Field(
+        EpisodeConfig.settle_seconds,
+        ge=0,
+        description="an open episode steady (within x1.5) this long takes that level as the "
+        "machine's normal, then clears: quick recovery (short) or no steady fault learned "
+        "(long; 0: never)",
+    )
+    adapt_seconds: float = Field(
+        EpisodeConfig.adapt_seconds,
+        ge=0,
+        description="time constant of each machine's baseline, its normal score level, "
+        "learned outside episodes (0: no adaptation)",
+    )
+    adapt_max_factor: float = Field(
+        EpisodeConfig.adapt_max,
+        ge=1,
+        description="the most a machine's baseline may divide its scores by",
     )
 
     # Operations
@@ -226,6 +286,12 @@ class Settings(BaseSettings):
                     "their own, apart from each other and the input, events, scores and "
                     "dead-letter topics"
                 )
+        if self.input_format != "windows" and self.events != "episodes":
+            raise ValueError(
+                f"FAULTWATCH_INPUT_FORMAT={self.input_format} needs FAULTWATCH_EVENTS=episodes: "
+                "the windows assembled from readings keep their state in the state topic, with "
+                "the episodes'"
+            )
         if self.input_topic in outputs:
             raise ValueError(
                 f"FAULTWATCH_INPUT_TOPIC {self.input_topic!r} is also an output topic: "
@@ -288,6 +354,12 @@ class Settings(BaseSettings):
             clear_ratio=self.episode_clear_ratio,
             update_seconds=self.episode_update_seconds,
             silent_seconds=self.episode_silent_seconds,
+            open_windows=self.episode_open_windows,
+            clear_windows=self.episode_clear_windows,
+            silent_windows=self.episode_silent_windows,
+            settle_seconds=self.episode_settle_seconds,
+            adapt_seconds=self.adapt_seconds,
+            adapt_max=self.adapt_max_factor,
         )
 
     def secret_values(self) -> list[str]:
