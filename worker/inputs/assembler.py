@@ -26,6 +26,7 @@ plain JSON (`Machine.to_dict`); a batch can be undone (`begin`, `rollback`, `cha
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
@@ -280,10 +281,21 @@ class Assembler:
         pending: dict[str, list[_Segment]] = {}
         refused: dict[int, Refusal] = {}
         rules, clock = self.rules, self.clock
-        records, machines = readings.record.tolist(), readings.machine.tolist()
-        channels, times = readings.channel.tolist(), readings.time.tolist()
-        values = readings.value.tolist()
-        for r, m, c, t, v in zip(records, machines, channels, times, values, strict=True):
+        # One pass per record: a sample's readings share its machine and time (checked once),
+        # a tag is a record of one reading.
+        record = readings.record
+        starts = np.flatnonzero(np.diff(record, prepend=-1)) if len(record) else record
+        ends = [*starts[1:].tolist(), len(record)]
+        channels, values = readings.channel.tolist(), readings.value.tolist()
+        heads = zip(
+            starts.tolist(),
+            ends,
+            record[starts].tolist(),
+            readings.machine[starts].tolist(),
+            readings.time[starts].tolist(),
+            strict=True,
+        )
+        for a, b, r, m, t in heads:
             state, name = states[m], names[m]
             if state is None:
                 state = states[m] = self._machine(name, grids[slots[m]], counts)
@@ -294,13 +306,13 @@ class Assembler:
                 if ahead is None or not ahead < t <= ahead + rules.max_future:
                     state.ahead = t
                     refused.setdefault(r, Refusal("future", (t - reference) / MICROS))
-                    counts.future += 1
+                    counts.future += b - a
                     continue
             bucket = t // step
             if state.closed is not None and bucket <= state.closed:
                 seconds = ((state.closed + 1) * step - t) / MICROS
                 refused.setdefault(r, Refusal("late", seconds))
-                counts.late += 1
+                counts.late += b - a
                 continue
             state.ahead = None
             cell = state.open.get(bucket)
@@ -310,9 +322,12 @@ class Assembler:
                     [BEFORE] * len(state.grid.channels),
                 )
                 self.open_count += 1
-            if t >= cell[1][c]:  # the last reading of the bucket; the later one of equal times
-                cell[0][c], cell[1][c] = v, t
-            counts.readings += 1
+            cell_values, cell_times = cell
+            for k in range(a, b):
+                c = channels[k]
+                if t >= cell_times[c]:  # a bucket's last reading; of equal times, the later
+                    cell_values[c], cell_times[c] = values[k], t
+            counts.readings += b - a
             if state.latest is None or t > state.latest:
                 state.latest = t
                 heapq.heappush(self._heap, (t, name))
@@ -472,6 +487,7 @@ def _carry(rows: np.ndarray, buckets: np.ndarray, state: Machine, limit: int) ->
     return int(fill.sum())
 
 
+@functools.lru_cache(maxsize=4096)  # the machines of a partition share their buckets
 def bucket_time(bucket: int, step: int) -> str:
     """The start of a bucket as RFC 3339 UTC."""
     return format_time(EPOCH + timedelta(microseconds=bucket * step))
