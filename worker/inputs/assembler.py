@@ -26,6 +26,7 @@ plain JSON (`Machine.to_dict`); a batch can be undone (`begin`, `rollback`, `cha
 
 from __future__ import annotations
 
+import base64
 import functools
 import heapq
 import logging
@@ -117,17 +118,22 @@ class Machine:
             self.rows = np.empty((0, c))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON (NaN as null), for the state topic: new lists, never the live ones (the
-        store keeps the value as it was put)."""
+        """Plain JSON for the state topic: new values, never the live lists (the store keeps a
+        value as it was put). The arrays (the closed rows, each open bucket's values and times)
+        are base64 of little-endian float64 / int64: exact, NaN included, and an eighth of the
+        cost of writing and reading them as decimal numbers, which every batch pays."""
         return {
             "grid": self.grid.key(),
             "latest": self.latest,
             "closed": self.closed,
             "ahead": self.ahead,
-            "open": {str(b): [_nulls(v), list(t)] for b, (v, t) in sorted(self.open.items())},
+            "open": {
+                str(b): [_pack(v, "<f8"), _pack(t, "<i8")]
+                for b, (v, t) in sorted(self.open.items())
+            },
             "last_value": _nulls(self.last_value),
             "last_bucket": list(self.last_bucket),
-            "rows": [_nulls(row) for row in self.rows.tolist()],
+            "rows": _pack(self.rows, "<f8"),
             "last_window": self.last_window,
         }
 
@@ -135,16 +141,22 @@ class Machine:
     def from_dict(cls, doc: dict[str, Any]) -> Machine:
         channels, window, step = doc["grid"]
         grid = Grid(tuple(channels), window, step)
-        rows = np.array([_nans(r) for r in doc["rows"]], dtype=np.float64)
+        rows = _unpack(doc["rows"], "<f8").reshape(-1, len(channels))
+        opened = {
+            int(b): (_unpack(v, "<f8").tolist(), _unpack(t, "<i8").tolist())
+            for b, (v, t) in doc["open"].items()
+        }
+        if any(len(v) != len(channels) or len(t) != len(channels) for v, t in opened.values()):
+            raise ValueError("an open bucket of another number of channels")
         return cls(
             grid,
             doc["latest"],
             doc["closed"],
             doc["ahead"],
-            {int(b): (_nans(v), list(t)) for b, (v, t) in doc["open"].items()},
+            opened,
             _nans(doc["last_value"]),
             list(doc["last_bucket"]),
-            rows.reshape(len(doc["rows"]), len(channels)),
+            rows,
             doc["last_window"],
         )
 
@@ -491,6 +503,14 @@ def _carry(rows: np.ndarray, buckets: np.ndarray, state: Machine, limit: int) ->
 def bucket_time(bucket: int, step: int) -> str:
     """The start of a bucket as RFC 3339 UTC."""
     return format_time(EPOCH + timedelta(microseconds=bucket * step))
+
+
+def _pack(values: Sequence[float] | np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode("ascii")
+
+
+def _unpack(text: str, dtype: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype=dtype).astype(dtype[1:])
 
 
 def _nulls(values: Sequence[float]) -> list[float | None]:
