@@ -55,3 +55,12 @@ def test_a_changed_table_is_seen_by_the_next_checker():
     assert not table.checker()("b")
     table.apply(b"b", mute("b"))
     assert table.checker()("b")  # the cache follows the table's version
+
+
+def test_the_mute_cache_is_bounded_whatever_the_machine_ids():
+    table = MuteTable(clock=lambda: 1e9, max_cached=100)
+    table.apply(b"press-*", json.dumps({"machine": "press-*", "mute_until": None}).encode())
+    muted = table.checker()
+    assert all(muted(f"press-{i}") for i in range(1000))
+    assert not any(muted(f"pump-{i}") for i in range(1000))
+    assert len(table._cache) <= 100

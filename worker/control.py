@@ -27,6 +27,7 @@ from worker.errors import BrokerError
 log = logging.getLogger(__name__)
 
 NOT_MUTED = -1.0  # cached "no mute names this machine"
+MAX_CACHED = 100_000  # machine ids remembered per table version (as the routing cache's)
 PATTERN_CHARACTERS = set("*?[")
 
 
@@ -86,8 +87,11 @@ def parse_mute(key: bytes | None, value: bytes) -> Mute:
 class MuteTable:
     """The control topic's latest record per key; thread-safe, read once per window."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, max_cached: int = MAX_CACHED
+    ) -> None:
         self.clock = clock
+        self.max_cached = max_cached  # machine ids remembered per version, then start over
         self._mutes: dict[bytes, Mute] = {}
         self._lock = threading.Lock()
         self.version = 0  # bumped by every change
@@ -132,12 +136,14 @@ class MuteTable:
             if self._cached_version != self.version:
                 self._cache, self._cached_version = {}, self.version
             mutes, version = list(self._mutes.values()), self.version
-        now, cache = self.clock(), self._cache
+        now, cache, bound = self.clock(), self._cache, self.max_cached
 
         def muted(machine: str) -> bool:
             if machine in cache:
                 until = cache[machine]
             else:
+                if len(cache) >= bound:  # a machine id per record must not grow it forever
+                    cache.clear()
                 until = cache[machine] = _until(machine, mutes)
             return until != NOT_MUTED and (until is None or now < until)
 
