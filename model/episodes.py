@@ -5,12 +5,16 @@ the threshold) starts a pending episode; it opens once the windows have stayed a
 `open_seconds` (0: at once) and closes once the scores have stayed below `clear_ratio` x
 threshold for `clear_seconds` (hysteresis: scores between the two hold it open). While open,
 an `updated` follows at most every `update_seconds`, only when the peak rose. A machine whose
-partition's clock (its newest window time) runs `silent_seconds` past the machine's last
-window closes `silent`; a muted machine's episode closes `muted` and none opens.
+partition's clock (its newest window time) runs `silent_seconds` past where it stood when the
+machine's last window came closes `silent`; a muted machine's episode closes `muted` and none
+opens.
 
 Time is the windows' own timestamps: the same windows in the same order give the same events,
 at any replay speed. A window older than its machine's newest one (late, out of order) is
-scored but changes nothing here: the episode already moved past it.
+scored but changes nothing here: the episode already moved past it. A window older by more
+than the tracker's horizon (`reset_seconds`: the longest rule, at least RESET_FLOOR) is the
+machine's clock set back: its episode closes `reset` and the machine starts afresh. The worker
+may move a partition's clock on without windows (`idle`: an idle partition, by processing time).
 
 One `Tracker` holds the machines of one input partition (the worker) or one recording
 (`faultwatch score --episodes`); the same code serves both, with no Kafka.
@@ -28,8 +32,11 @@ from typing import Any, Literal
 import numpy as np
 
 Kind = Literal["opened", "updated", "closed"]
-CloseReason = Literal["cleared", "silent", "muted"]
-CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted")
+CloseReason = Literal["cleared", "silent", "muted", "reset"]
+CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted", "reset")
+RESET_FLOOR = 300.0  # seconds: a machine's clock set back by more than this (and than every
+# rule's span) is a reset, not a late window
+MAX_MACHINES = 100_000  # newest window times remembered per tracker; then the oldest go
 DIGITS = 6  # significant digits of event floats: a re-scored window gives the same bytes
 
 
@@ -62,6 +69,7 @@ class Episode:
         "machine_id", "id", "phase", "started", "started_at", "opened_at", "windows",
         "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
         "reported_peak", "reported", "clear_since", "clear_at", "versions", "peak_ratios",
+        "heard",
     )  # fmt: skip
 
     def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
@@ -79,6 +87,7 @@ class Episode:
         self.clear_at: str | None = None
         self.versions: list[str] = []  # the models that scored its windows, oldest first
         self.peak_ratios: dict[str, float] = {}  # detector -> its ratio at the peak
+        self.heard = time  # the partition's clock when its machine's last window came
 
     def copy(self) -> Episode:
         twin = Episode.__new__(Episode)
@@ -107,6 +116,7 @@ class Episode:
         # Saved before a model could change under an open episode: none recorded.
         episode.versions = list(data.get("versions", []))
         episode.peak_ratios = dict(data.get("peak_ratios", {}))
+        episode.heard = data.get("heard", episode.last)
         episode.peak_score = _infinite(data["peak_score"])
         episode.reported_peak = _infinite(data["reported_peak"])
         episode.weights = dict(data["weights"])
@@ -133,7 +143,7 @@ class Episode:
 
 Shares = Callable[[], Sequence[tuple[str, float]]]  # a window's (channel, share), computed lazily
 Ratios = Callable[[], dict[str, float]]  # a window's ratio per detector, computed lazily
-LATER_FIELDS = ("versions", "peak_ratios")  # absent from state saved by earlier versions
+LATER_FIELDS = ("versions", "peak_ratios", "heard")  # absent from state saved by earlier versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +166,18 @@ class Tracker:
         self.seen: dict[str, float] = {}  # every machine's newest window time
         self.clock = -math.inf  # the newest window time of any machine
         self.late = 0  # windows older than their machine's newest, since the last take_late
+        self.resets: list[tuple[str, float, float]] = []  # (machine, newest, then), since taken
+        # A machine's clock set back further than every rule looks is a reset; machines quiet
+        # that long are forgotten (their next window starts afresh, as after a reset).
+        self.reset_seconds = max(
+            RESET_FLOOR,
+            config.open_seconds,
+            config.clear_seconds,
+            config.update_seconds,
+            config.silent_seconds,
+        )
+        self.max_machines = MAX_MACHINES
+        self._next_prune = -math.inf
         self._next_scan = math.inf
         self._touched: set[str] = set()  # machines whose episode the batch may have changed
         self._observed: set[str] = set()  # machines whose newest window time the batch moved
@@ -212,26 +234,33 @@ class Tracker:
         lists every version that scored it); `ratios`: its detectors' ratios, kept at the peak.
         """
         seen = self.seen.get(machine)
+        events: list[dict[str, Any]] = []
         if seen is not None and time < seen:
-            self.late += 1  # out of order: the machine's episode has moved past it
-            return []
+            if seen - time <= self.reset_seconds:
+                self.late += 1  # out of order: the machine's episode has moved past it
+                return []
+            events += self._reset(machine, seen, Cause(time, timestamp, threshold, source))
+        elif seen is None and len(self.seen) >= self.max_machines:
+            self._prune(self.max_machines // 2)
         self._observed.add(machine)
         self.seen[machine] = time
-        events: list[dict[str, Any]] = []
         if time > self.clock:
             self.clock = time
             if time >= self._next_scan:
                 events += self._close_silent(Cause(time, timestamp, threshold, source))
+            if time >= self._next_prune:
+                self._prune(self.max_machines)
         episode = self.episodes.get(machine)
         if episode is None:
             if score <= threshold or muted:
                 return events  # the common case: a normal window of a normal machine
             self._touch(machine)
             episode = self.episodes[machine] = Episode(machine, time, timestamp)
-            self._schedule(time)
+            self._schedule(self.clock)
         else:
             self._touch(machine)
         episode.last, episode.last_at, episode.score = time, timestamp, score
+        episode.heard = self.clock
         if version and version not in episode.versions:
             episode.versions.append(version)
         cause = Cause(time, timestamp, threshold, source)
@@ -276,8 +305,26 @@ class Tracker:
             events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
 
+    def due(self, to: float) -> bool:
+        """Whether moving the clock on to `to` may close an episode for silence."""
+        return to > self.clock and to >= self._next_scan
+
+    def idle(self, to: float, cause: Cause) -> list[dict[str, Any]]:
+        """The partition's clock moves on to `to` without a window (the worker's idle rule):
+        the episodes of machines silent since close. Nothing changes unless one is due."""
+        if not self.due(to):
+            return []
+        self.clock = to
+        return self._close_silent(cause)
+
     def open_count(self) -> int:
         return sum(1 for e in self.episodes.values() if e.phase == "open")
+
+    def take_resets(self) -> list[tuple[str, float, float]]:
+        """(machine, its newest window time, the older one that came) of each reset since the
+        last call."""
+        resets, self.resets = self.resets, []
+        return resets
 
     def take_late(self) -> int:
         """Late windows since the last call."""
@@ -302,14 +349,40 @@ class Tracker:
             self._next_scan = math.inf
             return []
         events: list[dict[str, Any]] = []
-        quiet = sorted(m for m, e in self.episodes.items() if cause.time - e.last >= silent)
+        now = self.clock
+        quiet = sorted(m for m, e in self.episodes.items() if now - e.heard >= silent)
         for machine in quiet:
             self._touch(machine)
             episode = self.episodes[machine]
             events += self._end(episode, "silent", episode.last, episode.last_at, cause)
-        lasts = [e.last for e in self.episodes.values()]
-        self._next_scan = min(lasts) + silent if lasts else math.inf
+        heard = [e.heard for e in self.episodes.values()]
+        self._next_scan = min(heard) + silent if heard else math.inf
         return events
+
+    def _reset(self, machine: str, newest: float, cause: Cause) -> list[dict[str, Any]]:
+        """The machine's clock went back: its episode ends at its last window; it starts afresh."""
+        self.resets.append((machine, newest, cause.time))
+        self._observed.add(machine)
+        del self.seen[machine]
+        episode = self.episodes.get(machine)
+        if episode is None:
+            return []
+        self._touch(machine)
+        return self._end(episode, "reset", episode.last, episode.last_at, cause)
+
+    def _prune(self, keep: int) -> None:
+        """Forget the newest window times of machines quiet for `reset_seconds` of the
+        partition's time, then the oldest beyond `keep`; never a machine with an episode."""
+        self._next_prune = self.clock + self.reset_seconds
+        horizon = self.clock - self.reset_seconds
+        episodes, seen = self.episodes, self.seen
+        quiet = [m for m, t in seen.items() if t < horizon and m not in episodes]
+        if len(seen) - len(quiet) > keep:
+            rest = sorted((t, m) for m, t in seen.items() if t >= horizon and m not in episodes)
+            quiet += [m for _, m in rest[: len(seen) - len(quiet) - keep]]
+        for machine in quiet:
+            del seen[machine]
+        self._observed.update(quiet)
 
     def _end(
         self, episode: Episode, reason: CloseReason, ended: float, ended_at: str, cause: Cause

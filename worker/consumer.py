@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500  # how quickly a stop request or the idle timer is noticed
 COMMIT_TIMEOUT_MS = 30_000
 MAX_BACKOFF = 30.0  # seconds between retries of a failed batch, at most
+IDLE_RETRY = 5.0  # seconds before an idle step whose publish failed is tried again
 
 Polled = dict[TopicPartition, list[Any]]  # kafka-python's poll(): partition -> ConsumerRecords
 
@@ -124,6 +125,7 @@ class Loop:
         self._first_join = True  # until assigned, or until a slow first join is logged
         self._retry: str | None = None  # why the last batch failed, while retrying
         self._redo = False  # a batch was sought back, uncommitted: it comes again, as it was
+        self._next_idle = clock()  # the next idle step, at the earliest
         self._failures = 0
         self._last_activity = clock()
         self._next_refresh = clock()
@@ -149,6 +151,8 @@ class Loop:
                 if polled:
                     self._last_activity = self.clock()
                     self._handle(polled)
+                if not self._redo:
+                    self._idle_step()
                 self._check_timers(started)
         finally:
             gc.unfreeze()
@@ -187,6 +191,24 @@ class Loop:
             log.info("batch retry succeeded after=%d failures", self._failures)
             self._retry, self._failures = None, 0
             self._update_readiness()
+
+    def _idle_step(self) -> None:
+        """Idle partitions' clocks move on by processing time: publish the silent closes."""
+        if self.clock() < self._next_idle:
+            return
+        outputs, counts = self.pipeline.idle()
+        if not outputs:
+            return
+        try:
+            self.publisher.publish(outputs)
+        except BatchError as exc:
+            if not exc.retriable:
+                raise
+            self.pipeline.idle_failed()
+            self._next_idle = self.clock() + IDLE_RETRY
+            log.warning("idle partitions' silent closes not published, retrying error=%s", exc)
+            return
+        self.metrics.episodes_committed(counts)
 
     def _resume_points(self, polled: Polled) -> dict[int, int]:
         """Where each assigned partition without restored state resumes (episodes only)."""

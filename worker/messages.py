@@ -13,6 +13,8 @@
 #                 the pipeline adds windows whose values overflow the model (score not finite)
 #   key_mismatch  the record's key is present and is not its machine_id (the pipeline checks:
 #                 the window may sit in another partition than its machine's episode state)
+#   future        stamped more than FAULTWATCH_INPUT_MAX_FUTURE_SECONDS ahead of the wall clock
+#                 (the pipeline checks: worker/clocks.py)
 #
 # Fields the contract does not name are ignored, so producers may add their own.
 
@@ -37,6 +39,7 @@ Reason = Literal[
     "shape",
     "non_finite",
     "key_mismatch",
+    "future",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 MAX_MESSAGE = 300  # characters of an error message kept for the dead-letter header

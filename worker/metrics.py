@@ -162,6 +162,12 @@ class Metrics:
             "Mutes in force (a machine id or a pattern each), from the control topic.",
             registry=registry,
         )
+        self.clock_resets = Counter(
+            "faultwatch_clock_resets",
+            "Machines whose clock went back further than the episode rules look: their "
+            "episode closed `reset` and they started afresh (one log line each).",
+            registry=registry,
+        )
         self.state_records_skipped = Counter(
             "faultwatch_state_records_skipped",
             "State topic records skipped at a restore: not JSON, missing or wrong fields, "
@@ -245,6 +251,7 @@ class Metrics:
         for seconds in counts.durations:
             self.episode_duration.observe(seconds)
         self.late_windows.inc(counts.late)
+        self.clock_resets.inc(counts.resets)
 
     def set_lag(self, lag: Mapping[Partition, int]) -> None:
         for (topic, partition), value in lag.items():

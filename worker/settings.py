@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(
         1_000_000, ge=64, description="larger input records are dead-lettered as too_large"
     )
+    input_max_future_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="a window stamped further ahead of the wall clock is dead-lettered as "
+        "future (0: no bound)",
+    )
     max_request_bytes: int = Field(
         16 * 2**20, ge=1_024, description="largest record the worker will send"
     )
