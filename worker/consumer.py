@@ -194,8 +194,10 @@ class Loop:
 
     def _idle_step(self) -> None:
         """Idle partitions' clocks move on by processing time: publish the silent closes."""
-        if self.clock() < self._next_idle:
+        if self.clock() < self._next_idle or self._assigned is None:
             return
+        # Partitions assigned with nothing to read are restored too: their silence counts.
+        self.pipeline.restore(self._resume_points({}))
         outputs, counts = self.pipeline.idle()
         if not outputs:
             return
