@@ -177,7 +177,6 @@ class Tracker:
             config.silent_seconds,
         )
         self.max_machines = MAX_MACHINES
-        self._next_prune = -math.inf
         self._next_scan = math.inf
         self._touched: set[str] = set()  # machines whose episode the batch may have changed
         self._observed: set[str] = set()  # machines whose newest window time the batch moved
@@ -245,11 +244,7 @@ class Tracker:
         self._observed.add(machine)
         self.seen[machine] = time
         if time > self.clock:
-            self.clock = time
-            if time >= self._next_scan:
-                events += self._close_silent(Cause(time, timestamp, threshold, source))
-            if time >= self._next_prune:
-                self._prune(self.max_machines)
+            events += self._advance(time, Cause(time, timestamp, threshold, source))
         episode = self.episodes.get(machine)
         if episode is None:
             if score <= threshold or muted:
@@ -314,8 +309,7 @@ class Tracker:
         the episodes of machines silent since close. Nothing changes unless one is due."""
         if not self.due(to):
             return []
-        self.clock = to
-        return self._close_silent(cause)
+        return self._advance(to, cause)
 
     def open_count(self) -> int:
         return sum(1 for e in self.episodes.values() if e.phase == "open")
@@ -359,6 +353,17 @@ class Tracker:
         self._next_scan = min(heard) + silent if heard else math.inf
         return events
 
+    def _advance(self, to: float, cause: Cause) -> list[dict[str, Any]]:
+        """The partition's clock moves on: silent machines close, quiet ones are forgotten (each
+        time it enters a new span of `reset_seconds`: a function of the clock alone, so a
+        redone batch prunes where its first attempt did)."""
+        crossed = to // self.reset_seconds > self.clock // self.reset_seconds
+        self.clock = to
+        events = self._close_silent(cause) if to >= self._next_scan else []
+        if crossed:
+            self._prune(self.max_machines)
+        return events
+
     def _reset(self, machine: str, newest: float, cause: Cause) -> list[dict[str, Any]]:
         """The machine's clock went back: its episode ends at its last window; it starts afresh."""
         self.resets.append((machine, newest, cause.time))
@@ -373,7 +378,6 @@ class Tracker:
     def _prune(self, keep: int) -> None:
         """Forget the newest window times of machines quiet for `reset_seconds` of the
         partition's time, then the oldest beyond `keep`; never a machine with an episode."""
-        self._next_prune = self.clock + self.reset_seconds
         horizon = self.clock - self.reset_seconds
         episodes, seen = self.episodes, self.seen
         quiet = [m for m, t in seen.items() if t < horizon and m not in episodes]
