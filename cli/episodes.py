@@ -3,7 +3,9 @@
 Mutes are records of the control topic (FAULTWATCH_CONTROL_TOPIC), keyed by the machine id or
 pattern; unmuting writes a tombstone for that key. `episodes` reads the control topic and the
 state topic (FAULTWATCH_STATE_TOPIC) whole, without a consumer group, and the worker group's
-committed offsets to tell saved state from state of a batch still being done.
+committed offsets to tell saved state from state of a batch still being done. A group that has
+committed nothing on the input topic is an error, not "no open episodes": the shell's
+FAULTWATCH_GROUP_ID or FAULTWATCH_INPUT_TOPIC is most likely not the workers'.
 """
 
 from __future__ import annotations
@@ -197,6 +199,12 @@ def read_open_episodes(settings: Settings) -> list[Episode]:
     try:
         partitions = sorted(consumer.partitions_for_topic(settings.state_topic) or ())
         resume = _committed(settings, len(partitions))
+        if all(offset is None for offset in resume.values()):  # not a false all-clear
+            raise FaultwatchError(
+                f"no state for group {settings.group_id!r} on {settings.input_topic}: it has "
+                "committed nothing there; check FAULTWATCH_GROUP_ID and FAULTWATCH_INPUT_TOPIC "
+                "(they must be the workers')"
+            )
         changelogs = reader(partitions)
         found = []
         for p in partitions:

@@ -41,7 +41,7 @@ from cli.replay import TopicRange, assign_every_partition, moment
 from model.errors import DataError
 from model.recording import Recording, format_time, to_rfc3339
 from worker import settings as settings_io
-from worker.control import NotAMute, parse_mute
+from worker.control import Mute, Unmute, parse
 from worker.errors import BrokerError
 from worker.messages import WindowMessage
 from worker.settings import Settings
@@ -159,9 +159,14 @@ def _until_end(
     progress: Callable[[int], None] | None,
     empty: set[TopicPartition],
 ) -> Iterator[Any]:
-    """Until each partition is past the span or at its end (a fetch's high watermark)."""
+    """Each partition to where it ended when reading began (or `--to-offset`), keeping the
+    records of the time span: a record stamped after `--until` (a gateway with a fast clock)
+    is skipped, never the end of its partition. A partition is done once a fetch confirmed
+    its end."""
     since = span.since.timestamp() * 1000 if span.since else -math.inf
     until = span.until.timestamp() * 1000 if span.until else math.inf
+    ends = _ends(consumer, assigned)
+    fixed: set[TopicPartition] = set()  # ends confirmed by a fetch's high watermark
     done = set(empty)
     if empty:
         consumer.pause(*empty)
@@ -169,23 +174,42 @@ def _until_end(
     while len(done) < len(assigned):
         for tp, batch in consumer.poll(timeout_ms=200).items():
             last = time.monotonic()
+            _confirm_end(consumer, tp, ends, fixed)
             for record in batch:
                 past = span.to_offset is not None and record.offset >= span.to_offset
-                if past or record.timestamp > until:
+                if past or record.offset >= ends[tp]:
                     consumer.pause(tp)
                     done.add(tp)
                     break
-                if record.timestamp >= since:
+                if since <= record.timestamp <= until:
                     yield record
                 if progress:
                     progress(1)
         for tp in assigned:
-            high = consumer.highwater(tp)
-            if tp not in done and high is not None and consumer.position(tp) >= high:
+            _confirm_end(consumer, tp, ends, fixed)
+            if tp not in done and tp in fixed and consumer.position(tp) >= ends[tp]:
                 done.add(tp)
         if time.monotonic() - last > IDLE:
             _check_ends(consumer, [tp for tp in assigned if tp not in done])
             break  # nothing arrives, and every partition is at its end
+
+
+def _ends(consumer: KafkaConsumer, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """Each partition's end now: records produced while reading are not read."""
+    return dict(consumer.end_offsets(assigned)) if assigned else {}
+
+
+def _confirm_end(
+    consumer: KafkaConsumer,
+    tp: TopicPartition,
+    ends: dict[TopicPartition, int],
+    fixed: set[TopicPartition],
+) -> None:
+    """The first fetch's high watermark corrects an end that end_offsets gave short (some
+    brokers give the last batch's start + 1, DESIGN.md); later ones would chase new records."""
+    if tp not in fixed and (high := consumer.highwater(tp)) is not None:
+        ends[tp] = max(ends[tp], high)
+        fixed.add(tp)
 
 
 def _check_ends(consumer: KafkaConsumer, waiting: list[TopicPartition]) -> None:
@@ -252,26 +276,22 @@ def episode_spans(records: Iterator[Any]) -> dict[str, list[Span]]:
     return {m: sorted((a, b) for a, b in spans.values()) for m, spans in episodes.items()}
 
 
-def mute_spans(records: Iterator[Any]) -> list[tuple[Any, Span]]:
-    """(mute, its span in wall-clock seconds) from the control topic's history."""
-    spans: list[tuple[Any, Span]] = []
+def mute_spans(records: Iterator[Any]) -> list[tuple[Mute, Span]]:
+    """(mute, its span in wall-clock seconds) from the control topic's history: a mute holds
+    until its end, its key's tombstone or the next mute under its key (labels change none)."""
+    spans: list[tuple[Mute, Span]] = []
     current: dict[bytes, int] = {}  # key -> index in spans of its mute in force
     for record in records:
-        key, at = record.key or b"", record.timestamp / 1000
-        try:
-            new = None if record.value is None else parse_mute(key, record.value)
-        except NotAMute:
-            continue  # a label under the machine's key: its mute (if any) stands
-        except (ValueError, UnicodeDecodeError):
-            new = None
-        index = current.pop(key, None)
+        parsed, at = parse(record.key, record.value), record.timestamp / 1000
+        if not isinstance(parsed, Mute | Unmute):
+            continue  # a label, or a record that is none of the three
+        index = current.pop(parsed.key, None)
         if index is not None:  # replaced or lifted from now on
             mute, (start, end) = spans[index]
             spans[index] = (mute, (start, min(end, at)))
-        if new is None:
-            continue
-        current[key] = len(spans)
-        spans.append((new, (at, new.until if new.until is not None else math.inf)))
+        if isinstance(parsed, Mute):
+            current[parsed.key] = len(spans)
+            spans.append((parsed, (at, parsed.until if parsed.until is not None else math.inf)))
     return spans
 
 

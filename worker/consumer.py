@@ -10,6 +10,11 @@
 # committed by one set of models, so a reload neither loses nor repeats a window; never between
 # a batch and its retry, which is an exact replay of the first attempt (the episode state and
 # the mutes it saw are rolled back with it: worker/state/).
+# A batch compressed with a codec this process cannot decode (its library missing, or a codec
+# newer than kafka-python) pauses its partition: one error line, faultwatch_partitions_paused,
+# nothing committed past it, the other partitions go on. Skipping it would lose its windows,
+# and raising would restart the worker into the same batch forever. Once the library is
+# installed, a restart (or the partition's next assignment) reads the batch again.
 
 from __future__ import annotations
 
@@ -23,7 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnsupportedCodecError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from worker.errors import BatchError, CommitError
@@ -129,6 +139,7 @@ class Loop:
         self._failures = 0
         self._last_activity = clock()
         self._next_refresh = clock()
+        self._paused: set[TopicPartition] = set()  # partitions whose batch cannot be decoded
 
     def request_stop(self, reason: str) -> None:
         """Finish the batch in hand, commit and return from `run` (signal-handler safe)."""
@@ -147,7 +158,7 @@ class Loop:
                 self.health.tick()
                 if self.models is not None and not self._redo:
                     self.models.between_batches()  # never between a batch and its retry
-                polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                polled = self._poll()
                 if polled:
                     self._last_activity = self.clock()
                     self._handle(polled)
@@ -158,6 +169,38 @@ class Loop:
             gc.unfreeze()
             self.health.set_not_ready("shutting down")
         return self._stop_reason or "stop requested"
+
+    def _poll(self) -> Polled:
+        """The next batch; a partition whose batch cannot be decompressed is paused instead."""
+        try:
+            return self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        except UnsupportedCodecError as exc:
+            self._pause_undecodable(exc)
+            return {}
+
+    def _pause_undecodable(self, exc: UnsupportedCodecError) -> None:
+        """Stop reading the partition that raised (all assigned ones if it cannot be told)."""
+        failed = _failed_partition(self.consumer)
+        partitions = ({failed} if failed is not None else set()) - self._paused
+        if not partitions:
+            partitions = set(self._assigned or ()) - self._paused
+        if not partitions:  # not seen: nothing left to read that could have raised
+            log.error("a batch cannot be decompressed error=%s", exc)
+            self._stop.wait(MAX_BACKOFF)
+            return
+        self.consumer.pause(*partitions)
+        self._paused |= partitions
+        self.metrics.partitions_paused.set(len(self._paused))
+        for tp in sorted(partitions):
+            log.error(
+                "partition paused: a batch cannot be decompressed topic=%s partition=%d "
+                "offset=%s error=%s; nothing past it is committed: install the codec's library "
+                "(kafka-python[lz4,snappy,zstd]) and restart the worker",
+                tp.topic,
+                tp.partition,
+                self.consumer.position(tp),
+                exc,
+            )
 
     def _handle(self, polled: Polled) -> None:
         """One batch end to end; a retriable failure rewinds it and backs off."""
@@ -198,7 +241,8 @@ class Loop:
             return
         # Partitions assigned with nothing to read are restored too: their silence counts.
         self.pipeline.restore(self._resume_points({}))
-        outputs, counts = self.pipeline.idle()
+        paused = {tp.partition for tp in self._paused}  # stuck, not quiet: no silence there
+        outputs, counts = self.pipeline.idle(skip=paused)
         if not outputs:
             return
         try:
@@ -331,6 +375,8 @@ class Loop:
         log.warning("partitions lost partitions=%s", _describe(partitions) or "none")
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
+        self._paused -= set(partitions)  # paused no more if they come back: tried again then
+        self.metrics.partitions_paused.set(len(self._paused))
         self.pipeline.forget(tp.partition for tp in partitions)  # restored again if they return
         self._assigned = None  # until the group's next assignment
         self.metrics.assigned_partitions.set(0)
@@ -352,6 +398,15 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         self.loop.on_lost(lost)
+
+
+def _failed_partition(consumer: KafkaConsumer) -> TopicPartition | None:
+    """The partition whose records kafka-python was unpacking when it raised (its fetcher keeps
+    them as the next in line); None when this kafka-python keeps them elsewhere."""
+    try:
+        return consumer._fetcher._next_partition_records.topic_partition
+    except AttributeError:
+        return None
 
 
 def _describe(partitions: Any) -> str:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from model.episodes import CLOSE_REASONS
+from worker.control.records import SKIP_REASONS as CONTROL_SKIP_REASONS
 from worker.messages import REASONS
-from worker.state.changelog import SKIP_REASONS
+from worker.state.changelog import SKIP_REASONS as STATE_SKIP_REASONS
 
 # Scores are squared errors in standardised units: log-spaced, 0.001 to 1000.
 SCORE_BUCKETS = tuple(m * 10.0**e for e in range(-3, 3) for m in (1, 2, 5)) + (1000.0,)
@@ -159,6 +160,12 @@ class Metrics:
         )
         self.muted_machines = Gauge(
             "faultwatch_muted_machines",
+            "Machines this worker scored in the last hour that a mute names now (sum over "
+            "workers: the plant's).",
+            registry=registry,
+        )
+        self.mutes = Gauge(
+            "faultwatch_mutes",
             "Mutes in force (a machine id or a pattern each), from the control topic.",
             registry=registry,
         )
@@ -168,6 +175,17 @@ class Metrics:
             "episode closed `reset` and they started afresh (one log line each).",
             registry=registry,
         )
+        self.control_skipped = Counter(
+            "faultwatch_control_records_skipped",
+            "Control topic records that are no mute, unmute or label, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.partitions_paused = Gauge(
+            "faultwatch_partitions_paused",
+            "Input partitions this worker stopped reading: a batch it cannot decompress.",
+            registry=registry,
+        )
         self.state_records_skipped = Counter(
             "faultwatch_state_records_skipped",
             "State topic records skipped at a restore: not JSON, missing or wrong fields, "
@@ -175,12 +193,14 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        for reason in SKIP_REASONS:
+        for reason in STATE_SKIP_REASONS:
             self.state_records_skipped.labels(reason)
         for reason in REASONS:  # every reason exists from the start, so rate() sees the first
             self.dead_letters.labels(reason)
         for reason in CLOSE_REASONS:
             self.episodes_closed.labels(reason)
+        for reason in CONTROL_SKIP_REASONS:
+            self.control_skipped.labels(reason)
 
     def set_models(self, live: Routes | None, shadow: Routes | None = None) -> None:
         """The models in service now (None: unchanged): info, thresholds, drift series."""

@@ -232,13 +232,15 @@ class Pipeline:
         result.outputs.extend(outputs)
         result.shadow = counts
 
-    def idle(self) -> tuple[list[Output], EpisodeCounts | None]:
+    def idle(self, skip: Iterable[int] = ()) -> tuple[list[Output], EpisodeCounts | None]:
         """Partitions without input, their clocks moved on by processing time (worker/clocks.py):
-        the silent closes that brings, and their state records. Publish, never commit."""
+        the silent closes that brings, and their state records. Publish, never commit. `skip`:
+        partitions that are not quiet but stuck (paused)."""
         if self.episodes is None:
             return [], None
         state = self.episodes.state
-        due = state.idle_clocks()
+        skipped = set(skip)
+        due = {p: to for p, to in state.idle_clocks().items() if p not in skipped}
         if not due:
             return [], None
         outputs: list[Output] = []

@@ -19,6 +19,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import (
     CollectorRegistry,
+    Counter,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
@@ -135,7 +136,11 @@ def serve(
     if store.directory:  # the retrain job's counts, written beside the models it promotes
         registry.register(RetrainCollector(settings.model_path))
     reload = threading.Event()  # SIGHUP: re-read the model paths between two batches
-    shadow_store = ModelStore(settings.shadow_model_path) if settings.shadow_model_path else None
+    shadow_store = (
+        ModelStore(settings.shadow_model_path, may_empty=True)
+        if settings.shadow_model_path
+        else None
+    )
     models = Lifecycle(
         store,
         shadow_store,
@@ -172,11 +177,12 @@ def _consume(
         check_topics(consumer, settings)
         episodes = None
         if settings.events == "episodes":
-            episodes, readers = episode_stage(settings)
+            episodes, readers = episode_stage(settings, metrics.control_skipped)
             episodes.state.on_skip = lambda reason, n: metrics.state_records_skipped.labels(
                 reason
             ).inc(n)
-            metrics.muted_machines.set_function(lambda: len(episodes.mutes.active()))
+            metrics.muted_machines.set_function(episodes.mutes.muted_machines)
+            metrics.mutes.set_function(lambda: len(episodes.mutes.active()))
             metrics.episodes_open.set_function(lambda: episodes.state.open_now)
         pipeline = pipeline_for(live, settings, episodes, shadow)
 
@@ -288,7 +294,7 @@ def pipeline_for(
 
 
 def episode_stage(
-    settings: Settings,
+    settings: Settings, skipped: Counter | None = None
 ) -> tuple[Episodes, list[ChangelogReader | ControlReader]]:
     """The episode state (restored from the state topic) and the mutes (the control topic, read
     to its end before the first batch, then followed on a thread of its own)."""
@@ -301,7 +307,9 @@ def episode_stage(
         changelog = ChangelogReader(
             KafkaConsumer(**options), settings.state_topic, settings.startup_timeout
         )
-        control = ControlReader(KafkaConsumer(**options), settings.control_topic, MuteTable())
+        counted = None if skipped is None else (lambda reason: skipped.labels(reason).inc())
+        table = MuteTable(skipped=counted)
+        control = ControlReader(KafkaConsumer(**options), settings.control_topic, table)
     except (KafkaError, OSError) as exc:
         raise BrokerError(
             f"cannot reach the Kafka broker at {settings.bootstrap_servers}: {exc}"
