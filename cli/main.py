@@ -153,7 +153,28 @@ def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
         "--speed", type=float, default=None, help="pace by the data's timestamps; 1 = real time"
     )
     p.add_argument("--loop", action="store_true", help="start over at the end, until stopped")
-    p.add_argument("--limit", type=_positive, default=None, help="stop after N windows")
+    p.add_argument("--limit", type=_positive, default=None, help="stop after N records")
+    p.add_argument(
+        "--as",
+        dest="form",
+        choices=["windows", "samples", "tags"],
+        default="windows",
+        help="what each record holds: a window, one time of a machine, or one channel's value",
+    )
+    disorder = p.add_argument_group("disorder of samples and tags (as gateways send them)")
+    disorder.add_argument(
+        "--jitter", type=_seconds, default=0.0, metavar="SECONDS",
+        help="send each record up to this much data time after its time",
+    )  # fmt: skip
+    disorder.add_argument(
+        "--shuffle-within", type=_seconds, default=0.0, metavar="SECONDS",
+        help="shuffle the records within blocks of this much data time",
+    )  # fmt: skip
+    disorder.add_argument(
+        "--late-share", type=_share, default=0.0, metavar="F",
+        help="hold this share of records back past FAULTWATCH_INPUT_GRACE_SECONDS: late",
+    )  # fmt: skip
+    disorder.add_argument("--seed", type=int, default=0, help="of the disorder")
     p.add_argument("--from-topic", default=None, help="copy a range of this topic instead")
     p.add_argument("--from-offset", type=_offset, default=None, help="first offset, each partition")
     p.add_argument("--to-offset", type=_offset, default=None, help="end offset (exclusive)")
@@ -317,6 +338,26 @@ def _offset(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an offset, 0 or more, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds, got {text}") from None
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
     return value
 
 

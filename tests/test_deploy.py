@@ -69,6 +69,16 @@ EXPORTED = {
     "faultwatch_score_drift",
     "faultwatch_shadow_windows_total",
     "faultwatch_shadow_failures_total",
+    "faultwatch_readings_received_total",
+    "faultwatch_readings_late_total",
+    "faultwatch_readings_future_total",
+    "faultwatch_readings_extra_total",
+    "faultwatch_readings_filled_total",
+    "faultwatch_readings_windows_assembled_total",
+    "faultwatch_readings_windows_skipped_total",
+    "faultwatch_readings_assembly_restarts_total",
+    "faultwatch_readings_open_buckets",
+    "faultwatch_readings_machines",
 }
 ALLOWED = EXPORTED | {"up"}  # `up` is Prometheus' own, per scrape target
 
@@ -222,6 +232,11 @@ def test_every_panel_queries_prometheus() -> None:
         ("episodes opened", r"rate\(faultwatch_episodes_opened_total\["),
         ("episodes closed by reason", r"by \(reason\) \(rate\(faultwatch_episodes_closed_total\["),
         ("episode duration", r"histogram_quantile\(0\.5, .*faultwatch_episode_duration_seconds"),
+        ("readings late", r"rate\(faultwatch_readings_late_total\["),
+        ("readings future", r"rate\(faultwatch_readings_future_total\["),
+        ("windows assembled", r"rate\(faultwatch_readings_windows_assembled_total\["),
+        ("windows skipped for gaps", r"rate\(faultwatch_readings_windows_skipped_total\["),
+        ("open buckets", r"sum\(faultwatch_readings_open_buckets\)"),
     ],
 )
 def test_dashboard_shows(topic: str, pattern: str) -> None:

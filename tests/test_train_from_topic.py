@@ -157,6 +157,38 @@ def test_a_partition_left_unread_is_an_error_not_a_model_of_part_of_the_range(
     assert len(err.splitlines()) == 1 and not out.exists()
 
 
+def test_a_model_from_replayed_samples_or_tags_matches_the_one_from_their_csv(
+    bootstrap, make_topic, tmp_path, capsys
+):
+    data = write_csv(tmp_path / "pump-1.csv", normal_values(400, seed=5))
+    from_csv = tmp_path / "csv.fwm"
+    # The last bucket and the 5 s of grace before it stay open: 394 rows come back.
+    csv_flags = ["--window", "10", "--train-rows", "394"]
+    assert main(["train", str(data), "--out", str(from_csv), *csv_flags, *TINY_FLAGS]) == 0
+    a = Scorer(artifact_io.load(from_csv))
+    windows = np.lib.stride_tricks.sliding_window_view(normal_values(60, seed=9), 10, axis=0)
+    windows = windows.transpose(0, 2, 1)  # (B, W, C)
+    for form in ("samples", "tags"):
+        topic = make_topic(form, partitions=2)
+        replay = ["replay", str(data), "--topic", topic, "--as", form, "--shuffle-within", "2"]
+        assert main([*replay, "--bootstrap-servers", bootstrap]) == 0
+        capsys.readouterr()
+        out = tmp_path / f"{form}.fwm"
+        flags = ["--from-topic", topic, "--bootstrap-servers", bootstrap, "--window", "10"]
+        assert main(["train", *flags, "--out", str(out), *TINY_FLAGS]) == 0
+        line = capsys.readouterr().out.splitlines()[0]
+        assert f"closed buckets (of {form}) of 1 machines" in line
+        assert "1 segments, 394 rows" in line
+        b = Scorer(artifact_io.load(out))
+        assert (b.window, b.artifact.sampling_interval) == (10, 1.0)
+        if form == "tags":  # tags have no column order: channels by name
+            assert b.channels == sorted(CHANNELS)
+            assert np.isfinite(b.score(windows[..., [2, 0, 1, 3]]).score).all()
+            continue
+        assert b.channels == CHANNELS and b.threshold == a.threshold
+        np.testing.assert_allclose(a.score(windows).score, b.score(windows).score, rtol=1e-6)
+
+
 def test_a_record_stamped_after_until_does_not_cut_the_rest_of_its_partition(bootstrap, make_topic):
     """One gateway with a fast clock: its record is left out, the partition read to its end."""
     topic = make_topic("history")

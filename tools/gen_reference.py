@@ -265,10 +265,17 @@ def _metavar(action: argparse.Action) -> str:
 
 
 def message_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every message with a pydantic model, by name."""
+    """JSON Schema of every input message (pydantic or msgspec model), by name."""
+    import msgspec
+
+    from worker.inputs.readings import Sample, Tag
     from worker.messages import WindowMessage
 
-    return {"window": WindowMessage.model_json_schema()}
+    return {
+        "window": WindowMessage.model_json_schema(),
+        "sample": msgspec.json.schema(Sample),
+        "tag": msgspec.json.schema(Tag),
+    }
 
 
 # --- writing and checking ---------------------------------------------------------------

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from model.episodes import parse_seconds
 from worker.messages import Decoded, Invalid
 
-DEFAULT_MAX_FUTURE = 300.0  # seconds: NTP-synced clocks are within a second; a gateway's
-# buffering and a few minutes of drift pass, a wrong time zone (3600 s or more) does not
+DEFAULT_MAX_FUTURE = 120.0  # seconds (the setting's default): NTP-synced clocks are within a
+# second; a gateway's buffering and some drift pass, a wrong time zone (3600 s or more) does not
 
 
 @dataclass(frozen=True)

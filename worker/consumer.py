@@ -227,6 +227,7 @@ class Loop:
         seconds = self.clock() - started
         self.metrics.batch_committed(result.models, result.dead_letters, seconds)
         self.metrics.episodes_committed(result.episodes)
+        self.metrics.readings_committed(result.readings)
         self.metrics.shadow_committed(result.shadow)
         self.metrics.shadow_failures.inc(result.shadow_failures + lost)
         self.totals.add(len(result.scores), result.anomalies, result.dead_letters.total(), seconds)

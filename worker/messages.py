@@ -13,8 +13,11 @@
 #                 the pipeline adds windows whose values overflow the model (score not finite)
 #   key_mismatch  the record's key is present and is not its machine_id (the pipeline checks:
 #                 the window may sit in another partition than its machine's episode state)
+#   late          (samples, tags) a reading for a bucket its machine has closed; header
+#                 faultwatch.error.late_seconds (worker/inputs/assembler.py)
 #   future        stamped more than FAULTWATCH_INPUT_MAX_FUTURE_SECONDS ahead of the wall clock
-#                 (the pipeline checks: worker/clocks.py)
+#                 (windows: the pipeline checks, worker/clocks.py) or, samples and tags, a
+#                 reading that far ahead of its machine's latest time (the assembler's)
 #
 # Fields the contract does not name are ignored, so producers may add their own.
 
@@ -39,6 +42,7 @@ Reason = Literal[
     "shape",
     "non_finite",
     "key_mismatch",
+    "late",
     "future",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
@@ -76,6 +80,7 @@ class Invalid:
 
     reason: Reason
     message: str
+    headers: tuple[tuple[str, bytes], ...] = ()  # more headers of its dead letter
 
 
 @dataclass(frozen=True)

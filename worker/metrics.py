@@ -28,6 +28,7 @@ DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 
 Partition = tuple[str, int]  # (topic, partition)
 
 if TYPE_CHECKING:
+    from worker.inputs.stage import ReadingCounts
     from worker.pipeline import EpisodeCounts, ModelBatch
     from worker.routing import Routes
 
@@ -175,6 +176,58 @@ class Metrics:
             "episode closed `reset` and they started afresh (one log line each).",
             registry=registry,
         )
+        # Samples and tags (FAULTWATCH_INPUT_FORMAT): the assembly of windows, in readings.
+        self.readings_received = Counter(
+            "faultwatch_readings_received",
+            "Readings (one channel at one time) in sample or tag records that could be read.",
+            registry=registry,
+        )
+        self.readings_late = Counter(
+            "faultwatch_readings_late",
+            "Readings for a bucket already closed: dead-lettered (reason late).",
+            registry=registry,
+        )
+        self.readings_future = Counter(
+            "faultwatch_readings_future",
+            "Readings too far ahead of their machine's latest: dead-lettered (reason future).",
+            registry=registry,
+        )
+        self.readings_extra = Counter(
+            "faultwatch_readings_extra",
+            "Readings of channels the machine's model does not have: ignored.",
+            registry=registry,
+        )
+        self.readings_filled = Counter(
+            "faultwatch_readings_filled",
+            "Window cells that carried a channel's last value over a gap (the fill limit).",
+            registry=registry,
+        )
+        self.readings_windows_assembled = Counter(
+            "faultwatch_readings_windows_assembled",
+            "Windows built from readings (each closed bucket's), to be scored.",
+            registry=registry,
+        )
+        self.readings_windows_skipped = Counter(
+            "faultwatch_readings_windows_skipped",
+            "Windows not scored: a gap longer than the fill limit.",
+            registry=registry,
+        )
+        self.readings_assembly_restarts = Counter(
+            "faultwatch_readings_assembly_restarts",
+            "Machines whose assembly restarted: their model's channels, window or interval "
+            "changed.",
+            registry=registry,
+        )
+        self.readings_open_buckets = Gauge(
+            "faultwatch_readings_open_buckets",
+            "Buckets waiting to close (the grace), over the machines of this replica.",
+            registry=registry,
+        )
+        self.readings_machines = Gauge(
+            "faultwatch_readings_machines",
+            "Machines whose readings this replica assembles (state held).",
+            registry=registry,
+        )
         self.control_skipped = Counter(
             "faultwatch_control_records_skipped",
             "Control topic records that are no mute, unmute or label, by reason.",
@@ -272,6 +325,19 @@ class Metrics:
             self.episode_duration.observe(seconds)
         self.late_windows.inc(counts.late)
         self.clock_resets.inc(counts.resets)
+
+    def readings_committed(self, counts: ReadingCounts | None) -> None:
+        """Count a batch's readings once its offsets are committed."""
+        if counts is None:
+            return
+        self.readings_received.inc(counts.received)
+        self.readings_late.inc(counts.late)
+        self.readings_future.inc(counts.future)
+        self.readings_extra.inc(counts.extra)
+        self.readings_filled.inc(counts.filled)
+        self.readings_windows_assembled.inc(counts.assembled)
+        self.readings_windows_skipped.inc(counts.skipped)
+        self.readings_assembly_restarts.inc(counts.restarts)
 
     def set_lag(self, lag: Mapping[Partition, int]) -> None:
         for (topic, partition), value in lag.items():

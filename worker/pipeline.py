@@ -25,6 +25,8 @@ from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seco
 from model.scoring import Scorer, Scores
 from worker.clocks import WallClock
 from worker.control import MuteTable
+from worker.inputs.family import AssemblyFamily
+from worker.inputs.stage import ReadingCounts, ReadingStage
 from worker.messages import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
@@ -83,6 +85,7 @@ class BatchResult:
     # (candidate, live flagged, candidate flagged) -> windows both scored
     shadow: Counter[tuple[str, bool, bool]] = field(default_factory=Counter)
     shadow_failures: int = 0
+    readings: ReadingCounts | None = None  # None unless the input is samples or tags
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Episodes:
 
     state: EpisodeState
     mutes: MuteTable
+    assembly: AssemblyFamily | None = None  # samples and tags: the assemblers, in the state
 
 
 def event_id(topic: str, partition: int, offset: int) -> str:
@@ -130,6 +134,7 @@ class Pipeline:
         max_record_bytes: int = 1_000_000,
         shadow: Shadow | None = None,
         clock: WallClock | None = None,
+        readings: ReadingStage | None = None,
     ):
         self.topics = topics
         self.clock = clock or WallClock()
@@ -137,6 +142,9 @@ class Pipeline:
         self.max_record_bytes = max_record_bytes
         self.episodes = episodes  # None: one event per anomalous window
         self.shadow = shadow  # None: no shadow models
+        self.readings = readings  # None: the input is windows
+        if readings is not None and episodes is None:
+            raise ValueError("samples and tags need the episode stage: their state is its store")
         # partition -> (first offset, checker, version) of its last batch: a redo reuses them
         self._mute_snapshots: dict[int, tuple[int, Callable[[str], bool], int]] = {}
         self._idle: list[int] = []  # the partitions of the last idle step
@@ -152,11 +160,19 @@ class Pipeline:
         else:
             shapes = [(m.scorer.window, m.scorer.channels) for m in models.models]
             self.decoder = Decoder.routed(shapes, models.route, self.max_record_bytes)
+        if self.readings is not None:
+            self.readings.serve(models)
 
     def process(self, records: Sequence[Record]) -> BatchResult:
         """Every record of the batch ends as a score (and maybe an event) or a dead letter."""
-        decoded = _keyed(self.decoder.decode_batch([r.value for r in records]), records)
-        decoded = decoded.drop(self.clock.future(decoded))  # never into a clock or the state
+        trackers, counts = None, None
+        if self.readings is not None:
+            # The partitions' state first (restored, or rolled back for a redo): assembly needs it.
+            trackers = self._trackers(records)
+            decoded, counts = self.readings.decode(records)
+        else:
+            decoded = _keyed(self.decoder.decode_batch([r.value for r in records]), records)
+            decoded = decoded.drop(self.clock.future(decoded))  # never into a clock or the state
         scored = self._score(decoded)
         finite = np.isfinite(scored.score)  # (V,) 1e300 is a number, yet overflows the model
         invalid = decoded.invalid + [
@@ -166,6 +182,7 @@ class Pipeline:
         reasons = Counter(problem.reason for _, problem in invalid)
         anomalies = int(scored.anomaly[finite].sum())
         result = BatchResult(outputs, scored.score[finite], anomalies, reasons)
+        result.readings = counts
         result.models = self._model_batches(decoded, scored, finite)
         if self.episodes is None:
             # Only windows with an output cost Python work: without score records, the anomalies.
@@ -176,7 +193,7 @@ class Pipeline:
                 served, scores = models[slots[j]], scored.by_slot[slots[j]]
                 outputs.extend(self._results(records[i], origin, served, scores, rows[j]))
         else:
-            result.episodes = self._episodes(records, decoded, scored, finite, outputs)
+            result.episodes = self._episodes(records, decoded, scored, finite, outputs, trackers)
         if self.shadow is not None:
             self._shadow(records, decoded, scored, finite, result)
         return result
@@ -285,8 +302,10 @@ class Pipeline:
         scored: Scored,
         finite: np.ndarray,
         outputs: list[Output],
+        trackers: dict[int, Tracker] | None = None,
     ) -> EpisodeCounts:
-        """Every valid window through its partition's tracker, in order; events and state out."""
+        """Every valid window through its partition's tracker, in order; events and state out.
+        `trackers`: the batch's, when the readings stage has begun the state already."""
         assert self.episodes is not None and self.topics.state is not None
         state, table = self.episodes.state, self.episodes.mutes
         spans: dict[int, list[int]] = {}  # partition -> [first offset, last offset]
@@ -297,7 +316,8 @@ class Pipeline:
             else:
                 span[1] = record.offset
         firsts = {p: first for p, (first, _) in spans.items()}
-        trackers = state.trackers(firsts)
+        if trackers is None:
+            trackers = state.trackers(firsts)
         mutes = self._mutes(firsts, state.redone, table)
         rescan = {p for p in spans if mutes[p][2] != mutes[p][1]}
         models = self.models.models
@@ -356,6 +376,14 @@ class Pipeline:
             counts.resets += _log_resets(p, trackers[p].take_resets())
         counts.open_now = state.open_count()
         return counts
+
+    def _trackers(self, records: Sequence[Record]) -> dict[int, Tracker]:
+        """Begin the batch in the state of each of its partitions (every family's)."""
+        assert self.episodes is not None
+        firsts: dict[int, int] = {}
+        for record in records:
+            firsts.setdefault(record.partition, record.offset)
+        return self.episodes.state.trackers(firsts)
 
     def _mutes(
         self, firsts: dict[int, int], redone: set[int], table: MuteTable
@@ -452,6 +480,7 @@ class Pipeline:
             ("faultwatch.source.topic", record.topic.encode()),
             ("faultwatch.source.partition", str(record.partition).encode()),
             ("faultwatch.source.offset", str(record.offset).encode()),
+            *problem.headers,
         ]
         # Kafka clients refuse a record with neither key nor value: keep it as an empty value.
         value = record.value if record.value is not None or record.key is not None else b""

@@ -33,6 +33,9 @@ from worker.consumer import COMMIT_TIMEOUT_MS, POLL_TIMEOUT_MS, Loop, consumer_o
 from worker.control import ControlReader, MuteTable
 from worker.errors import BrokerError, SettingsError, WorkerError
 from worker.health import Health, HealthServer
+from worker.inputs.assembler import Rules
+from worker.inputs.family import AssemblyFamily
+from worker.inputs.stage import ReadingStage, interval_loader
 from worker.logs import configure_logging
 from worker.metrics import Metrics
 from worker.models import Lifecycle, ModelStore
@@ -119,7 +122,8 @@ def serve(
     """Load the models, serve the probes, consume until stopped; returns why it stopped."""
     stop = stop or threading.Event()
     torch.set_num_threads(settings.torch_threads)
-    store = ModelStore(settings.model_path)
+    readings = settings.input_format != "windows"
+    store = ModelStore(settings.model_path, interval_loader() if readings else Scorer.load)
     live = store.open()
     for name in settings_io.unknown_variables():
         log.warning("unknown variable ignored name=%s", name)
@@ -184,6 +188,9 @@ def _consume(
             metrics.muted_machines.set_function(episodes.mutes.muted_machines)
             metrics.mutes.set_function(lambda: len(episodes.mutes.active()))
             metrics.episodes_open.set_function(lambda: episodes.state.open_now)
+            if episodes.assembly is not None:
+                metrics.readings_open_buckets.set_function(episodes.assembly.open_buckets)
+                metrics.readings_machines.set_function(episodes.assembly.machines)
         pipeline = pipeline_for(live, settings, episodes, shadow)
 
         def apply(live: Routes | None, shadow: Routes | None) -> None:
@@ -282,6 +289,11 @@ def pipeline_for(
         settings.scores_topic or None,
         settings.state_topic if episodes is not None else None,
     )
+    readings = None
+    if episodes is not None and episodes.assembly is not None:
+        form = settings.input_format
+        assert form != "windows"
+        readings = ReadingStage(form, episodes.assembly, settings.max_record_bytes)
     return Pipeline(
         models,
         topics,
@@ -290,6 +302,7 @@ def pipeline_for(
         max_record_bytes=settings.max_record_bytes,
         shadow=Shadow(shadow, settings.shadow_topic) if shadow is not None else None,
         clock=WallClock(settings.input_max_future_seconds),
+        readings=readings,
     )
 
 
@@ -314,6 +327,15 @@ def episode_stage(
         raise BrokerError(
             f"cannot reach the Kafka broker at {settings.bootstrap_servers}: {exc}"
         ) from exc
+    assembly = None
+    if settings.input_format != "windows":
+        rules = Rules.of(
+            settings.input_grace_seconds,
+            settings.input_fill_limit,
+            settings.input_max_future_seconds,
+            settings.episode_silent_seconds,
+        )
+        assembly = AssemblyFamily(rules)
     state = EpisodeState(
         settings.episode_config(),
         settings.input_topic,
@@ -321,6 +343,7 @@ def episode_stage(
         changelog,
         settings.top_channels,
         clock=WallClock(settings.input_max_future_seconds),
+        families=(assembly,) if assembly is not None else (),
     )
     try:
         changelog.consumer.partitions_for_topic(settings.state_topic)  # connected before a restore
@@ -329,7 +352,7 @@ def episode_stage(
         changelog.close()
         control.stop()
         raise
-    return Episodes(state, control.table), [changelog, control]
+    return Episodes(state, control.table, assembly), [changelog, control]
 
 
 def _start_server(

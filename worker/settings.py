@@ -26,6 +26,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 EventsMode = Literal["episodes", "windows"]
+InputFormat = Literal["windows", "samples", "tags"]
 
 # Settings that `faultwatch run` also takes as flags (flags win over the environment).
 FLAGS = {
@@ -89,12 +90,6 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(
         1_000_000, ge=64, description="larger input records are dead-lettered as too_large"
     )
-    input_max_future_seconds: float = Field(
-        300.0,
-        ge=0,
-        description="a window stamped further ahead of the wall clock is dead-lettered as "
-        "future (0: no bound)",
-    )
     max_request_bytes: int = Field(
         16 * 2**20, ge=1_024, description="largest record the worker will send"
     )
@@ -135,6 +130,33 @@ class Settings(BaseSettings):
         1, ge=1, le=256, description="torch threads scoring; 1 is right for a 1-2 core container"
     )
     top_channels: int = Field(3, ge=1, description="channels named in an event's top_channels")
+
+    # Input: windows, or samples and tags the worker assembles into windows
+    input_format: InputFormat = Field(
+        "windows",
+        description="what an input record holds: a window (`windows`), one machine's channels "
+        "at one time (`samples`) or one channel's value (`tags`); samples and tags are "
+        "assembled into the model's windows on its sampling interval",
+    )
+    input_grace_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="samples, tags: data-time seconds a bucket stays open after the machine's "
+        "latest reading passes it; a reading for a closed bucket is a dead letter (`late`)",
+    )
+    input_fill_limit: int = Field(
+        5,
+        ge=0,
+        description="samples, tags: buckets a missing channel carries its last value into; "
+        "windows over longer gaps are skipped and counted",
+    )
+    input_max_future_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="a window stamped further ahead of the wall clock, or (samples, tags) a "
+        "reading further ahead of its machine's latest reading (a jumping clock), is a dead "
+        "letter (`future`)",
+    )
 
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
     events: EventsMode = Field(
@@ -232,6 +254,12 @@ class Settings(BaseSettings):
                     "their own, apart from each other and the input, events, scores and "
                     "dead-letter topics"
                 )
+        if self.input_format != "windows" and self.events != "episodes":
+            raise ValueError(
+                f"FAULTWATCH_INPUT_FORMAT={self.input_format} needs FAULTWATCH_EVENTS=episodes: "
+                "the windows assembled from readings keep their state in the state topic, with "
+                "the episodes'"
+            )
         if self.input_topic in outputs:
             raise ValueError(
                 f"FAULTWATCH_INPUT_TOPIC {self.input_topic!r} is also an output topic: "
