@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -199,9 +199,10 @@ def raw_consume(
 
 def in_process(
     scorer: Scorer, records: list[tuple[bytes, bytes]], settings: Settings, repeat: int = 3
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
     """Windows/s of decoding, of scoring and of the whole batch logic, in poll-sized batches,
-    with one event per anomalous window and with episodes (state records included).
+    with one event per anomalous window, with episodes (state records included) and with
+    episodes whose baselines do not adapt (FAULTWATCH_ADAPT_SECONDS=0: the baselines' cost).
 
     Each is the best of `repeat` passes: on a shared machine, the least disturbed one.
     """
@@ -209,6 +210,9 @@ def in_process(
     pipeline = pipeline_for(scorer, settings)
     state = EpisodeState(settings.episode_config(), "in", "bench", lambda partitions: {})
     episodes = pipeline_for(scorer, settings, Episodes(state, MuteTable()))
+    fixed_config = replace(settings.episode_config(), adapt_seconds=0.0)
+    fixed_state = EpisodeState(fixed_config, "in", "bench", lambda partitions: {})
+    fixed = pipeline_for(scorer, settings, Episodes(fixed_state, MuteTable()))
     size = settings.max_poll_records
     batches = [
         [Record("in", 0, i + j, key, value) for j, (key, value) in enumerate(records[i : i + size])]
@@ -231,16 +235,17 @@ def in_process(
     score = rate(lambda i: scorer.score(decoded[i].windows))
     # The two batch logics in turns, batch by batch, so a busy neighbour slows both alike;
     # episodes start each pass from no state (each pass is a new run over the same offsets).
-    spent = [0.0, 0.0]
+    spent = [0.0, 0.0, 0.0]
     for _ in range(repeat):
         state.forget([0])
+        fixed_state.forget([0])
         for i in range(len(batches)):
-            for k, logic in enumerate((pipeline, episodes)):
+            for k, logic in enumerate((pipeline, episodes, fixed)):
                 started = time.perf_counter()
                 logic.process(batches[i])
                 spent[k] += time.perf_counter() - started
-    process, with_episodes = (repeat * len(records) / t for t in spent)
-    return decode, score, process, with_episodes
+    process, with_episodes, without_baselines = (repeat * len(records) / t for t in spent)
+    return decode, score, process, with_episodes, without_baselines
 
 
 def in_process_readings(
@@ -669,7 +674,7 @@ def main() -> int:
             bootstrap, topics["input"], len(records), settings, decoder.decode_batch
         )
         say("2. in-process decode and score")
-        r.decode, r.score, r.compute, r.compute_episodes = in_process(
+        r.decode, r.score, r.compute, r.compute_episodes, r.compute_fixed = in_process(
             scorer, records[:10_000], settings
         )
         state = {"state_topic": topics["state"]}
@@ -832,6 +837,7 @@ class Results:
     score: float = 0.0
     compute: float = 0.0
     compute_episodes: float = 0.0
+    compute_fixed: float = 0.0  # episodes without baseline adaptation
     one: Run = field(default_factory=lambda: Run(0.0, 0.0))
     one_windows: Run = field(default_factory=lambda: Run(0.0, 0.0))
     two: Run | None = None
@@ -881,6 +887,13 @@ def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> Non
             f"{1e6 / r.compute_episodes:.0f} us",
             f"episodes (default): rate {r.compute_episodes / compute - 1:+.1%} "
             "(the episode stage's cost)",
+        ),
+        (
+            "2. the same, baselines not adapting",
+            f"{r.compute_fixed:,.0f} win/s",
+            f"{1e6 / r.compute_fixed:.0f} us",
+            f"FAULTWATCH_ADAPT_SECONDS=0: the baselines cost "
+            f"{r.compute_fixed / r.compute_episodes - 1:+.1%} of the rate",
         ),
         (
             "3. worker, 1 process, events=windows",

@@ -12,8 +12,9 @@ from model.episodes import Episode, EpisodeConfig, Tracker, episode_id
 T0 = 1_700_000_000.0
 THRESHOLD = 2.0
 CONFIG = EpisodeConfig(
-    open_seconds=0, clear_seconds=10, clear_ratio=1.0, update_seconds=30, silent_seconds=100
-)
+    open_seconds=0, clear_seconds=10, clear_ratio=1.0, update_seconds=30, silent_seconds=100,
+    open_windows=1, clear_windows=1, silent_windows=1,
+)  # fmt: skip
 
 
 def stamp(t: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -17,8 +18,9 @@ from worker.routing import Routes
 from worker.state import CLOCK_KEY, EpisodeState
 
 CONFIG = EpisodeConfig(
-    open_seconds=0, clear_seconds=5, clear_ratio=1.0, update_seconds=3, silent_seconds=60
-)
+    open_seconds=0, clear_seconds=5, clear_ratio=1.0, update_seconds=3, silent_seconds=60,
+    open_windows=1, clear_windows=1, silent_windows=1,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +298,29 @@ def test_an_idle_partition_closes_silent_by_processing_time(scorer):
     log.write(outputs)
     restored = EpisodeState(CONFIG, "windows", "group", log).tracker(3, 8)
     assert restored.episodes == {}  # the close is in the state topic too
+
+
+def test_a_machines_baseline_survives_a_restart(scorer):
+    """Adaptation state rides in the episode family's store (family `baseline`, keyed by the
+    machine): a new owner restores it as it was last written, not a fresh baseline."""
+    config = dataclasses.replace(CONFIG, adapt_seconds=2.0, settle_seconds=0)
+    normal = synthetic_values(40, scorer.window)
+    records = [Record(offset, value) for offset, value in enumerate(normal)]
+    log = Changelog()
+    state = EpisodeState(config, "windows", "group", log)
+    live = Pipeline(
+        scorer,
+        Topics("events", "dlq", "scores", "state"),
+        2,
+        Episodes(state, MuteTable()),
+        max_record_bytes=10_000,
+    )
+    run(live, records[:30], [10, 10, 10], log)
+    saved = [json.loads(v) for k, v in log.partitions[3] if k == b"baseline/pump-1"]
+    assert saved and saved[-1]["family"] == "baseline"
+    held = state.tracker(3, 30).baselines["pump-1"]
+    restored = EpisodeState(config, "windows", "group", log).tracker(3, 30).baselines["pump-1"]
+    assert restored.to_dict() == saved[-1]["state"]  # what was written, exactly
+    assert restored.level != math.log(scorer.typical)  # adapted, not a fresh baseline
+    assert abs(restored.level - held.level) < 0.05  # written whenever it moved 5 %
+    assert restored.typical == held.typical == pytest.approx(scorer.typical)

@@ -328,6 +328,8 @@ class Pipeline:
                 models[slot].version,
                 scores.channel_share,
                 leading_detectors(scores) or [DEFAULT_DETECTOR] * len(scores.score),
+                models[slot].scorer.interval,
+                models[slot].scorer.typical,
             )
             for slot, scores in scored.by_slot.items()
         }
@@ -341,7 +343,7 @@ class Pipeline:
             muted = mutes[record.partition][0]
             source = source_of(record)
             timestamp, score, slot, k = origin.timestamp, values[j], slots[j], rows[j]
-            threshold, channels, model_version, share, detectors = about[slot]
+            threshold, channels, model_version, share, detectors, interval, typical = about[slot]
             if timestamp != stamp:
                 stamp, time = timestamp, parse_seconds(timestamp)
             if record.partition in rescan:  # mutes changed: close what they silence now
@@ -360,6 +362,8 @@ class Pipeline:
                 muted(origin.machine_id),
                 model_version,
                 _ratios_of(scored.by_slot[slot], k) if score > threshold else None,
+                interval,
+                typical,
             )
             if self.topics.scores:
                 served = models[slot]

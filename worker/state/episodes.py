@@ -4,7 +4,10 @@ In the store: `episode` (machine -> Episode.to_dict(), pending and open ones), `
 the partition's clock, its newest window time), `seen` (in memory only: machine -> its newest
 window time; a redone batch must find it as it was, a restore rebuilds it from the episodes)
 and `mutes` (in memory only, key "version": the mute table version the partition's episodes
-have seen, the pipeline's; undone with the batch whose mute closes it caused). The tracker keeps
+have seen, the pipeline's; undone with the batch whose mute closes it caused), `baseline`
+(machine -> Baseline.to_dict(), written when it moved 5 % or was re-based: it survives a
+restart) and `baseline-live` (in memory only: the exact baselines, for a redone batch). The
+tracker keeps
 live Episode objects for speed and says which machines a batch touched; `save` puts those into
 the store, `rolled_back` loads them back from it.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from model.baseline import Baseline
 from model.episodes import Episode, EpisodeConfig, Tracker
 from worker.clocks import WallClock
 from worker.state.changelog import CLOCK, EPISODE, Reader
@@ -21,14 +25,15 @@ from worker.state.partitions import Family, State
 from worker.state.store import Store
 
 SEEN = "seen"
+BASELINE, BASELINE_LIVE = "baseline", "baseline-live"  # model/baseline.py
 MUTES = "mutes"  # key "version": the mute table version the partition's episodes have seen
 
 
 class EpisodeFamily:
     """The trackers of the partitions in hand."""
 
-    names = (EPISODE, CLOCK, SEEN, MUTES)
-    memory_only = (SEEN, MUTES)
+    names = (EPISODE, CLOCK, SEEN, MUTES, BASELINE, BASELINE_LIVE)
+    memory_only = (SEEN, MUTES, BASELINE_LIVE)
 
     def __init__(
         self, config: EpisodeConfig, top_channels: int = 3, clock: WallClock | None = None
@@ -52,6 +57,16 @@ class EpisodeFamily:
             episode.heard = min(episode.heard, limit)  # saved by a release without the bound
             episodes.append(episode)
             store.load(SEEN, machine, episode.last)
+        baselines = {}
+        for machine, data in store.items(BASELINE):
+            try:
+                Baseline.from_dict(data, self.config.adapt_max)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                unusable += 1
+                store.put(BASELINE, machine, None)
+                continue
+            baselines[machine] = data
+            store.load(BASELINE_LIVE, machine, data)
         clock = store.get(CLOCK, "")
         if not isinstance(clock, int | float) or isinstance(clock, bool):
             if clock is not None:
@@ -59,7 +74,7 @@ class EpisodeFamily:
             clock = -math.inf
         store.begin()  # what was unusable is gone, not a change of the next batch
         tracker = Tracker(self.config, self.top_channels)
-        tracker.restore(episodes, min(float(clock), limit))
+        tracker.restore(episodes, min(float(clock), limit), baselines)
         self.trackers[partition] = tracker
         return unusable
 
@@ -69,6 +84,14 @@ class EpisodeFamily:
         episodes, seen = tracker.episodes, tracker.seen
         store.update(EPISODE, ((m, _dict(episodes.get(m))) for m in touched))
         store.update(SEEN, ((m, seen.get(m)) for m in observed))
+        adapted, due = tracker.adapted()
+        for machine in adapted:
+            baseline = tracker.baselines.get(machine)
+            value = None if baseline is None else baseline.to_dict()
+            store.put(BASELINE_LIVE, machine, value)
+            if machine in due:
+                store.put(BASELINE, machine, value)
+                tracker.written(machine)
         store.put(CLOCK, "", None if math.isinf(tracker.clock) else tracker.clock)
         tracker.begin()
 
@@ -80,6 +103,10 @@ class EpisodeFamily:
             data = store.get(EPISODE, machine)
             episode = None if data is None else Episode.from_dict(data)
             tracker.load(machine, episode, store.get(SEEN, machine))
+        adapted, _ = tracker.adapted()
+        undone_baselines = {key for name, key in undone if name in (BASELINE, BASELINE_LIVE)}
+        for machine in adapted | undone_baselines:
+            tracker.load_baseline(machine, store.get(BASELINE_LIVE, machine))
         tracker.clock = store.get(CLOCK, "", -math.inf)
         tracker.begin()
 
