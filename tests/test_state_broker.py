@@ -65,6 +65,7 @@ def test_a_machine_alone_in_its_partition_closes_silent_when_it_goes_quiet(
     first = run_worker(env, tmp_path / "first.log", "--idle-exit", "3", timeout=90)
     assert first.process.returncode == 0, first.stderr
     env["FAULTWATCH_EPISODE_SILENT_SECONDS"] = "2"  # the second one has no window to read
+    env["FAULTWATCH_EPISODE_SILENT_WINDOWS"] = "1"
     second = run_worker(env, tmp_path / "second.log", "--idle-exit", "4", timeout=90)
     assert second.process.returncode == 0, second.stderr
     found = [json.loads(r.value) for r in read_topic(bootstrap, topics["events_topic"])]
