@@ -224,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{episode_lines(rows[0], files, tep)}")
         if not args.no_new_sets:
             started_sets = time.monotonic()
-            nab_table = nab.table(nab.run_nab(nab.nab_dir()))
-            print(f"\nNAB, the default with episodes as detections:\n\n{nab_table}")
+            folder = nab.data_dir("FAULTWATCH_NAB_DIR", "nab")
+            if (folder / "windows.json").is_file():
+                nab_table = nab.table(nab.run_nab(folder))
+                print(f"\nNAB, the default with episodes as detections:\n\n{nab_table}")
+            else:
+                print(f"\nNAB skipped: no data at {folder} ({nab.NAB_WHERE})")
             print(f"\nthe simulated plant, the default:\n\n{plant.table(plant.run_plant())}")
             print(f"({time.monotonic() - started_sets:.0f} s for NAB and the plant)")
         old = next((r for r in rows if r.entry is OLD), None)
