@@ -210,10 +210,10 @@ def _dict(episode: Episode | None) -> dict | None:
 
 def _check(episode: Episode, machine: str) -> None:
     """ValueError unless the fields the tracker computes with have their types."""
-    numbers = (episode.started, episode.last, episode.reported, episode.score)
     if episode.machine_id != machine or episode.phase not in ("pending", "open"):
         raise ValueError("not this machine's episode")
-    if not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers):
-        raise ValueError("a time or score is not a number")
+    for number in (episode.started, episode.last, episode.reported, episode.score, episode.heard):
+        if type(number) not in (int, float):  # bool is an int, and no number here
+            raise ValueError("a time or score is not a number")
     if not isinstance(episode.windows, int) or not isinstance(episode.weights, dict):
         raise ValueError("windows or weights of the wrong type")
