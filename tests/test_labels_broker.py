@@ -104,9 +104,12 @@ def test_labels_act_in_the_worker_that_holds_the_episode_and_survive_a_restart(
             "the dismissal",
             interval=0.5,
         )
-        counted = [labels(port) for port in ports.values()]
-        assert sum(c.get("false-alarm", 0) for c in counted) == 1
-        assert sum(c.get("fault", 0) for c in counted) == 1
+
+        def counted() -> dict[str, float]:  # metrics follow the commit: wait for them
+            found = [labels(port) for port in ports.values()]
+            return {k: sum(c.get(k, 0) for c in found) for k in ("false-alarm", "fault")}
+
+        wait_for(lambda: counted() == {"false-alarm": 1, "fault": 1}, 30, "the label counts")
         codes = {"a": workers["a"].terminate()}
         # b takes a's partition over before it stops too: a group left mid-rebalance can keep
         # the next member waiting on this broker.
