@@ -260,3 +260,30 @@ def test_a_saved_state_is_not_changed_by_later_readings():
     frozen = json.dumps(saved)
     assemble(assembler, values[20:], "samples")
     assert json.dumps(saved) == frozen
+
+
+def test_a_redone_batch_of_one_record_closes_what_its_first_attempt_closed():
+    rec = recording(normal_values(40))
+    values = [v for _, v in reading_records("m", rec, "samples")]
+    decoder = ReadingDecoder("samples", [GRID.channels], 1_000_000)
+    assembler = Assembler(RULES)
+    assembler.assemble(*_args(decoder, values[:20]))
+    assembler.begin()
+    once = assembler.assemble(*_args(decoder, values[20:21]))
+    assembler.rollback()
+    again = assembler.assemble(*_args(decoder, values[20:21]))
+    assert [b.buckets.tolist() for b in once.built] == [[17]]
+    assert [(b.buckets.tolist(), b.records.tolist()) for b in again.built] == [([17], [0])]
+
+
+def test_readings_that_only_fill_an_open_bucket_are_a_change_of_the_batch():
+    rec = recording(normal_values(40))
+    values = [v for _, v in reading_records("m", rec, "tags")]  # one tag per channel and second
+    decoder = ReadingDecoder("tags", [GRID.channels], 1_000_000)
+    assembler = Assembler(RULES)
+    assembler.assemble(*_args(decoder, values[:41]))  # the first tag of second 10 closes
+    before = assembler.machines["m"].to_dict()
+    assembler.begin()
+    assembler.assemble(*_args(decoder, values[41:43]))  # two more channels of second 10
+    before_batch, now = assembler.changed()["m"]
+    assert before_batch == before and now != before

@@ -336,11 +336,12 @@ class Assembler:
         return Assembled(built, refused, counts)
 
     def _machine(self, name: str, grid: Grid, counts: Counts) -> Machine:
-        """The machine's state, new or restarted when its model's grid changed."""
+        """The machine's state, new or restarted when its model's grid changed; kept as it was
+        before the batch (at its first reading in it) for `changed` and `rollback`."""
+        self._touch(name)
         state = self.machines.get(name)
         if state is not None and state.grid == grid:
             return state
-        self._touch(name)
         if state is not None:
             counts.restarts += 1
             self.open_count -= len(state.open)
