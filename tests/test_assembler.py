@@ -287,3 +287,27 @@ def test_readings_that_only_fill_an_open_bucket_are_a_change_of_the_batch():
     assembler.assemble(*_args(decoder, values[41:43]))  # two more channels of second 10
     before_batch, now = assembler.changed()["m"]
     assert before_batch == before and now != before
+
+
+def test_on_an_hourly_grid_a_machine_read_every_20_minutes_is_not_silent():
+    hour = 3600
+    rules = Rules(
+        grace=60 * MICROS, fill_limit=3, max_future=2 * hour * MICROS, silent=600 * MICROS
+    )
+    grid = Grid(("a",), 2, hour * MICROS)
+    decoder = ReadingDecoder("tags", [grid.channels], 10_000)
+    tag = '{{"machine_id":"{m}","channel":"a","timestamp":{t},"value":{v}}}'
+    values = []
+    for k in range(18):  # six hours, the two machines 10 minutes apart (more than `silent`)
+        values.append(tag.format(m="early", t=k * 1200, v=k).encode())
+        values.append(tag.format(m="later", t=k * 1200 + 600, v=k).encode())
+    decoded = decoder.decode_batch(values)
+    out = Assembler(rules).assemble(decoded.readings, [grid], decoded.readings.slots)
+    assert out.refused == {}  # none late: their hour's bucket was still theirs
+    assert {b.machine: b.buckets.tolist() for b in out.built} == {
+        "early": [1, 2, 3, 4],
+        "later": [1, 2, 3, 4],
+    }
+    # each bucket holds its last reading: 40 minutes past the hour, the third of three
+    early = next(b for b in out.built if b.machine == "early")
+    assert early.windows[:, -1, 0].tolist() == [5.0, 8.0, 11.0, 14.0]

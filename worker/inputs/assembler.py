@@ -18,7 +18,9 @@ a partition because the key is the machine id), like the episode Tracker.
 - A run of empty buckets longer than fill_limit restarts the machine's rows: nothing could
   fill them, so every window over them would be skipped; the silence costs no work.
 - A machine whose latest reading is `silent` behind the partition's clock has its open
-  buckets closed, so its last windows are scored (and its episode can close `silent`).
+  buckets closed, so its last windows are scored (and its episode can close `silent`); never
+  before the partition's clock passes the end of the machine's latest bucket by the grace, as
+  its own watermark would (on an hourly grid, a machine read every 20 minutes is not silent).
 
 Everything is integer microseconds, so bucket edges are exact. The state of a machine is
 plain JSON (`Machine.to_dict`); a batch can be undone (`begin`, `rollback`, `changed`).
@@ -209,7 +211,8 @@ class Assembler:
         self.rules = rules
         self.machines: dict[str, Machine] = {}
         self.clock: int | None = None  # the partition's newest reading time
-        self._heap: list[tuple[int, str]] = []  # (latest, machine) of machines with open buckets
+        # (when silent, machine) of machines with open buckets: see `_silent_at`
+        self._heap: list[tuple[int, str]] = []
         self.open_count = 0  # open buckets of all machines, kept as they open and close
         self.begin()
 
@@ -315,14 +318,14 @@ class Assembler:
             counts.readings += 1
             if state.latest is None or t > state.latest:
                 state.latest = t
-                heapq.heappush(self._heap, (t, name))
+                heapq.heappush(self._heap, (self._silent_at(state), name))
                 through = (t - rules.grace) // step - 1
                 first = state.closed + 1 if state.closed is not None else min(state.open)
                 if through >= first:
                     self._close(name, state, through, r, pending)
             if clock is None or t > clock:
                 clock = t
-                if rules.silent and self._heap and self._heap[0][0] + rules.silent <= clock:
+                if rules.silent and self._heap and self._heap[0][0] <= clock:
                     self._close_silent(clock, r, pending)
         self.clock = clock
         if len(self._heap) > 2 * len(self.machines) + 1024:
@@ -395,12 +398,12 @@ class Assembler:
         state.closed = through
 
     def _close_silent(self, clock: int, record: int, pending: dict[str, list[_Segment]]) -> None:
-        """Close the open buckets of machines silent for `silent` of the partition's time."""
+        """Close the open buckets of machines silent by the partition's time."""
         heap = self._heap
-        while heap and heap[0][0] + self.rules.silent <= clock:
-            latest, name = heapq.heappop(heap)
+        while heap and heap[0][0] <= clock:
+            due, name = heapq.heappop(heap)
             state = self.machines.get(name)
-            if state is None or state.latest != latest or not state.open:
+            if state is None or not state.open or self._silent_at(state) != due:
                 continue  # a stale entry: the machine spoke since, or has nothing open
             self._close(name, state, max(state.open), record, pending)
 
@@ -444,9 +447,20 @@ class Assembler:
         state.rows = np.array(state.rows)  # a copy: not a view into a batch's array
         return built
 
+    def _silent_at(self, state: Machine) -> int:
+        """The partition time at which the machine is silent: `silent` after its latest
+        reading, and not before the end of that reading's bucket plus the grace (its own
+        watermark's rule; it decides on grids coarser than `silent`)."""
+        latest, step = state.latest or 0, state.grid.step
+        return max(latest + self.rules.silent, (latest // step + 1) * step + self.rules.grace)
+
     def _rebuild_heap(self) -> None:
         self.open_count = sum(len(m.open) for m in self.machines.values())
-        self._heap = [(m.latest, n) for n, m in self.machines.items() if m.open and m.latest]
+        self._heap = [
+            (self._silent_at(m), n)
+            for n, m in self.machines.items()
+            if m.open and m.latest is not None
+        ]
         heapq.heapify(self._heap)
 
 
