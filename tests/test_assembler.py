@@ -311,3 +311,26 @@ def test_on_an_hourly_grid_a_machine_read_every_20_minutes_is_not_silent():
     # each bucket holds its last reading: 40 minutes past the hour, the third of three
     early = next(b for b in out.built if b.machine == "early")
     assert early.windows[:, -1, 0].tolist() == [5.0, 8.0, 11.0, 14.0]
+
+
+def test_machines_quiet_for_an_hour_are_forgotten_as_the_partition_s_clock_moves_on():
+    decoder = ReadingDecoder("samples", [GRID.channels], 1_000_000)
+    values = dict.fromkeys(GRID.channels, 1.0)
+
+    def samples(machine, times):
+        docs = [{"machine_id": machine, "timestamp": t, "values": values} for t in times]
+        return [json.dumps(d).encode() for d in docs]
+
+    once = [s for n in range(100) for s in samples(f"seq-{n}", [10.0])]  # an id per record
+    assembler = Assembler(RULES)
+    assembler.assemble(*_args(decoder, once + samples("busy", range(21))))
+    assembler.begin()
+    assembler.assemble(*_args(decoder, samples("busy", range(3500, 3590))))
+    assert len(assembler.machines) == 101  # closed as silent, not yet quiet for an hour
+    assembler.begin()
+    assembler.assemble(*_args(decoder, samples("busy", range(3590, 3700))))
+    assert set(assembler.machines) == {"busy"}
+    changed = assembler.changed()
+    assert changed["seq-7"][0] is not None and changed["seq-7"][1] is None  # deleted in the store
+    back = assembler.assemble(*_args(decoder, samples("seq-7", [3700.5])))
+    assert back.refused == {} and "seq-7" in assembler.machines  # afresh, not late

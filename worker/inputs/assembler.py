@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 MICROS = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BEFORE = -(2**62)  # a cell's reading time before any reading
+# A machine quiet this long (and longer than its fill limit's buckets), with nothing open, is
+# forgotten, checked each time the partition's clock enters a new span of it: memory and state
+# stay bounded by the machines heard lately, whatever the ids (a sequence number per record).
+QUIET = 3600 * MICROS
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,7 @@ class Assembler:
         pending: dict[str, list[_Segment]] = {}
         refused: dict[int, Refusal] = {}
         rules, clock = self.rules, self.clock
+        started = clock
         records, machines = readings.record.tolist(), readings.machine.tolist()
         channels, times = readings.channel.tolist(), readings.time.tolist()
         values = readings.value.tolist()
@@ -336,6 +341,8 @@ class Assembler:
             state = self.machines[name]
             slot = slot_of.get(name, -1)
             built += self._windows(name, slot, state, segments, counts)
+        if started is not None and clock is not None and clock // QUIET > started // QUIET:
+            self._forget_quiet(clock)
         return Assembled(built, refused, counts)
 
     def _machine(self, name: str, grid: Grid, counts: Counts) -> Machine:
@@ -453,6 +460,23 @@ class Assembler:
         watermark's rule; it decides on grids coarser than `silent`)."""
         latest, step = state.latest or 0, state.grid.step
         return max(latest + self.rules.silent, (latest // step + 1) * step + self.rules.grace)
+
+    def _forget_quiet(self, clock: int) -> None:
+        """Forget the machines with nothing open that have been quiet for QUIET (and for their
+        fill limit's buckets: after that, their next reading starts their rows afresh anyway)."""
+        rules = self.rules
+        quiet = [
+            name
+            for name, m in self.machines.items()
+            if not m.open
+            and m.latest is not None
+            and clock - m.latest >= max(QUIET, (rules.fill_limit + 1) * m.grid.step + rules.grace)
+        ]
+        for name in quiet:
+            self._touch(name)
+            del self.machines[name]
+        if quiet:
+            log.info("assembly forgot machines=%d quiet for an hour or more", len(quiet))
 
     def _rebuild_heap(self) -> None:
         self.open_count = sum(len(m.open) for m in self.machines.values())
