@@ -21,6 +21,7 @@ a partition because the key is the machine id), like the episode Tracker.
   buckets closed, so its last windows are scored (and its episode can close `silent`); never
   before the partition's clock passes the end of the machine's latest bucket by the grace, as
   its own watermark would (on an hourly grid, a machine read every 20 minutes is not silent).
+- A machine with nothing open, quiet for an hour (QUIET) of the partition's time, is forgotten.
 
 Everything is integer microseconds, so bucket edges are exact. The state of a machine is
 plain JSON (`Machine.to_dict`); a batch can be undone (`begin`, `rollback`, `changed`).
