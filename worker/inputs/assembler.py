@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 MICROS = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BEFORE = -(2**62)  # a cell's reading time before any reading
+BEYOND = 2**62  # no wall-clock bound
 # A machine quiet this long (and longer than its fill limit's buckets), with nothing open, is
 # forgotten, checked each time the partition's clock enters a new span of it: memory and state
 # stay bounded by the machines heard lately, whatever the ids (a sequence number per record).
@@ -203,6 +204,7 @@ class Refusal:
 
     reason: str
     seconds: float
+    ahead_of: str = "the machine's latest reading"  # a `future` one's reference
 
 
 @dataclass
@@ -291,10 +293,16 @@ class Assembler:
     # --- readings
 
     def assemble(
-        self, readings: Readings, grids: Sequence[Grid], slots: Sequence[int]
+        self,
+        readings: Readings,
+        grids: Sequence[Grid],
+        slots: Sequence[int],
+        now: int | None = None,
     ) -> Assembled:
         """A batch's readings, in batch order. `slots[m]` is the model of readings.machines[m],
-        `grids[slot]` its grid; a machine whose grid changed restarts its assembly."""
+        `grids[slot]` its grid; a machine whose grid changed restarts its assembly. `now`: the
+        wall clock (microseconds; None: unbounded): a reading more than max_future past it is
+        `future` whatever its machine's time, so no clock here or in the episodes holds it."""
         counts = Counts()
         names = readings.machines
         states: list[Machine | None] = [None] * len(names)  # made at a machine's first reading
@@ -316,7 +324,12 @@ class Assembler:
             readings.time[starts].tolist(),
             strict=True,
         )
+        limit = BEYOND if now is None else now + rules.max_future
         for a, b, r, m, t in heads:
+            if t > limit:
+                refused.setdefault(r, Refusal("future", (t - now) / MICROS, "the wall clock"))
+                counts.future += b - a
+                continue
             state, name = states[m], names[m]
             if state is None:
                 state = states[m] = self._machine(name, grids[slots[m]], counts)
