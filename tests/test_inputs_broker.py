@@ -232,7 +232,7 @@ def test_sigkill_loses_no_window_and_scores_none_twice_differently(
     env = env_for(bootstrap, tiny_model_path, names, "samples", max_poll_records=50)
     group = env["FAULTWATCH_GROUP_ID"]
     progress = 0
-    for round_ in range(2):
+    for round_ in range(1):  # one kill mid-stream; the final run carries on
         port = free_port()
         env["FAULTWATCH_METRICS_PORT"] = str(port)
         worker = start_worker(env, tmp_path / f"killed-{round_}.log")
