@@ -78,7 +78,10 @@ def test_labels_act_in_the_worker_that_holds_the_episode_and_survive_a_restart(
         return start_worker(env | {"FAULTWATCH_METRICS_PORT": str(port)}, tmp_path / f"{name}.log")
 
     def labels(port: int) -> dict[str, float]:
-        samples = metric_samples(http_get(port, "/metrics")[1])
+        status, body = http_get(port, "/metrics")
+        if status != 200:
+            return {}  # not serving yet, or stopping
+        samples = metric_samples(body)
         name = "faultwatch_labels_total"
         return {dict(k)["label"]: v for (n, k), v in samples.items() if n == name}
 
