@@ -54,10 +54,10 @@ from model import artifact as artifact_io  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
-from worker.consumer import consumer_options, fetch_options  # noqa: E402
 from worker.control import MuteTable  # noqa: E402
+from worker.kafka.loop import consumer_options, fetch_options  # noqa: E402
+from worker.kafka.publisher import producer_options  # noqa: E402
 from worker.pipeline import Episodes  # noqa: E402
-from worker.publisher import producer_options  # noqa: E402
 from worker.service import pipeline_for  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.state import EpisodeState  # noqa: E402

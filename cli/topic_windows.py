@@ -43,7 +43,7 @@ from model.recording import Recording, format_time, to_rfc3339
 from worker import settings as settings_io
 from worker.control import parse_mute
 from worker.errors import BrokerError
-from worker.messages import WindowMessage
+from worker.inputs.windows import WindowMessage
 from worker.settings import Settings
 
 IDLE = 10.0  # seconds without any record or end in sight: the broker holds nothing more

@@ -20,11 +20,11 @@ from model.scoring import Scorer
 from tests.helpers import committed, produce, read_topic, synthetic_values, unique, wait_for
 from worker import service
 from worker import settings as settings_io
-from worker.consumer import Loop, consumer_options
 from worker.errors import PublishError
 from worker.health import Health
+from worker.kafka.loop import Loop, consumer_options
+from worker.kafka.publisher import Publisher
 from worker.metrics import Metrics
-from worker.publisher import Publisher
 
 DONE = {0: 20, 1: 20}  # the input's end offsets: 40 records over 2 partitions
 MODEL = {"model": "model"}  # a model given as a Scorer: pipeline_for names it "model"
@@ -196,7 +196,7 @@ def test_a_lasting_publish_failure_stops_the_loop_uncommitted(setup, bootstrap):
 
 def test_a_refused_commit_re_reads_the_batch_and_counts_it_once(setup, bootstrap, caplog):
     settings, scorer = setup
-    caplog.set_level(logging.WARNING, logger="worker.consumer")
+    caplog.set_level(logging.WARNING, logger="worker.kafka.loop")
     loop, registry, _ = run_loop(settings, scorer, Publisher, consumer_class=RefusingConsumer)
     assert "commit refused" in caplog.text
     sources = published(bootstrap, settings)
@@ -210,7 +210,7 @@ def test_a_rebalance_during_a_batch_re_reads_it_and_counts_it_once(setup, bootst
     # The first batch outlasts the poll interval: the client leaves the group, the group
     # rebalances without it, its commit is refused, and it joins again.
     settings, scorer = setup
-    caplog.set_level(logging.INFO, logger="worker.consumer")
+    caplog.set_level(logging.INFO, logger="worker.kafka.loop")
     loop, registry, publisher = run_loop(
         settings, scorer, lambda p: SlowPublisher(p, seconds=6.0), max_poll_interval_ms=3000
     )

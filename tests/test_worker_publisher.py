@@ -7,8 +7,8 @@ from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
 from tests.helpers import read_topic
+from worker.kafka.publisher import KeyPartitioner, Publisher, producer_options
 from worker.pipeline import Output
-from worker.publisher import KeyPartitioner, Publisher, producer_options
 
 
 def java_partition(key: bytes, partitions: int) -> int:

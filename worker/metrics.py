@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from model.episodes import CLOSE_REASONS
-from worker.messages import REASONS
+from worker.inputs.windows import REASONS
 
 # Scores are squared errors in standardised units: log-spaced, 0.001 to 1000.
 SCORE_BUCKETS = tuple(m * 10.0**e for e in range(-3, 3) for m in (1, 2, 5)) + (1000.0,)

@@ -23,7 +23,7 @@ import numpy as np
 from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
 from worker.control import MuteTable
-from worker.messages import Decoded, Decoder, Invalid, Origin
+from worker.inputs.windows import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
 from worker.state import EpisodeState

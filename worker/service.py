@@ -27,21 +27,21 @@ from prometheus_client import (
 from model.errors import FaultwatchError
 from model.scoring import Scorer
 from worker import settings as settings_io
-from worker.consumer import COMMIT_TIMEOUT_MS, POLL_TIMEOUT_MS, Loop, consumer_options
 from worker.control import ControlReader, MuteTable
 from worker.errors import BrokerError, SettingsError, WorkerError
 from worker.health import Health, HealthServer
-from worker.logs import configure_logging
-from worker.metrics import Metrics
-from worker.models import Lifecycle, ModelStore
-from worker.pipeline import Episodes, Pipeline, Topics
-from worker.publisher import (
+from worker.kafka.loop import COMMIT_TIMEOUT_MS, POLL_TIMEOUT_MS, Loop, consumer_options
+from worker.kafka.publisher import (
     CLOSE_TIMEOUT,
     FLUSH_TIMEOUT,
     PRODUCER_OPTIONS,
     Publisher,
     producer_options,
 )
+from worker.logs import configure_logging
+from worker.metrics import Metrics
+from worker.models import Lifecycle, ModelStore
+from worker.pipeline import Episodes, Pipeline, Topics
 from worker.routing import Routes
 from worker.settings import ENV_PREFIX, FLAGS, Settings
 from worker.shadow import Shadow

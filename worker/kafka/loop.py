@@ -26,10 +26,10 @@ from kafka.structs import OffsetAndMetadata
 
 from worker.errors import BatchError, CommitError
 from worker.health import Health
+from worker.kafka.publisher import Publisher
 from worker.metrics import Metrics
 from worker.models import Lifecycle
 from worker.pipeline import Pipeline
-from worker.publisher import Publisher
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Decoding input records: a poll's records in, arrays and per-record reasons out."""
