@@ -18,11 +18,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
 
+import msgspec
 import numpy as np
+import simdjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.errors import DataError
@@ -119,8 +122,35 @@ Shape = tuple[int, Sequence[str]]  # (window, channels) of a model
 Router = Callable[[str], int | None]  # machine id -> the index of its model, None: no model
 
 
+class WindowFields(msgspec.Struct):
+    """The fast path's view of a record: its fields typed, its values left as raw JSON."""
+
+    machine_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    timestamp: Annotated[str, msgspec.Meta(max_length=64)] | float
+    values: msgspec.Raw  # checked as JSON by msgspec, read by simdjson with the poll's others
+    channels: list[str] | None = None
+
+
+# What a window's values hold besides brackets and commas: numbers and JSON whitespace.
+NUMBER_BYTES = b"0123456789+-.eE \t\n\r"
+# Brackets and braces outside `values` that the fast path takes: the pydantic parser refuses
+# documents nested beyond ~250 levels, msgspec only beyond ~1000 (those go the checked way).
+MAX_OTHER_NESTING = 200
+_FIELDS = msgspec.json.Decoder(WindowFields)
+MAX_STAMPS = 4_096  # timestamps remembered, then forgotten all at once
+
+Fast = tuple[str, str, int, bytes]  # machine id, RFC 3339 time, model slot, raw values
+Slow = tuple[str, str, int, list[list[float]]]  # the same with pydantic's rows
+
+
 class Decoder:
-    """Checks records against the window and channels of the model that serves their machine."""
+    """Checks records against the window and channels of the model that serves their machine.
+
+    The hot path parses each record's fields with msgspec and a whole poll's numbers with one
+    simdjson parse into an array of doubles. A record it cannot vouch for (anything but W rows
+    of C plain JSON numbers, a field of the wrong type, a number simdjson will not take) goes
+    through the pydantic model instead: the reasons and messages stay that model's, exactly.
+    """
 
     def __init__(self, window: int, channels: Sequence[str], max_bytes: int) -> None:
         """One model for every machine."""
@@ -140,57 +170,124 @@ class Decoder:
         self.route = route
         # What a well-shaped window of each model has: a row length per time step.
         self._row_lengths = [[len(channels)] * window for window, channels in self.shapes]
+        # ...and what is left of its values once the numbers and spaces are taken out.
+        self._skeletons = [
+            b"[" + b",".join([b"[" + b"," * (len(channels) - 1) + b"]"] * window) + b"]"
+            for window, channels in self.shapes
+        ]
+        self._parser = simdjson.Parser()
+        self._stamps: dict[str | float, str] = {}  # a record's timestamp -> RFC 3339
 
     def decode_batch(self, values: Sequence[bytes | None]) -> Decoded:
-        """One pydantic parse per record, whose rows go straight into its model's array."""
-        # A record's nested lists die as soon as they are copied: kept for the whole batch,
-        # they would outlive the collector's young generations and trigger full passes over
-        # every object of the process (torch's and kafka's included): more than the parse.
-        if self.route is _first:  # one model for every machine: the hot path, no grouping
-            return self._decode_one(values)
-        n = len(values)
-        arrays: list[np.ndarray | None] = [None] * len(self.shapes)  # (N, W, C) per model
-        members: list[list[int]] = [[] for _ in self.shapes]
+        """Every record to a row of its model's (N, W, C) array, or to a reason."""
+        parsed: list[Fast | Slow | Invalid] = []
+        for value in values:
+            result = self._fast(value)
+            parsed.append(self._check(value) if result is None else result)
+        fast = _fast_ones(parsed)
+        numbers = self._numbers([parsed[i][3] for i in fast])  # type: ignore[index]
+        if numbers is None:  # a number simdjson will not take: find its record, check it
+            for i in fast:
+                if self._numbers([parsed[i][3]]) is None:  # type: ignore[index]
+                    parsed[i] = self._check(values[i])
+            fast = _fast_ones(parsed)
+            numbers = self._numbers([parsed[i][3] for i in fast])  # type: ignore[index]
+            assert numbers is not None
+        return _finite(self._arrays(parsed, fast, numbers))
+
+    def _fast(self, value: bytes | None) -> Fast | Invalid | None:
+        """The record's fields and raw values, its reason, or None: the checked way decides."""
+        if not value:
+            return Invalid("invalid_json", "empty value, expected a JSON object")
+        if len(value) > self.max_bytes:
+            return Invalid("too_large", f"{len(value)} bytes, the limit is {self.max_bytes}")
+        try:
+            fields = _FIELDS.decode(value)
+        except (msgspec.DecodeError, ValueError, RecursionError):  # also bad UTF-8
+            return None
+        raw = bytes(fields.values)
+        skeleton = raw.translate(None, NUMBER_BYTES)
+        if skeleton not in self._skeletons:  # not rows of numbers, or not a model's shape
+            return None
+        nesting = value.count(b"[") + value.count(b"{") - skeleton.count(b"[")
+        if nesting > MAX_OTHER_NESTING:
+            return None
+        slot = 0 if self.route is _first else self.route(fields.machine_id)
+        if slot is None:
+            return Invalid("no_model", _clip(f"no model serves machine {fields.machine_id!r}"))
+        window, channels = self.shapes[slot]
+        if fields.channels is not None and fields.channels != channels:
+            return Invalid(
+                "channels", _clip(f"channels {fields.channels} are not the model's {channels}")
+            )
+        if skeleton != self._skeletons[slot]:
+            return None  # another model's shape: the checked way says which row is wrong
+        timestamp = self._stamps.get(fields.timestamp)  # machines share their times
+        if timestamp is None:
+            timestamp = _rfc3339(fields.timestamp)
+            if isinstance(timestamp, Invalid):
+                return timestamp
+            if len(self._stamps) >= MAX_STAMPS:
+                self._stamps.clear()
+            self._stamps[fields.timestamp] = timestamp
+        return fields.machine_id, timestamp, slot, raw
+
+    def _numbers(self, raws: list[bytes]) -> np.ndarray | None:
+        """The numbers of these values, in order, from one parse; None if simdjson refuses."""
+        if not raws:
+            return np.empty(0)
+        try:
+            document = self._parser.parse(b"[" + b",".join(raws) + b"]")
+            try:
+                flat = document.as_buffer(of_type="d")
+            finally:
+                del document  # the parser is reused only once nothing points into it
+        except (ValueError, RuntimeError, TypeError):  # a number beyond int64 or double range
+            return None
+        return np.frombuffer(flat, dtype=np.float64)
+
+    def _arrays(
+        self, parsed: list[Fast | Slow | Invalid], fast: list[int], numbers: np.ndarray
+    ) -> Decoded:
+        """Each model's windows in batch order; the fast ones' numbers in one copy per model."""
         valid: list[tuple[int, Origin]] = []
         invalid: list[tuple[int, Invalid]] = []
-        for i, value in enumerate(values):
-            result = self._check(value)
+        members: list[list[int]] = [[] for _ in self.shapes]  # per model: positions in `valid`
+        row_of: dict[int, int] = {}  # record -> its row in its model's array
+        for i, result in enumerate(parsed):
             if isinstance(result, Invalid):
                 invalid.append((i, result))
                 continue
-            message, timestamp, slot = result
-            rows, array = members[slot], arrays[slot]
-            if array is None:
-                window, channels = self.shapes[slot]
-                array = arrays[slot] = np.empty((n, window, len(channels)))
-            array[len(rows)] = message.values
-            rows.append(len(valid))
-            valid.append((i, Origin(message.machine_id, timestamp)))
-        groups = [
-            Group(slot, array[: len(rows)], np.array(rows, dtype=np.intp))
-            for slot, (array, rows) in enumerate(zip(arrays, members, strict=True))
-            if array is not None
+            machine_id, timestamp, slot, _ = result
+            row_of[i] = len(members[slot])
+            members[slot].append(len(valid))
+            valid.append((i, Origin(machine_id, timestamp)))
+        arrays = [
+            np.empty((len(rows), window, len(channels)))  # (G, W, C)
+            for rows, (window, channels) in zip(members, self.shapes, strict=True)
         ]
-        return _finite(Decoded(valid, invalid, groups))
+        if len(fast) == len(valid) and len(members[0]) == len(valid):  # the usual batch
+            arrays[0][:] = numbers.reshape(arrays[0].shape)
+            fast = []
+        start = 0
+        for slot, records in itertools.groupby(fast, key=lambda i: parsed[i][2]):  # type: ignore[index]
+            rows = [row_of[i] for i in records]
+            array = arrays[slot]
+            size = len(rows) * array[0].size
+            array[rows] = numbers[start : start + size].reshape(len(rows), *array.shape[1:])
+            start += size
+        for i, result in enumerate(parsed):
+            if isinstance(result, tuple) and not isinstance(result[3], bytes):
+                arrays[result[2]][row_of[i]] = result[3]
+        groups = [
+            Group(slot, array, np.array(rows, dtype=np.intp))
+            for slot, (array, rows) in enumerate(zip(arrays, members, strict=True))
+            if rows or (slot == 0 and not valid)  # no window at all: still one (0, W, C) array
+        ]
+        return Decoded(valid, invalid, groups)
 
-    def _decode_one(self, values: Sequence[bytes | None]) -> Decoded:
-        window, channels = self.shapes[0]
-        windows = np.empty((len(values), window, len(channels)))  # (N, W, C)
-        valid: list[tuple[int, Origin]] = []
-        invalid: list[tuple[int, Invalid]] = []
-        for i, value in enumerate(values):
-            result = self._check(value)
-            if isinstance(result, Invalid):
-                invalid.append((i, result))
-                continue
-            message, timestamp, _ = result
-            windows[len(valid)] = message.values
-            valid.append((i, Origin(message.machine_id, timestamp)))
-        members = np.arange(len(valid), dtype=np.intp)
-        return _finite(Decoded(valid, invalid, [Group(0, windows[: len(valid)], members)]))
-
-    def _check(self, value: bytes | None) -> tuple[WindowMessage, str, int] | Invalid:
-        """The parsed message, its RFC 3339 timestamp and its model, or why it cannot be scored."""
+    def _check(self, value: bytes | None) -> Slow | Invalid:
+        """The checked way: the pydantic model decides, and says why a record cannot be scored."""
         if not value:
             return Invalid("invalid_json", "empty value, expected a JSON object")
         if len(value) > self.max_bytes:
@@ -212,12 +309,25 @@ class Decoder:
         # Checked before copying: numpy would broadcast a row of one number, or one row.
         if list(map(len, rows)) != self._row_lengths[slot]:
             return Invalid("shape", _shape_problem(rows, window, len(channels)))
-        stamp = message.timestamp
-        try:
-            timestamp = to_rfc3339(stamp if isinstance(stamp, str) else repr(stamp))
-        except DataError as exc:  # it says which: not a time, out of range, milliseconds?
-            return Invalid("schema", _clip(str(exc)))
-        return message, timestamp, slot
+        timestamp = _rfc3339(message.timestamp)
+        if isinstance(timestamp, Invalid):
+            return timestamp
+        return message.machine_id, timestamp, slot, rows
+
+
+def _fast_ones(parsed: list[Fast | Slow | Invalid]) -> list[int]:
+    """The records whose numbers simdjson reads, by model (their numbers then lie together)."""
+    fast = [i for i, p in enumerate(parsed) if isinstance(p, tuple) and isinstance(p[3], bytes)]
+    if any(parsed[i][2] for i in fast):  # type: ignore[index]
+        fast.sort(key=lambda i: parsed[i][2])  # type: ignore[index]
+    return fast
+
+
+def _rfc3339(stamp: str | float) -> str | Invalid:
+    try:
+        return to_rfc3339(stamp if isinstance(stamp, str) else repr(stamp))
+    except DataError as exc:  # it says which: not a time, out of range, milliseconds?
+        return Invalid("schema", _clip(str(exc)))
 
 
 def _first(machine: str) -> int:
