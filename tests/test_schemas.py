@@ -49,7 +49,9 @@ def test_every_topic_has_a_schema_a_key_and_its_setting():
 
 
 def test_the_schemas_load_without_a_kafka_client():
-    code = "import sys, worker.schemas; sys.exit(len({'kafka', 'confluent_kafka'} & set(sys.modules)))"
+    code = (
+        "import sys, worker.schemas; sys.exit(len({'kafka', 'confluent_kafka'} & set(sys.modules)))"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
