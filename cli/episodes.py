@@ -27,7 +27,7 @@ from model.scoring import Scores
 from worker import settings as settings_io
 from worker.control import PATTERN_CHARACTERS, ControlReader, Mute, MuteTable
 from worker.errors import BrokerError
-from worker.kafka.publisher import producer_options
+from worker.kafka.kafka_python import producer_options
 from worker.settings import Settings
 from worker.state import ChangelogReader, restore
 

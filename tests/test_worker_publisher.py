@@ -7,7 +7,8 @@ from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
 from tests.helpers import read_topic
-from worker.kafka.publisher import KeyPartitioner, Publisher, producer_options
+from worker.kafka.kafka_python import KeyPartitioner, PyProducer, producer_options
+from worker.kafka.publisher import Publisher
 from worker.pipeline import Output
 
 
@@ -18,7 +19,7 @@ def java_partition(key: bytes, partitions: int) -> int:
 
 def publish(bootstrap: str, outputs: list[Output]) -> KeyPartitioner:
     options = producer_options(2**20)
-    publisher = Publisher(KafkaProducer(bootstrap_servers=bootstrap, **options))
+    publisher = Publisher(PyProducer(KafkaProducer(bootstrap_servers=bootstrap, **options)))
     try:
         publisher.publish(outputs)
     finally:
@@ -63,7 +64,7 @@ def test_a_shadow_topic_that_refuses_a_record_is_left_alone_for_a_while(
     too_big = Output(shadow, b"pump-1", b"x" * (2**20 + 1), best_effort=True)  # refused at send
     shadow_record = Output(shadow, b"pump-1", b"{}", best_effort=True)
     producer = KafkaProducer(bootstrap_servers=bootstrap, **producer_options(2**20))
-    publisher = Publisher(producer, best_effort_pause=pause)
+    publisher = Publisher(PyProducer(producer), best_effort_pause=pause)
     try:
         assert publisher.publish([Output(live, b"pump-1", b"{}"), too_big, shadow_record]) == 2
         assert publisher.publish([Output(live, b"pump-1", b"{}"), shadow_record]) == 1 - sent

@@ -26,6 +26,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 EventsMode = Literal["episodes", "windows"]
+KafkaClient = Literal["kafka-python", "confluent"]
 
 # Settings that `faultwatch run` also takes as flags (flags win over the environment).
 FLAGS = {
@@ -75,6 +76,8 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(1_000_000, ge=64)  # larger input records: dead letter too_large
     max_request_bytes: int = Field(16 * 2**20, ge=1_024)  # largest record the producer sends
     startup_timeout: float = Field(60.0, gt=0, description="seconds to reach the broker")
+    # The client library: kafka-python (default) or confluent (librdkafka; faultwatch[rdkafka])
+    kafka_client: KafkaClient = Field("kafka-python", description="kafka-python or confluent")
 
     # Kafka security, passed through to the client
     security_protocol: SecurityProtocol = "PLAINTEXT"
@@ -130,6 +133,18 @@ class Settings(BaseSettings):
     def _check_topic(cls, value: str) -> str:
         if not TOPIC_NAME.match(value):
             raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
+        return value
+
+    @field_validator("kafka_client")
+    @classmethod
+    def _check_client_installed(cls, value: str) -> str:
+        if value == "confluent":
+            try:
+                import confluent_kafka  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "confluent needs the confluent-kafka package: pip install 'faultwatch[rdkafka]'"
+                ) from None
         return value
 
     @field_validator("shadow_model_path", mode="before")
@@ -229,6 +244,30 @@ class Settings(BaseSettings):
                     options[name] = str(path)
         return options
 
+    def librdkafka_options(self) -> dict[str, Any]:
+        """The same connection for librdkafka (FAULTWATCH_KAFKA_CLIENT=confluent): its names."""
+        options: dict[str, Any] = {
+            "bootstrap.servers": ",".join(self.bootstrap_list),
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["sasl.mechanism"] = self.sasl_mechanism
+            options["sasl.username"] = self.sasl_plain_username
+            options["sasl.password"] = self.sasl_plain_password.get_secret_value()
+        if self.security_protocol.endswith("SSL"):
+            check = self.ssl_check_hostname
+            options["ssl.endpoint.identification.algorithm"] = "https" if check else "none"
+            names = {
+                "ssl_cafile": "ssl.ca.location",
+                "ssl_certfile": "ssl.certificate.location",
+                "ssl_keyfile": "ssl.key.location",
+            }
+            for name, option in names.items():
+                if (path := getattr(self, name)) is not None:
+                    options[option] = str(path)
+        return options
+
     def episode_config(self) -> EpisodeConfig:
         """The episode rules, for the worker and `faultwatch score --episodes` alike."""
         return EpisodeConfig(
@@ -249,7 +288,8 @@ class Settings(BaseSettings):
         scores = self.scores_topic or "off"
         instance = f" instance={self.group_instance_id}" if self.group_instance_id else ""
         line = (
-            f"bootstrap={self.bootstrap_servers} security={self.security_protocol} "
+            f"bootstrap={self.bootstrap_servers} client={self.kafka_client} "
+            f"security={self.security_protocol} "
             f"input={self.input_topic} events={self.events_topic} scores={scores} "
             f"dlq={self.dlq_topic} group={self.group_id}{instance} model={self.model_path} "
             f"event_mode={self.events} model_reload={self.model_reload_seconds:g}s"
