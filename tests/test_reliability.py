@@ -4,7 +4,8 @@
 # events. After each, every input offset ends as a score record or a dead letter; a kill may
 # repeat at most about one batch (FAULTWATCH_MAX_POLL_RECORDS), and events de-duplicate by
 # `event_id`. Brokers that are frozen or made strict are private to their test. Every wait
-# is bounded.
+# is bounded. The SIGKILL and frozen-broker tests run with each client library
+# (FAULTWATCH_KAFKA_CLIENT); the rest with the default, kafka-python.
 
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ def kill(worker) -> None:
 
 
 def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
-    bootstrap, make_topic, tiny_model_path, tmp_path
+    bootstrap, make_topic, tiny_model_path, tmp_path, kafka_client_name
 ):
     scorer = Scorer.load(tiny_model_path)
     topics = {
@@ -166,6 +167,7 @@ def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
         events="windows",
         group_id=group,
         max_poll_records=BATCH,
+        kafka_client=kafka_client_name,
         **topics,
     )
     produced = offsets_of(records)
@@ -257,7 +259,9 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
     Outputs(bootstrap, topics).check(offsets_of(records), duplicates=2 * BATCH)
 
 
-def test_a_frozen_broker_is_survived_without_a_restart(tiny_model_path, tmp_path):
+def test_a_frozen_broker_is_survived_without_a_restart(
+    tiny_model_path, tmp_path, kafka_client_name
+):
     scorer = Scorer.load(tiny_model_path)
     topics = {
         "input_topic": "windows",
@@ -279,6 +283,7 @@ def test_a_frozen_broker_is_survived_without_a_restart(tiny_model_path, tmp_path
             max_poll_records=BATCH,
             metrics_port=port,
             lag_interval=0.5,
+            kafka_client=kafka_client_name,
             **topics,
         )
         worker = start_worker(env, tmp_path / "worker.log")
