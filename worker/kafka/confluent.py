@@ -121,7 +121,7 @@ def open_consumer(
     except KafkaException as exc:
         client.close()
         raise BrokerError(_unreachable(settings, timeout, exc)) from exc
-    return RdConsumer(client, settings.max_poll_records, timeout, fatal)
+    return RdConsumer(client, settings.max_poll_records, timeout, settings.auto_offset_reset, fatal)
 
 
 def open_producer(settings: Settings, timeout: float) -> RdProducer:
@@ -150,11 +150,17 @@ class RdConsumer:
     """confluent_kafka.Consumer as the seam's Consumer."""
 
     def __init__(
-        self, client: _Consumer, max_records: int, timeout: float, fatal: Fatal | None = None
+        self,
+        client: _Consumer,
+        max_records: int,
+        timeout: float,
+        reset: str = "earliest",
+        fatal: Fatal | None = None,
     ) -> None:
         self.client = client
         self.max_records = max_records
         self.timeout = timeout  # for the broker's answers outside the poll
+        self.reset = reset  # auto.offset.reset: where a partition without a commit starts
         self.fatal = fatal or Fatal()
 
     def subscribe(self, topic: str, listener: Listener) -> None:
@@ -216,11 +222,22 @@ class RdConsumer:
         return _partitions(self.client.assignment())
 
     def position(self, partition: Partition) -> int | None:
+        """The next offset this member reads, as kafka-python's: before librdkafka has handed
+        over a record of the partition, its committed offset, else where the reset puts it."""
+        tp = TopicPartition(*partition)
         try:
-            (found,) = self.client.position([TopicPartition(*partition)])
+            (found,) = self.client.position([tp])
+            if found.offset >= 0:
+                return found.offset
+            (stored,) = self.client.committed([tp], timeout=self.timeout)
+            if stored.offset >= 0:
+                return stored.offset
+            marks = self.client.get_watermark_offsets(tp, timeout=self.timeout)
         except KafkaException:
             return None
-        return found.offset if found.offset >= 0 else None
+        if not marks:
+            return None
+        return marks[0] if self.reset == "earliest" else marks[1]
 
     def committed(self, partition: Partition) -> int | None:
         try:
