@@ -4,8 +4,8 @@
 # events. After each, every input offset ends as a score record or a dead letter; a kill may
 # repeat at most about one batch (FAULTWATCH_MAX_POLL_RECORDS), and events de-duplicate by
 # `event_id`. Brokers that are frozen or made strict are private to their test. Every wait
-# is bounded. The SIGKILL and frozen-broker tests run with each client library
-# (FAULTWATCH_KAFKA_CLIENT); the rest with the default, kafka-python.
+# is bounded. The frozen-broker test runs with each client library (FAULTWATCH_KAFKA_CLIENT);
+# SIGKILL with librdkafka is tests/test_episodes_broker.py's (it checks the episodes too).
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def kill(worker) -> None:
 
 
 def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
-    bootstrap, make_topic, tiny_model_path, tmp_path, kafka_client_name
+    bootstrap, make_topic, tiny_model_path, tmp_path
 ):
     scorer = Scorer.load(tiny_model_path)
     topics = {
@@ -167,7 +167,6 @@ def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
         events="windows",
         group_id=group,
         max_poll_records=BATCH,
-        kafka_client=kafka_client_name,
         **topics,
     )
     produced = offsets_of(records)
