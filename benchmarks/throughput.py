@@ -409,7 +409,7 @@ def latency(
     bootstrap: str,
     send_to: str,
     read_from: str,
-    key_of: Callable[[object], Key],
+    key_of: Callable[[int, int, bytes], Key],
     records: list[tuple[bytes, bytes]],
     rate: float,
     seconds: float,
@@ -425,7 +425,9 @@ def latency(
     stop = threading.Event()
     reader = threading.Thread(target=_read, args=(bootstrap, read_from, key_of, arrived, stop))
     reader.start()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    # The load generator runs on librdkafka: at the rates a faster worker gets, kafka-python's
+    # producer and reader in one process would queue the records themselves on 2 cores.
+    producer = _LoadProducer(bootstrap)
     try:
         warm = 200  # the group join and first batches
         _send(producer, send_to, records[:warm], {})
@@ -510,41 +512,66 @@ def run_relay_confluent(bootstrap: str, source: str, target: str) -> None:
 RELAY = {"kafka-python": run_relay, "confluent": run_relay_confluent}
 
 
-def _send(producer: KafkaProducer, topic: str, records: list, sent: dict[Key, float]) -> None:
-    for key, value in records:
+class _LoadProducer:
+    """A librdkafka producer sending at once (linger 1 ms), each record's send time kept."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from confluent_kafka import Producer
+
+        self.client = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+
+    def send(self, topic: str, key: bytes, value: bytes, sent: dict[Key, float]) -> None:
         at = time.time()
-        producer.send(topic, key=key, value=value).add_callback(
-            lambda meta, at=at: sent.__setitem__((meta.partition, meta.offset), at)
-        )
+
+        def delivered(error: object, message: object, at: float = at) -> None:
+            if error is None:
+                sent[message.partition(), message.offset()] = at  # type: ignore[attr-defined]
+
+        self.client.produce(topic, value, key, on_delivery=delivered)
+        self.client.poll(0)
+
+    def flush(self, timeout: float) -> None:
+        self.client.flush(timeout)
+
+    def close(self) -> None:
+        self.client.flush(10)
+
+
+def _send(producer: _LoadProducer, topic: str, records: list, sent: dict[Key, float]) -> None:
+    for key, value in records:
+        producer.send(topic, key, value, sent)
 
 
 def _read(
     bootstrap: str,
     topic: str,
-    key_of: Callable[[object], Key],
+    key_of: Callable[[int, int, bytes], Key],
     arrived: dict[Key, float],
     stop: threading.Event,
 ) -> None:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import TopicPartition as Assigned
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-reader", "fetch.wait.max.ms": 10}
     )
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
+    found = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([Assigned(topic, p, OFFSET_BEGINNING) for p in sorted(found)])
     while not stop.is_set():
-        for batch in consumer.poll(timeout_ms=50).values():
-            now = time.time()
-            for record in batch:
-                arrived[key_of(record)] = now
-    consumer.close(autocommit=False)
+        messages = consumer.consume(1000, 0.05)
+        now = time.time()
+        for m in messages:
+            if m.error() is None:
+                arrived[key_of(m.partition(), m.offset(), m.value())] = now
+    consumer.close()
 
 
-def itself(record) -> Key:
-    return record.partition, record.offset
+def itself(partition: int, offset: int, value: bytes) -> Key:
+    return partition, offset
 
 
-def source_of(record) -> Key:
-    source = json.loads(record.value)["source"]
+def source_of(partition: int, offset: int, value: bytes) -> Key:
+    source = json.loads(value)["source"]
     return source["partition"], source["offset"]
 
 
