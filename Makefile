@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools lint format test demo bench bench-throughput clean
+.PHONY: install tools lint format docs docs-check test demo bench bench-throughput clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,15 +19,29 @@ tools:
 	  apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
+CODE := model worker cli demo tests benchmarks tools
+
 lint: install
-	$(BIN)/ruff check model worker cli demo tests benchmarks
-	$(BIN)/ruff format --check model worker cli demo tests benchmarks
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 format: install
-	$(BIN)/ruff check --fix model worker cli demo tests benchmarks
-	$(BIN)/ruff format model worker cli demo tests benchmarks
+	$(BIN)/ruff check --fix $(CODE)
+	$(BIN)/ruff format $(CODE)
 
-test: lint tools
+# The reference pages from the code, then the site, strictly (a broken link fails); offline.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs: install
+	$(BIN)/python tools/gen_reference.py
+	$(MKDOCS)
+
+# What `make test` runs: the same, but a stale reference page fails instead of being rewritten.
+docs-check: install
+	$(BIN)/python tools/gen_reference.py --check
+	$(MKDOCS)
+
+test: lint tools docs-check
 	$(BIN)/python -m pytest -q
 
 demo: install
@@ -40,4 +54,4 @@ bench-throughput: install
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site

@@ -95,7 +95,7 @@ class Row:
 
 
 def table(rows: list[Row]) -> str:
-    """The results as a markdown table (the README carries it)."""
+    """The results as a markdown table (docs/quality.md carries it)."""
     lines = [
         "| entry | SKAB F1 | SKAB FAR | SKAB MAR | SKAB per-file F1 min / median / max "
         "| worst file's FAR | TEP detection | TEP per-fault min / median | TEP FAR normal-test "

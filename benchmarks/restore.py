@@ -23,21 +23,19 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
 from demo.broker import EmbeddedBroker, create_topics  # noqa: E402
-from model.episodes import Episode, EpisodeConfig, Tracker  # noqa: E402
+from model.episodes import Episode, EpisodeConfig  # noqa: E402
 from model.simulator import CHANNELS  # noqa: E402
-from worker.state import ChangelogReader, EpisodeState, Owned  # noqa: E402
+from worker.state import ChangelogReader, EpisodeState  # noqa: E402
 
 T0 = 1_700_000_000.0
 
 
 def state_records(machines: int, batches: int) -> list[tuple[bytes, bytes]]:
     """What `batches` batches of the worker write for `machines` open episodes."""
-    tracker = Tracker(EpisodeConfig())
     state = EpisodeState(EpisodeConfig(), "bench.windows", "bench", lambda partitions: {})
-    state.partitions[0] = Owned(tracker, 0, 0)
     records = []
     for b in range(batches):
-        tracker.begin()
+        tracker = state.tracker(0, b * machines)
         for m in range(machines):
             t = T0 + b
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

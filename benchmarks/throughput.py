@@ -14,7 +14,10 @@ One run, on one broker, with one model and one set of records, measures for each
      the broker alone (one hop) and a relay that polls, sends, flushes and commits like the
      worker but does no work (two hops): the floor of the worker's path on this broker;
   5. the worker's peak resident memory (VmHWM);
-  6. two worker processes in one group against one.
+  6. two worker processes in one group against one;
+  7. samples and tags (FAULTWATCH_INPUT_FORMAT): the raw consume rate of those records, the
+     worker's committed records/s and CPU/record on them, the share of the batch logic's time
+     spent on the assembly state records, and the memory of 100,000 machines' assembly state.
 Records follow the message contract: 8 simulated pump channels, the model's default window,
 values with 6 significant digits (as `faultwatch replay` sends a CSV's cells).
 Numbers are noisy on a shared machine: compare only figures from the same run.
@@ -49,20 +52,23 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from cli.replay import encode_window  # noqa: E402
+from cli.replay import encode_window, reading_records  # noqa: E402
 from demo.broker import EmbeddedBroker, create_topics  # noqa: E402
 from model import artifact as artifact_io  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
 from worker.control import MuteTable  # noqa: E402
+from worker.inputs.assembler import Machine, Rules  # noqa: E402
+from worker.inputs.family import AssemblyFamily  # noqa: E402
+from worker.inputs.stage import ReadingStage  # noqa: E402
 from worker.kafka import confluent  # noqa: E402
 from worker.kafka.kafka_python import (  # noqa: E402
     consumer_options,
     fetch_options,
     producer_options,
 )
-from worker.pipeline import Episodes  # noqa: E402
+from worker.pipeline import Episodes, Pipeline, Topics  # noqa: E402
 from worker.service import pipeline_for  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.state import EpisodeState  # noqa: E402
@@ -138,6 +144,24 @@ def produce(
     rate = len(records) / (time.perf_counter() - started)
     producer.close()
     return rate
+
+
+def make_readings(count: int, form: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) sample or tag records of MACHINES pumps, side by side in time."""
+    per_record = 1 if form == "samples" else len(CHANNELS)
+    rows = -(-count // (MACHINES * per_record))
+    streams = []
+    for m in range(MACHINES):
+        run = simulate(rows, seed=m, fault="leak" if m == MACHINES - 1 else None)
+        recording = run.recording(Path(f"pump-{m + 1}.csv"))
+        recording.values[:] = [[float(f"{v:.6g}") for v in row] for row in recording.values]
+        name = f"pump-{m + 1}"
+        streams.append((name.encode(), reading_records(name, recording, form)))
+    records = []
+    for k in range(rows * per_record):
+        for key, stream in streams:
+            records.append((key, stream[k][1]))
+    return records[:count]
 
 
 # ---------------------------------------------------------------- 1. raw consume
@@ -253,6 +277,80 @@ def in_process(
                 spent[k] += time.process_time() - started
     process, with_episodes = (repeat * len(records) / t for t in spent)
     return decode, score, process, with_episodes
+
+
+def in_process_readings(
+    scorer: Scorer, records: list[tuple[bytes, bytes]], form: str, settings: Settings
+) -> tuple[float, float]:
+    """Records/s of the whole batch logic on samples or tags (assembly, scoring, episodes,
+    state records), and the share of that time spent writing the state records (the
+    families' save and the changelog's encoding, per partition and batch)."""
+    torch.set_num_threads(settings.torch_threads)
+    family = AssemblyFamily(Rules())
+    state = EpisodeState(
+        settings.episode_config(), "in", "bench", lambda partitions: {}, families=(family,)
+    )
+    stage = ReadingStage(form, family, settings.max_record_bytes)
+    topics = Topics("events", "dlq", None, "state")
+    pipeline = Pipeline(scorer, topics, 3, Episodes(state, MuteTable(), family), readings=stage)
+    size = settings.max_poll_records
+    batches = [
+        [Record("in", 0, i + j, key, value) for j, (key, value) in enumerate(records[i : i + size])]
+        for i in range(0, len(records), size)
+    ]
+    finish, spent = state.finish, [0.0]
+
+    def timed(partition: int, through: int) -> list:
+        started = time.perf_counter()
+        try:
+            return finish(partition, through)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    state.finish = timed  # type: ignore[method-assign]
+    started = time.perf_counter()
+    for batch in batches:
+        pipeline.process(batch)
+    total = time.perf_counter() - started
+    return len(records) / total, spent[0] / total
+
+
+def assembly_memory_mb(machines: int, window: int) -> float:
+    """Resident memory of `machines` machines' assembly state (each: W-1 closed rows, the
+    grace's open buckets, last values), as the worker holds it between batches."""
+    channels = list(CHANNELS)
+    step, grace = 1_000_000, 5
+    template = Machine.from_dict(
+        {
+            "grid": [channels, window, step],
+            "latest": 1_700_000_000 * step,
+            "closed": 1_699_999_994,
+            "ahead": None,
+            "open": {
+                str(1_699_999_995 + i): [[1.0 + i] * len(channels), [0] * len(channels)]
+                for i in range(grace + 1)
+            },
+            "last_value": [1.0] * len(channels),
+            "last_bucket": [1_699_999_994] * len(channels),
+            "rows": [[1.0 + r] * len(channels) for r in range(window - 1)],
+            "last_window": 1_699_999_994,
+        }
+    )
+    doc = template.to_dict()
+    gc.collect()
+    before = _rss_mb()
+    held = {f"machine-{i}": Machine.from_dict(doc) for i in range(machines)}
+    gc.collect()
+    after = _rss_mb()
+    assert len(held) == machines
+    return after - before
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 # ---------------------------------------------------------------- 3, 5, 6. the worker
@@ -600,6 +698,11 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--skip-two", action="store_true", help="no two-process run")
     parser.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
+    parser.add_argument(
+        "--readings", type=int, default=40_000, help="sample and tag records (0: skip 7)"
+    )
+    parser.add_argument("--state-machines", type=int, default=100_000, help="7. memory of")
+    parser.add_argument("--readings-only", action="store_true", help="7. alone")
     args = parser.parse_args()
     settings = Settings()
     logs = args.logs or Path(tempfile.mkdtemp(prefix="faultwatch-bench-"))
@@ -639,6 +742,15 @@ def main() -> int:
         partitions |= {t: args.partitions for t in state_topics}
         create_topics(bootstrap, partitions)
         inputs = [TopicPartition(topics["input"], p) for p in range(args.partitions)]
+        out = {
+            "events_topic": topics["events"],
+            "dlq_topic": topics["dlq"],
+            "control_topic": topics["control"],
+        }
+        if args.readings_only:
+            readings_section(r, bootstrap, scorer, model, args, settings, out, logs)
+            print_rows(readings_rows(r, args), args, settings)
+            return 0
         say("producing the backlog")
         r.produce = produce(bootstrap, topics["input"], records, args.partitions)
         decoder = pipeline_for(scorer, settings).decoder
@@ -657,11 +769,6 @@ def main() -> int:
         r.decode, r.score, r.compute, r.compute_episodes = in_process(
             scorer, records[:10_000], settings
         )
-        out = {
-            "events_topic": topics["events"],
-            "dlq_topic": topics["dlq"],
-            "control_topic": topics["control"],
-        }
         states = iter(state_topics)
         # Each client and mode twice, in turns, keeping each one's least disturbed run: on a
         # shared machine one run of each can differ by more than the episode stage costs.
@@ -752,6 +859,8 @@ def main() -> int:
                 )
             finally:
                 workers.stop()
+        if args.readings:
+            readings_section(r, bootstrap, scorer, model, args, settings, out, logs)
     print_table(r, args, settings)
     say(f"worker logs in {logs}")
     return 0
@@ -775,6 +884,68 @@ class ClientResults:
 
 
 @dataclass
+class ReadingsRun:
+    records: int
+    record_bytes: float
+    raw: Run
+    one: Run
+    compute: float  # records/s of the batch logic, in process
+    state_share: float  # of the batch logic's time: the state records
+
+
+def readings_section(
+    r: Results,
+    bootstrap: str,
+    scorer: Scorer,
+    model: Path,
+    args: argparse.Namespace,
+    settings: Settings,
+    out: dict[str, str],
+    logs: Path,
+) -> None:
+    for form in ("samples", "tags"):
+        r.readings[form] = readings_runs(bootstrap, scorer, model, form, args, settings, out, logs)
+    say(f"7. memory of {args.state_machines:,} machines' assembly state")
+    r.state_mb = assembly_memory_mb(args.state_machines, args.window)
+
+
+def readings_runs(
+    bootstrap: str,
+    scorer: Scorer,
+    model: Path,
+    form: str,
+    args: argparse.Namespace,
+    settings: Settings,
+    out: dict[str, str],
+    logs: Path,
+) -> ReadingsRun:
+    """7. The same measures on sample or tag records: raw consume, in process, one worker."""
+    say(f"7. {form}: making and producing {args.readings} records")
+    records = make_readings(args.readings, form)
+    size = float(np.mean([len(v) for _, v in records[:1000]]))
+    topic, state = f"bench.{form}", f"bench.{form}-state"
+    create_topics(bootstrap, {topic: args.partitions, state: args.partitions})
+    produce(bootstrap, topic, records, args.partitions)
+    say(f"7. {form}: raw consume")
+    raw = raw_consume(bootstrap, topic, len(records), settings)
+    say(f"7. {form}: in process")
+    compute, share = in_process_readings(scorer, records[:20_000], form, settings)
+    say(f"7. {form}: one worker, end to end")
+    env = worker_env(
+        bootstrap,
+        model,
+        f"bench-{form}",
+        input_topic=topic,
+        input_format=form,
+        state_topic=state,
+        **out,
+    )
+    inputs = [TopicPartition(topic, p) for p in range(args.partitions)]
+    one = end_to_end(bootstrap, env, inputs, len(records), 1, logs)
+    return ReadingsRun(len(records), size, raw, one, compute, share)
+
+
+@dataclass
 class Results:
     record_bytes: float
     produce: float = 0.0  # records/s
@@ -785,6 +956,8 @@ class Results:
     compute_episodes: float = 0.0
     two: Run | None = None
     broker_latency: Latency | None = None  # records through the broker alone
+    readings: dict[str, ReadingsRun] = field(default_factory=dict)  # 7. samples, tags
+    state_mb: float = 0.0  # 7. RSS of --state-machines machines' assembly state
 
 
 def client_rows(r: Results, args: argparse.Namespace) -> list[tuple[str, ...]]:
@@ -836,8 +1009,12 @@ def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> Non
     )
     head = ("windows (FAULTWATCH_INPUT_FORMAT=windows)", *(x for c in CLIENTS for x in (c, "")))
     _print([head, *client_rows(r, args)])
-    # Samples and tags (FAULTWATCH_INPUT_FORMAT=samples|tags): their rows go here, with the
-    # same columns (client_rows on records of that format).
+    # Samples and tags (FAULTWATCH_INPUT_FORMAT=samples|tags): with the default client for now;
+    # client_rows on records of each format would give them both clients' columns.
+    if r.readings:
+        _print(
+            [("samples and tags (kafka-python)", "rate", "CPU/record", ""), *readings_rows(r, args)]
+        )
     shared = [
         ("in process, either client", "rate", "CPU/window", ""),
         ("producer (kafka-python, linger 20 ms)", f"{r.produce:,.0f} rec/s", "", ""),
@@ -924,6 +1101,55 @@ def breakdown(r: Results) -> list[tuple[str, ...]]:
     )
     rows.append(("worker, measured", *(f"{r.clients[c].one.cpu_us:.1f} us" for c in CLIENTS)))
     return rows
+
+
+def readings_rows(r: Results, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """7. The rows of samples and tags."""
+    rows: list[tuple[str, str, str, str]] = []
+    for form, run in r.readings.items():
+        unit = "8 channels each" if form == "samples" else "one channel each"
+        rows += [
+            (
+                f"7. {form}: raw consume",
+                f"{run.raw.rate:,.0f} rec/s",
+                f"{run.raw.cpu_us:.0f} us",
+                f"{run.records:,} x {run.record_bytes:.0f} B, {unit}",
+            ),
+            (
+                f"7. {form}: batch logic in process",
+                f"{run.compute:,.0f} rec/s",
+                f"{1e6 / run.compute:.0f} us",
+                f"state records: {run.state_share:.1%} of its time",
+            ),
+            (
+                f"7. {form}: worker, 1 process",
+                f"{run.one.rate:,.0f} rec/s",
+                f"{run.one.cpu_us:.0f} us",
+                f"{run.one.rate / run.raw.rate:.2f} x raw consume of the same records "
+                f"(goal >= 0.5); peak RSS {max(run.one.peak_rss_mb):.0f} MB",
+            ),
+        ]
+    if r.state_mb:
+        rows.append(
+            (
+                "7. assembly state in memory",
+                f"{r.state_mb:,.0f} MB",
+                "",
+                f"{args.state_machines:,} machines, window {args.window} x 8, 5 s grace",
+            )
+        )
+    return rows
+
+
+def print_rows(
+    rows: list[tuple[str, str, str, str]], args: argparse.Namespace, settings: Settings
+) -> None:
+    print()
+    print(
+        f"faultwatch throughput: {os.cpu_count()} cores, torch threads {settings.torch_threads}, "
+        f"max_poll_records {settings.max_poll_records}, {args.partitions} input partitions"
+    )
+    _print([("samples and tags (kafka-python)", "rate", "CPU/record", ""), *rows])
 
 
 def _print(rows: list[tuple[str, ...]]) -> None:

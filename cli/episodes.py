@@ -3,7 +3,9 @@
 Mutes are records of the control topic (FAULTWATCH_CONTROL_TOPIC), keyed by the machine id or
 pattern; unmuting writes a tombstone for that key. `episodes` reads the control topic and the
 state topic (FAULTWATCH_STATE_TOPIC) whole, without a consumer group, and the worker group's
-committed offsets to tell saved state from state of a batch still being done.
+committed offsets to tell saved state from state of a batch still being done. A group that has
+committed nothing on the input topic is an error, not "no open episodes": the shell's
+FAULTWATCH_GROUP_ID or FAULTWATCH_INPUT_TOPIC is most likely not the workers'.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from worker.errors import BrokerError
 from worker.kafka.kafka_python import producer_options
 from worker.settings import Settings
 from worker.state import ChangelogReader, restore
+from worker.state.changelog import EPISODE
 
 DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -196,16 +199,34 @@ def read_open_episodes(settings: Settings) -> list[Episode]:
     try:
         partitions = sorted(consumer.partitions_for_topic(settings.state_topic) or ())
         resume = _committed(settings, len(partitions))
+        if all(offset is None for offset in resume.values()):  # not a false all-clear
+            raise FaultwatchError(
+                f"no state for group {settings.group_id!r} on {settings.input_topic}: it has "
+                "committed nothing there; check FAULTWATCH_GROUP_ID and FAULTWATCH_INPUT_TOPIC "
+                "(they must be the workers')"
+            )
         changelogs = reader(partitions)
         found = []
         for p in partitions:
-            episodes, _, _ = restore(
+            state = restore(
                 changelogs[p], resume.get(p) or 0, settings.group_id, settings.input_topic
             )
-            found += [e for e in episodes if e.phase == "open"]
+            found += [e for e in _episodes(state.values) if e.phase == "open"]
     finally:
         reader.close()
     return sorted(found, key=lambda e: (e.started, e.machine_id))
+
+
+def _episodes(values: dict[tuple[str, str], Any]) -> list[Episode]:
+    """The restored episodes (a value the worker could not use is skipped, as it skips it)."""
+    found = []
+    for (family, _), data in values.items():
+        if family == EPISODE:
+            try:
+                found.append(Episode.from_dict(data))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+    return found
 
 
 def _committed(settings: Settings, partitions: int) -> dict[int, int | None]:
@@ -310,7 +331,7 @@ def _check_topics(settings: Settings, topics: list[str]) -> None:
     if missing:
         raise BrokerError(
             f"topic {', '.join(missing)} not found at {settings.bootstrap_servers}: create it "
-            "(see README, Running the worker) or set FAULTWATCH_CONTROL_TOPIC / _STATE_TOPIC"
+            "(see docs/operating-running.md) or set FAULTWATCH_CONTROL_TOPIC / _STATE_TOPIC"
         )
 
 

@@ -14,6 +14,7 @@ from kafka.errors import KafkaError
 from model.detectors import DETECTORS
 from model.errors import FaultwatchError
 from model.networks import ARCHITECTURES
+from model.retraining import LABELS
 from model.simulator import FAULTS
 from model.training import TrainConfig
 
@@ -152,7 +153,28 @@ def _add_kafka_commands(commands: argparse._SubParsersAction) -> None:
         "--speed", type=float, default=None, help="pace by the data's timestamps; 1 = real time"
     )
     p.add_argument("--loop", action="store_true", help="start over at the end, until stopped")
-    p.add_argument("--limit", type=_positive, default=None, help="stop after N windows")
+    p.add_argument("--limit", type=_positive, default=None, help="stop after N records")
+    p.add_argument(
+        "--as",
+        dest="form",
+        choices=["windows", "samples", "tags"],
+        default="windows",
+        help="what each record holds: a window, one time of a machine, or one channel's value",
+    )
+    disorder = p.add_argument_group("disorder of samples and tags (as gateways send them)")
+    disorder.add_argument(
+        "--jitter", type=_seconds, default=0.0, metavar="SECONDS",
+        help="send each record up to this much data time after its time",
+    )  # fmt: skip
+    disorder.add_argument(
+        "--shuffle-within", type=_seconds, default=0.0, metavar="SECONDS",
+        help="shuffle the records within blocks of this much data time",
+    )  # fmt: skip
+    disorder.add_argument(
+        "--late-share", type=_share, default=0.0, metavar="F",
+        help="hold this share of records back past FAULTWATCH_INPUT_GRACE_SECONDS: late",
+    )  # fmt: skip
+    disorder.add_argument("--seed", type=int, default=0, help="of the disorder")
     p.add_argument("--from-topic", default=None, help="copy a range of this topic instead")
     p.add_argument("--from-offset", type=_offset, default=None, help="first offset, each partition")
     p.add_argument("--to-offset", type=_offset, default=None, help="end offset (exclusive)")
@@ -196,6 +218,38 @@ def _add_episode_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--bootstrap-servers", **server)
     p.set_defaults(handler=episodes.episodes_command)
+
+    p = commands.add_parser("label", help="an operator's word on an episode (control topic)")
+    p.add_argument("episode_id", metavar="EPISODE_ID")
+    p.add_argument("--as", dest="label", required=True, choices=list(LABELS))
+    p.add_argument("--code", default=None, help="with --as fault: the fault's code")
+    p.add_argument("--note", default=None, help="free text for whoever reads it next")
+    p.add_argument("--by", default=None, help="who labels (default: the user name)")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=_retraining("cli.labels", "label_command"))
+
+    p = commands.add_parser(
+        "retrain", help="candidates from labelled history; --promote only the better ones"
+    )
+    p.add_argument("--from-topic", required=True, metavar="TOPIC", help="the input windows")
+    p.add_argument("--models", required=True, type=Path, metavar="DIR", help="model directory")
+    p.add_argument("--since", default="14d", help="history to learn from (default 14d)")
+    p.add_argument(
+        "--promote", action="store_true", help="put a candidate in service if it is better"
+    )
+    p.add_argument("--report", type=Path, default=None, help="default: DIR/.retrain/report.json")
+    p.add_argument("--epochs", type=_positive, default=DEFAULTS.epochs)
+    p.add_argument("--seed", type=int, default=None, help="default: the live model's")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.add_argument("--bootstrap-servers", **server)
+    p.set_defaults(handler=_retraining("cli.retrain", "retrain_command"))
+
+    p = commands.add_parser("promote", help="put the model a promotion replaced back")
+    p.add_argument(
+        "--rollback", required=True, metavar="MODEL", help="DIR/NAME.fwm, or NAME with --models"
+    )
+    p.add_argument("--models", type=Path, default=None, metavar="DIR")
+    p.set_defaults(handler=_retraining("cli.retrain", "promote_command"))
 
 
 def _add_training_topic(p: argparse.ArgumentParser) -> None:
@@ -241,6 +295,17 @@ def _offline(name: str):
     return handler
 
 
+def _retraining(module: str, name: str):
+    """A handler of cli.labels or cli.retrain, imported when its command runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return handler
+
+
 def _replay(args: argparse.Namespace) -> int:
     from cli import replay
 
@@ -273,6 +338,26 @@ def _offset(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an offset, 0 or more, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds, got {text}") from None
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
     return value
 
 

@@ -12,9 +12,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -175,6 +176,82 @@ def _value(stream: Stream, k: int, loop: int) -> bytes:
     )
 
 
+Form = Literal["windows", "samples", "tags"]
+
+
+@dataclass(frozen=True)
+class Disorder:
+    """How a replay of readings departs from time order, as gateways do.
+
+    jitter: each record is sent up to this many seconds (data time) after its time;
+    shuffle_within: records are shuffled within blocks of this many seconds;
+    late_share: this share of records is held back `late_by` seconds (past the grace: `late`).
+    """
+
+    jitter: float = 0.0
+    shuffle_within: float = 0.0
+    late_share: float = 0.0
+    late_by: float = 0.0
+    seed: int = 0
+
+
+def reading_records(
+    machine_id: str, recording: Recording, form: Form, shift: float = 0.0
+) -> list[tuple[float, bytes]]:
+    """(time in epoch seconds, value) of each sample or tag record of a recording, in time
+    order: one record per row (samples) or per row and channel with a value (tags); an empty
+    cell is a null value (samples) or no record (tags). `shift` moves every time (a loop)."""
+    try:
+        times = [parse_time(t).timestamp() + shift for t in recording.timestamps]
+    except DataError as exc:
+        raise DataError(f"{recording.path}: {exc}") from None
+    channels, rows = recording.channels, recording.values.tolist()
+    records = []
+    for at, row in zip(times, rows, strict=True):
+        stamp = _stamp_of(at)
+        if form == "samples":
+            values = {c: (None if v != v else v) for c, v in zip(channels, row, strict=True)}
+            message = {"machine_id": machine_id, "timestamp": stamp, "values": values}
+            records.append((at, _json(message)))
+            continue
+        for channel, v in zip(channels, row, strict=True):
+            if v == v:  # not NaN
+                tag = {"machine_id": machine_id, "channel": channel, "timestamp": stamp, "value": v}
+                records.append((at, _json(tag)))
+    return records
+
+
+def arrange(records: list[tuple[float, bytes]], disorder: Disorder) -> list[tuple[float, bytes]]:
+    """The records in the order a disorderly gateway would send them, each with its send time."""
+    if disorder == Disorder(seed=disorder.seed):
+        return sorted(records, key=lambda item: item[0])
+    rng = np.random.default_rng(disorder.seed)
+    times = np.array([at for at, _ in records])
+    sent = times.copy()
+    if disorder.shuffle_within > 0:
+        block = disorder.shuffle_within
+        sent = np.floor(times / block) * block + rng.uniform(0, block, len(times))
+    if disorder.jitter > 0:
+        sent = sent + rng.uniform(0, disorder.jitter, len(times))
+    if disorder.late_share > 0:
+        late = rng.random(len(times)) < disorder.late_share
+        sent = np.where(late, sent + disorder.late_by, sent)
+    order = np.argsort(sent, kind="stable")
+    return [(float(sent[i]), records[i][1]) for i in order.tolist()]
+
+
+def _stamp_of(at: float) -> str:
+    """RFC 3339 with the fraction a time has (none for whole seconds, as most producers)."""
+    moment = datetime.fromtimestamp(at, UTC)
+    if moment.microsecond == 0:
+        return format_time(moment)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _json(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+
+
 @dataclass(frozen=True)
 class TopicRange:
     """Which part of a source topic to copy: offsets (per partition) or a time span."""
@@ -284,18 +361,44 @@ def command(args: argparse.Namespace) -> int:
     if bool(args.data) == bool(args.from_topic):
         raise FaultwatchError("replay needs either DATA.csv files or --from-topic, not both")
     since, until = moment(args.since, "--since"), moment(args.until, "--until")
+    form = getattr(args, "form", "windows")
+    if form != "windows" and args.from_topic:
+        raise FaultwatchError("--as samples|tags replays DATA.csv files, not --from-topic")
+    disorder = _disorder(args)
+    if form == "windows" and disorder != Disorder(seed=disorder.seed):
+        raise FaultwatchError(
+            "--jitter, --shuffle-within and --late-share apply to --as samples or tags"
+        )
     config = settings_io.load({"bootstrap_servers": args.bootstrap_servers})
-    streams = [] if args.from_topic else _streams(args)
-    total = None if args.loop or args.from_topic else sum(len(s.end_rows) for s in streams)
+    readings = None
+    if form != "windows":
+        readings = _reading_streams(args, form, disorder, config.input_grace_seconds)
+        total = None if args.loop else readings.count
+        streams: list[Stream] = []
+    else:
+        streams = [] if args.from_topic else _streams(args)
+        total = None if args.loop or args.from_topic else sum(len(s.end_rows) for s in streams)
     if args.limit:
         total = min(total or args.limit, args.limit)
     producer = make_producer(config)
-    with Progress(total, f"replay to {args.topic}", "window") as bar:
+    unit = "window" if form == "windows" else "record"
+    with Progress(total, f"replay to {args.topic}", unit) as bar:
         try:
             if args.from_topic:
                 span = TopicRange(args.from_offset, args.to_offset, since, until)
                 sent = copy_topic(
                     config, args.from_topic, args.topic, span, producer, progress=bar.update
+                )
+            elif readings is not None:
+                sent = replay_readings(
+                    readings,
+                    args.topic,
+                    producer,
+                    rate=args.rate,
+                    speed=args.speed,
+                    loops=None if args.loop else 1,
+                    limit=args.limit,
+                    progress=bar.update,
                 )
             else:
                 sent = replay_recordings(
@@ -312,6 +415,99 @@ def command(args: argparse.Namespace) -> int:
             producer.close(timeout=10)
     print(f"{sent} records replayed to {args.topic}")
     return 0
+
+
+@dataclass(frozen=True)
+class ReadingStreams:
+    """Machines' recordings to replay as samples or tags, with their disorder."""
+
+    machines: list[tuple[str, Recording]]
+    form: Form
+    disorder: Disorder
+    count: int  # records per loop
+
+    def loop(self, n: int) -> list[tuple[float, bytes, bytes]]:
+        """(send time, key, value) of loop n, in send order; times move on by each loop."""
+        merged: list[tuple[float, bytes]] = []
+        keyed: dict[bytes, bytes] = {}
+        for machine, recording in self.machines:
+            shift = n * _period(recording)
+            for at, value in reading_records(machine, recording, self.form, shift):
+                merged.append((at, value))
+                keyed[value] = machine.encode()
+        disorder = replace(self.disorder, seed=self.disorder.seed + n)
+        return [(at, keyed[value], value) for at, value in arrange(merged, disorder)]
+
+
+def replay_readings(
+    readings: ReadingStreams,
+    topic: str,
+    producer: KafkaProducer,
+    *,
+    rate: float | None = None,
+    speed: float | None = None,
+    loops: int | None = 1,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Produce the sample or tag records to `topic`, keyed by machine id, paced like windows."""
+    started, sends = clock(), Sends(producer, topic)
+    first: float | None = None
+    n = 0
+    while loops is None or n < loops:
+        for at, key, value in readings.loop(n):
+            if limit is not None and sends.count >= limit:
+                return sends.finish()
+            first = at if first is None else first
+            due = (at - first) / speed if speed else (sends.count / rate if rate else None)
+            if due is not None and (wait := started + due - clock()) > 0:
+                sleep(wait)
+            sends.send(key, value)
+            if progress:
+                progress(1)
+        n += 1
+    return sends.finish()
+
+
+def _disorder(args: argparse.Namespace) -> Disorder:
+    return Disorder(
+        jitter=getattr(args, "jitter", 0.0),
+        shuffle_within=getattr(args, "shuffle_within", 0.0),
+        late_share=getattr(args, "late_share", 0.0),
+        seed=getattr(args, "seed", 0),
+    )
+
+
+def _reading_streams(
+    args: argparse.Namespace, form: Form, disorder: Disorder, grace: float
+) -> ReadingStreams:
+    """The recordings as samples or tags; late records held back past the worker's grace."""
+    channels = artifact_io.load(args.model).channels if args.model else None
+    machines = []
+    for i, path in enumerate(args.data):
+        recording = read(path, args)
+        if channels is not None and recording.channels != channels:
+            raise FaultwatchError(
+                f"{path}: channels {recording.channels} differ from the model's {channels}"
+            )
+        machine = args.machine_id or Path(path).stem
+        if args.machine_id and len(args.data) > 1:
+            machine = f"{args.machine_id}-{i + 1}"
+        machines.append((machine, recording))
+    step = max((r.interval() or 1.0 for _, r in machines), default=1.0)
+    disorder = replace(disorder, late_by=grace + 2 * step)
+    count = sum(
+        len(r) if form == "samples" else int((~np.isnan(r.values)).sum()) for _, r in machines
+    )
+    return ReadingStreams(machines, form, disorder, count)
+
+
+def _period(recording: Recording) -> float:
+    """How far a looped replay moves time on: the recording's span and one step."""
+    first, last = parse_time(recording.timestamps[0]), parse_time(recording.timestamps[-1])
+    return (last - first).total_seconds() + (recording.interval() or 1.0)
 
 
 def moment(text: str | None, flag: str, now: datetime | None = None) -> datetime | None:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -40,12 +41,17 @@ from cli.progress import Progress
 from cli.replay import TopicRange, assign_every_partition, moment
 from model.errors import DataError
 from model.recording import Recording, format_time, to_rfc3339
+from model.training import TrainConfig
 from worker import settings as settings_io
-from worker.control import parse_mute
+from worker.control import Mute, Unmute, parse
 from worker.errors import BrokerError
+from worker.inputs.assembler import MICROS, Assembler, Grid, Rules
+from worker.inputs.readings import ReadingDecoder, Sample, Tag
 from worker.inputs.windows import WindowMessage
 from worker.settings import Settings
 
+READING_DECODERS = {"samples": msgspec.json.Decoder(Sample), "tags": msgspec.json.Decoder(Tag)}
+CHUNK = 10_000  # records assembled at a time
 IDLE = 10.0  # seconds without any record or end in sight: the broker holds nothing more
 Span = tuple[float, float]  # (start, end) in epoch seconds, both included
 
@@ -67,6 +73,7 @@ class Collected:
     machines: dict[str, list[Window]] = field(default_factory=dict)
     channels: Counter[tuple[str, ...]] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)  # why records were not used
+    form: str = "windows"  # samples or tags: windows the assembler built, two rows each
 
 
 def topic_recordings(
@@ -82,10 +89,18 @@ def topic_recordings(
         moment(args.until, "--until") or datetime.now(UTC),
     )
     with Progress(None, f"reading {args.from_topic}", "record", enabled=not args.quiet) as bar:
-        found = collect(read_topic(settings, args.from_topic, span, bar.update), patterns)
+        rules = Rules.of(
+            settings.input_grace_seconds,
+            settings.input_fill_limit,
+            settings.input_max_future_seconds,
+            settings.episode_silent_seconds,
+        )
+        found = collect(read_topic(settings, args.from_topic, span, bar.update), patterns, rules)
     if not found.machines:
         raise DataError(f"no windows to train on in {args.from_topic} ({_why(found)})")
     channels, window = _channels(found, args.from_topic)
+    if found.form != "windows":  # rows, not windows: the model's window is train's to choose
+        window = args.window or TrainConfig().window
     windows, machines = sum(len(w) for w in found.machines.values()), sorted(found.machines)
     excluded = 0
     if args.exclude_episodes:
@@ -100,8 +115,9 @@ def topic_recordings(
     if not recordings:
         raise DataError(f"no windows to train on in {args.from_topic} ({_why(found)})")
     rows = sum(len(r) for r in recordings)
+    what = "windows" if found.form == "windows" else f"closed buckets (of {found.form})"
     line = (
-        f"read {found.records} records from {args.from_topic}: {windows} windows of "
+        f"read {found.records} records from {args.from_topic}: {windows} {what} of "
         f"{len(machines)} machines ({', '.join(machines[:5])}"
         f"{', ...' if len(machines) > 5 else ''}), {excluded} left out inside episodes "
         f"or mutes; {_why(found)}; {len(recordings)} segments, {rows} rows"
@@ -159,9 +175,14 @@ def _until_end(
     progress: Callable[[int], None] | None,
     empty: set[TopicPartition],
 ) -> Iterator[Any]:
-    """Until each partition is past the span or at its end (a fetch's high watermark)."""
+    """Each partition to where it ended when reading began (or `--to-offset`), keeping the
+    records of the time span: a record stamped after `--until` (a gateway with a fast clock)
+    is skipped, never the end of its partition. A partition is done once a fetch confirmed
+    its end."""
     since = span.since.timestamp() * 1000 if span.since else -math.inf
     until = span.until.timestamp() * 1000 if span.until else math.inf
+    ends = _ends(consumer, assigned)
+    fixed: set[TopicPartition] = set()  # ends confirmed by a fetch's high watermark
     done = set(empty)
     if empty:
         consumer.pause(*empty)
@@ -169,23 +190,42 @@ def _until_end(
     while len(done) < len(assigned):
         for tp, batch in consumer.poll(timeout_ms=200).items():
             last = time.monotonic()
+            _confirm_end(consumer, tp, ends, fixed)
             for record in batch:
                 past = span.to_offset is not None and record.offset >= span.to_offset
-                if past or record.timestamp > until:
+                if past or record.offset >= ends[tp]:
                     consumer.pause(tp)
                     done.add(tp)
                     break
-                if record.timestamp >= since:
+                if since <= record.timestamp <= until:
                     yield record
                 if progress:
                     progress(1)
         for tp in assigned:
-            high = consumer.highwater(tp)
-            if tp not in done and high is not None and consumer.position(tp) >= high:
+            _confirm_end(consumer, tp, ends, fixed)
+            if tp not in done and tp in fixed and consumer.position(tp) >= ends[tp]:
                 done.add(tp)
         if time.monotonic() - last > IDLE:
             _check_ends(consumer, [tp for tp in assigned if tp not in done])
             break  # nothing arrives, and every partition is at its end
+
+
+def _ends(consumer: KafkaConsumer, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """Each partition's end now: records produced while reading are not read."""
+    return dict(consumer.end_offsets(assigned)) if assigned else {}
+
+
+def _confirm_end(
+    consumer: KafkaConsumer,
+    tp: TopicPartition,
+    ends: dict[TopicPartition, int],
+    fixed: set[TopicPartition],
+) -> None:
+    """The first fetch's high watermark corrects an end that end_offsets gave short (some
+    brokers give the last batch's start + 1, DESIGN.md); later ones would chase new records."""
+    if tp not in fixed and (high := consumer.highwater(tp)) is not None:
+        ends[tp] = max(ends[tp], high)
+        fixed.add(tp)
 
 
 def _check_ends(consumer: KafkaConsumer, waiting: list[TopicPartition]) -> None:
@@ -206,9 +246,15 @@ def _check_ends(consumer: KafkaConsumer, waiting: list[TopicPartition]) -> None:
         )
 
 
-def collect(records: Iterator[Any], patterns: Sequence[str]) -> Collected:
-    """Contract windows by machine (those the patterns name); other records counted by why."""
+def collect(
+    records: Iterator[Any], patterns: Sequence[str], rules: Rules | None = None
+) -> Collected:
+    """Contract windows by machine (those the patterns name); other records counted by why.
+
+    Samples and tags are assembled into windows as the worker would (worker/inputs/), with
+    `rules` (default: the settings' defaults)."""
     found = Collected()
+    readings: list[Any] = []
     for record in records:
         found.records += 1
         try:
@@ -216,7 +262,7 @@ def collect(records: Iterator[Any], patterns: Sequence[str]) -> Collected:
             end = _seconds(message.timestamp)
             values = np.array(message.values, dtype=np.float64)
         except (ValidationError, DataError, ValueError):
-            found.skipped["not contract windows"] += 1
+            readings.append(record)  # samples or tags, perhaps
             continue
         machine = message.machine_id
         if not any(fnmatch.fnmatchcase(machine, p) for p in patterns):
@@ -228,7 +274,78 @@ def collect(records: Iterator[Any], patterns: Sequence[str]) -> Collected:
         if message.channels is not None:
             found.channels[tuple(message.channels)] += 1
         found.machines.setdefault(machine, []).append(Window(end, record.timestamp / 1000, values))
+    if readings:
+        _assemble(readings, patterns, rules or Rules(), found)
     return found
+
+
+def _assemble(records: list[Any], patterns: Sequence[str], rules: Rules, found: Collected) -> None:
+    """Samples or tags (whichever the topic holds more of) through the worker's assembler, one
+    per partition, on the grid of the readings' own median step; their closed rows come back
+    as windows of two rows each, which `rebuild` joins into recordings."""
+    forms: dict[str, list[tuple[Any, Any]]] = {"samples": [], "tags": []}
+    for record in records:
+        for form, decoder in READING_DECODERS.items():
+            try:
+                forms[form].append((record, decoder.decode(record.value or b"")))
+                break
+            except msgspec.DecodeError:
+                continue
+        else:
+            found.skipped["not contract windows, samples or tags"] += 1
+    form = max(forms, key=lambda f: len(forms[f]))
+    other = "tags" if form == "samples" else "samples"
+    if forms[other]:
+        found.skipped[f"{other} among {form}"] += len(forms[other])
+    chosen = forms[form]
+    if not chosen:
+        return
+    found.form = form
+    channels: dict[str, None] = {}  # samples: in first-seen order, as a CSV's columns
+    for _, message in chosen:
+        for name in message.values if form == "samples" else (message.channel,):
+            channels.setdefault(name, None)
+    names = list(channels) if form == "samples" else sorted(channels)  # tags have no order
+    grid = Grid.of(names, 2, _median_step(chosen), "the readings")
+
+    def wanted(machine: str) -> int | None:
+        return 0 if any(fnmatch.fnmatchcase(machine, p) for p in patterns) else None
+
+    decoder = ReadingDecoder(form, [grid.channels], 2**31, route=wanted)
+    by_partition: dict[int, list[Any]] = {}
+    for record, _ in chosen:
+        by_partition.setdefault(record.partition, []).append(record)
+    for partition in sorted(by_partition):
+        assembler, part = Assembler(rules), by_partition[partition]
+        for start in range(0, len(part), CHUNK):
+            chunk = part[start : start + CHUNK]
+            decoded = decoder.decode_batch([r.value for r in chunk], [r.key for r in chunk])
+            for _, why in decoded.invalid:
+                other = why.reason == "no_model"
+                found.skipped["of other machines" if other else f"{form}: {why.reason}"] += 1
+            out = assembler.assemble(decoded.readings, [grid], decoded.readings.slots)
+            for why in out.refused.values():
+                found.skipped[f"{form}: {why.reason}"] += 1
+            for built in out.built:
+                found.channels[grid.channels] += len(built.buckets)
+                ends = ((built.buckets * built.step) / MICROS).tolist()
+                windows = found.machines.setdefault(built.machine, [])
+                for end, i, values in zip(ends, built.records.tolist(), built.windows, strict=True):
+                    windows.append(Window(end, chunk[i].timestamp / 1000, values))
+
+
+def _median_step(messages: list[tuple[Any, Any]]) -> float:
+    """Seconds between a machine's reading times: the median over machines (1 s if unknown)."""
+    times: dict[str, set[float]] = {}
+    for _, message in messages:
+        try:
+            times.setdefault(message.machine_id, set()).add(_seconds(message.timestamp))
+        except DataError:
+            continue
+    steps = [np.diff(sorted(t)) for t in times.values() if len(t) > 1]
+    steps = np.concatenate(steps) if steps else np.array([])
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if len(steps) else 1.0
 
 
 def episode_spans(records: Iterator[Any]) -> dict[str, list[Span]]:
@@ -252,24 +369,22 @@ def episode_spans(records: Iterator[Any]) -> dict[str, list[Span]]:
     return {m: sorted((a, b) for a, b in spans.values()) for m, spans in episodes.items()}
 
 
-def mute_spans(records: Iterator[Any]) -> list[tuple[Any, Span]]:
-    """(mute, its span in wall-clock seconds) from the control topic's history."""
-    spans: list[tuple[Any, Span]] = []
+def mute_spans(records: Iterator[Any]) -> list[tuple[Mute, Span]]:
+    """(mute, its span in wall-clock seconds) from the control topic's history: a mute holds
+    until its end, its key's tombstone or the next mute under its key (labels change none)."""
+    spans: list[tuple[Mute, Span]] = []
     current: dict[bytes, int] = {}  # key -> index in spans of its mute in force
     for record in records:
-        key, at = record.key or b"", record.timestamp / 1000
-        index = current.pop(key, None)
+        parsed, at = parse(record.key, record.value), record.timestamp / 1000
+        if not isinstance(parsed, Mute | Unmute):
+            continue  # a label, or a record that is none of the three
+        index = current.pop(parsed.key, None)
         if index is not None:  # replaced or lifted from now on
             mute, (start, end) = spans[index]
             spans[index] = (mute, (start, min(end, at)))
-        if record.value is None:
-            continue
-        try:
-            mute = parse_mute(key, record.value)
-        except (ValueError, UnicodeDecodeError):
-            continue
-        current[key] = len(spans)
-        spans.append((mute, (at, mute.until if mute.until is not None else math.inf)))
+        if isinstance(parsed, Mute):
+            current[parsed.key] = len(spans)
+            spans.append((parsed, (at, parsed.until if parsed.until is not None else math.inf)))
     return spans
 
 

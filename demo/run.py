@@ -2,7 +2,8 @@
 
 
 # It starts an embedded broker, trains a model on simulated normal operation, starts a worker
-# process, replays five pumps (one healthy, four developing faults) faster than real time,
+# process, replays five pumps (one healthy, four developing faults) as samples (one record per
+# pump and second: the worker builds the windows) faster than real time,
 # prints anomaly episodes as they open and close, and ends with a summary by episode: per
 # pump, when its episode opened, how long after the fault began, how long it lasted, its peak
 # and the channels that carried it, and what was missed or falsely raised.
@@ -34,7 +35,7 @@ from model.training import TrainConfig, train
 from worker import settings as settings_io
 
 TOPICS = {
-    "input": "faultwatch.windows",
+    "input": "faultwatch.samples",
     "events": "faultwatch.events",
     "scores": "faultwatch.scores",
     "dlq": "faultwatch.dead-letters",
@@ -134,6 +135,7 @@ def _start_worker(bootstrap: str, model: Path, port: int, log: Path) -> subproce
         "FAULTWATCH_STATE_TOPIC": TOPICS["state"],
         "FAULTWATCH_CONTROL_TOPIC": TOPICS["control"],
         "FAULTWATCH_EVENTS": "episodes",
+        "FAULTWATCH_INPUT_FORMAT": "samples",  # one record per pump and second, as plants send
         "FAULTWATCH_GROUP_ID": "faultwatch-demo",
         "FAULTWATCH_MODEL_PATH": str(model),
         "FAULTWATCH_METRICS_PORT": str(port),
@@ -145,30 +147,35 @@ def _start_worker(bootstrap: str, model: Path, port: int, log: Path) -> subproce
         return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
 
-def _streams(plan: Plan, window: int) -> list[replay.Stream]:
-    streams = []
+def _readings(plan: Plan) -> replay.ReadingStreams:
+    """The five pumps' runs as samples: one record per pump and second."""
+    machines = []
     for i, (machine, fault) in enumerate(MACHINES):
         run = simulate(plan.run_rows, seed=i + 1, fault=fault, fault_start=plan.fault_start)
-        recording = run.recording(Path(f"{machine}.csv"))
-        streams.append(replay.Stream.cut(machine, recording, window, max_gap=0))
-    return streams
+        machines.append((machine, run.recording(Path(f"{machine}.csv"))))
+    count = sum(len(recording) for _, recording in machines)
+    return replay.ReadingStreams(machines, "samples", replay.Disorder(), count)
 
 
 def _replay_and_watch(
     bootstrap: str, plan: Plan, window: int, keep_running: bool, say
 ) -> tuple[int, Tally]:
-    streams = _streams(plan, window)
-    total = sum(len(s.end_rows) for s in streams)
+    readings = _readings(plan)
+    settings = settings_io.load({"bootstrap_servers": bootstrap})
+    # The worker closes a bucket once a reading `grace` later has come: the last ones of a
+    # single pass stay open, so their windows are not expected.
+    still_open = int(settings.input_grace_seconds) + 1
+    total = sum(len(r) - window + 1 - still_open for _, r in readings.machines)
     say(
-        f"replay      {len(streams)} pumps, {total} windows at {plan.speed:.0f}x real time; "
-        f"faults start at minute {plan.fault_start // 60}: "
+        f"replay      {len(readings.machines)} pumps, {readings.count} samples (one a second "
+        f"each) at {plan.speed:.0f}x real time, {total} windows built by the worker; faults "
+        f"start at minute {plan.fault_start // 60}: "
         + ", ".join(f"{m} {f}" for m, f in MACHINES if f)
     )
-    settings = settings_io.load({"bootstrap_servers": bootstrap})
     producer = replay.make_producer(settings)
     sender = threading.Thread(
-        target=replay.replay_recordings,
-        args=(streams, TOPICS["input"], producer),
+        target=replay.replay_readings,
+        args=(readings, TOPICS["input"], producer),
         kwargs={"speed": plan.speed, "loops": None if keep_running else 1},
         daemon=True,
     )
@@ -180,7 +187,7 @@ def _replay_and_watch(
         group_id=None,
         auto_offset_reset="earliest",
     )
-    fault_at = parse_time(streams[0].recording.timestamps[plan.fault_start])
+    fault_at = parse_time(readings.machines[0][1].timestamps[plan.fault_start])
     tally = Tally(fault_at, Counter(), Counter(), {})
     deadline = time.monotonic() + plan.run_rows / plan.speed + DEADLINE
     try:

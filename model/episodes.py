@@ -136,15 +136,6 @@ Ratios = Callable[[], dict[str, float]]  # a window's ratio per detector, comput
 LATER_FIELDS = ("versions", "peak_ratios")  # absent from state saved by earlier versions
 
 
-@dataclass
-class Undo:
-    """What a batch changed in a tracker, to take back if the batch is redone."""
-
-    episodes: dict[str, Episode | None]  # machine -> its episode before the batch (None: normal)
-    seen: dict[str, float | None]
-    clock: float
-
-
 @dataclass(frozen=True, slots=True)
 class Cause:
     """The window at hand when an event is made: its time, its threshold and where it came from."""
@@ -166,38 +157,30 @@ class Tracker:
         self.clock = -math.inf  # the newest window time of any machine
         self.late = 0  # windows older than their machine's newest, since the last take_late
         self._next_scan = math.inf
-        self._undo = Undo({}, {}, self.clock)
+        self._touched: set[str] = set()  # machines whose episode the batch may have changed
+        self._observed: set[str] = set()  # machines whose newest window time the batch moved
 
-    # --- batches: what changed, and taking it back
+    # --- batches: what changed, and loading it back (the undo is the worker's state store)
 
     def begin(self) -> None:
-        """Start a batch: what follows can be rolled back, and is reported by `changed`."""
-        self._undo = Undo({}, {}, self.clock)
+        """Start a batch: `changed` reports what follows."""
+        self._touched, self._observed = set(), set()
 
-    def rollback(self) -> None:
-        """The batch since `begin` never happened (it is about to be redone)."""
-        for machine, episode in self._undo.episodes.items():
-            if episode is None:
-                self.episodes.pop(machine, None)
-            else:
-                self.episodes[machine] = episode
-        for machine, time in self._undo.seen.items():
-            if time is None:
-                self.seen.pop(machine, None)
-            else:
-                self.seen[machine] = time
-        self.clock = self._undo.clock
+    def changed(self) -> tuple[set[str], set[str]]:
+        """(machines whose episode the batch may have changed, machines it saw a window of)."""
+        return self._touched, self._observed
+
+    def load(self, machine: str, episode: Episode | None, seen: float | None) -> None:
+        """Put one machine back as it was (a batch undone): its episode and newest window time."""
+        if episode is None:
+            self.episodes.pop(machine, None)
+        else:
+            self.episodes[machine] = episode
+        if seen is None:
+            self.seen.pop(machine, None)
+        else:
+            self.seen[machine] = seen
         self._next_scan = -math.inf  # rescan at the next window
-        self.begin()
-
-    def changed(self) -> dict[str, tuple[Episode | None, Episode | None]]:
-        """machine -> (before the batch, now) for each machine whose episode the batch touched."""
-        return {m: (before, self.episodes.get(m)) for m, before in self._undo.episodes.items()}
-
-    @property
-    def clock_before(self) -> float:
-        """The partition's clock when the batch began."""
-        return self._undo.clock
 
     def restore(self, episodes: Sequence[Episode], clock: float) -> None:
         """Start from saved episodes and the partition's clock (the state topic's records)."""
@@ -232,8 +215,7 @@ class Tracker:
         if seen is not None and time < seen:
             self.late += 1  # out of order: the machine's episode has moved past it
             return []
-        if machine not in self._undo.seen:
-            self._undo.seen[machine] = seen
+        self._observed.add(machine)
         self.seen[machine] = time
         events: list[dict[str, Any]] = []
         if time > self.clock:
@@ -283,11 +265,15 @@ class Tracker:
         return events
 
     def close_muted(self, is_muted: Callable[[str], bool], cause: Cause) -> list[dict[str, Any]]:
-        """Close the episodes of machines muted since their last window; `cause` is at hand."""
+        """Close the episodes of machines muted since their last window; `cause` is at hand.
+
+        Each ends at its own machine's last window: another machine's time says nothing of it
+        (and may be older than the episode)."""
         events: list[dict[str, Any]] = []
         for machine in sorted(m for m in self.episodes if is_muted(m)):
             self._touch(machine)
-            events += self._end(self.episodes[machine], "muted", cause.time, cause.timestamp, cause)
+            episode = self.episodes[machine]
+            events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
 
     def open_count(self) -> int:
@@ -301,11 +287,8 @@ class Tracker:
     # --- the rest
 
     def _touch(self, machine: str) -> None:
-        """Keep the machine's episode as it was before the batch, once per batch."""
-        undo = self._undo.episodes
-        if machine not in undo:
-            episode = self.episodes.get(machine)
-            undo[machine] = episode.copy() if episode is not None else None
+        """The batch changes the machine's episode (the store saves it, and undoes it)."""
+        self._touched.add(machine)
 
     def _schedule(self, last: float) -> None:
         silent = self.config.silent_seconds

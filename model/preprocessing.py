@@ -105,6 +105,23 @@ def fill_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, int]:
     return out, filled
 
 
+def fill_forward(values: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
+    """Carry each channel's last value into at most `limit` missing rows after it.
+
+    The worker's rule for readings (worker/inputs/assembler.py): a stream cannot see the value
+    after a gap, so it cannot interpolate. Never before a channel's first value. Returns the
+    filled copy of (N, C) values and the number of cells filled.
+    """
+    missing = np.isnan(values)  # (N, C)
+    rows = np.arange(len(values))[:, None]
+    last = np.maximum.accumulate(np.where(missing, -1, rows), axis=0)  # (N, C) last valid row
+    fill = missing & (last >= 0) & (rows - last <= limit)
+    out = values.copy()
+    cols = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    out[fill] = values[last[fill], cols[fill]]
+    return out, int(fill.sum())
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))

@@ -8,13 +8,15 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from model.errors import DataError
-from model.preprocessing import fill_gaps, sliding_windows
+from model.preprocessing import fill_forward, fill_gaps, sliding_windows
 
 DEFAULT_IGNORE = ("anomaly", "changepoint")
+Fill = Literal["interpolate", "carry"]
 MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment datetime holds
 # Whole seconds in UTC, as most producers write them.
 RFC3339_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
@@ -53,16 +55,27 @@ class Recording:
         return float(np.median(steps)) if len(steps) else None
 
     def windows(
-        self, window: int, *, max_gap: int, stride: int = 1, from_row: int = 0
+        self,
+        window: int,
+        *,
+        max_gap: int,
+        stride: int = 1,
+        from_row: int = 0,
+        fill: Fill = "interpolate",
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """The windows `score` and `replay` both see: short gaps filled, gappy windows dropped.
 
         Returns (end_rows (B,), windows (B, W, C), windows dropped over gaps); only windows
-        ending at row >= from_row, every `stride` rows from the first full window.
+        ending at row >= from_row, every `stride` rows from the first full window. `fill`:
+        interpolate gaps of up to `max_gap` rows (a file sees both sides of a gap), or carry
+        the last value into at most `max_gap` rows (what the worker does with readings).
         """
         if len(self) < window:
             raise DataError(f"{self.path}: {len(self)} rows, the window needs {window}")
-        values, _ = fill_gaps(self.values, max_gap)
+        if fill == "carry":
+            values, _ = fill_forward(self.values, max_gap)
+        else:
+            values, _ = fill_gaps(self.values, max_gap)
         windows = sliding_windows(values, window, stride)
         end_rows = np.arange(window - 1, len(values), stride)
         wanted = end_rows >= from_row

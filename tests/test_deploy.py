@@ -32,7 +32,8 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "k8s"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
-README = ROOT / "README.md"
+# The operator's guide: topics to create, shutdown bound (docs/, built by `make docs`).
+RUNNING = ROOT / "docs" / "operating-running.md"
 
 # What the worker exports (worker/metrics.py), as Prometheus stores it: counters with _total,
 # histograms as _bucket/_sum/_count. Dashboards and rules may name nothing else but `up`.
@@ -61,10 +62,23 @@ EXPORTED = {
     "faultwatch_episode_duration_seconds_count",
     "faultwatch_late_windows_total",
     "faultwatch_muted_machines",
+    "faultwatch_mutes",
+    "faultwatch_control_records_skipped_total",
+    "faultwatch_partitions_paused",
     "faultwatch_model_reload_failures_total",
     "faultwatch_score_drift",
     "faultwatch_shadow_windows_total",
     "faultwatch_shadow_failures_total",
+    "faultwatch_readings_received_total",
+    "faultwatch_readings_late_total",
+    "faultwatch_readings_future_total",
+    "faultwatch_readings_extra_total",
+    "faultwatch_readings_filled_total",
+    "faultwatch_readings_windows_assembled_total",
+    "faultwatch_readings_windows_skipped_total",
+    "faultwatch_readings_assembly_restarts_total",
+    "faultwatch_readings_open_buckets",
+    "faultwatch_readings_machines",
 }
 ALLOWED = EXPORTED | {"up"}  # `up` is Prometheus' own, per scrape target
 
@@ -213,10 +227,16 @@ def test_every_panel_queries_prometheus() -> None:
         ("flagged by the candidate only", r'live="normal", candidate="anomaly"'),
         ("workers up", r'up\{job="faultwatch"\}'),
         ("open episodes", r"sum\(faultwatch_episodes_open\)"),
-        ("mutes", r"faultwatch_muted_machines"),
+        ("muted machines", r"sum\(faultwatch_muted_machines\)"),  # each worker its own
+        ("mutes", r"faultwatch_mutes\b"),
         ("episodes opened", r"rate\(faultwatch_episodes_opened_total\["),
         ("episodes closed by reason", r"by \(reason\) \(rate\(faultwatch_episodes_closed_total\["),
         ("episode duration", r"histogram_quantile\(0\.5, .*faultwatch_episode_duration_seconds"),
+        ("readings late", r"rate\(faultwatch_readings_late_total\["),
+        ("readings future", r"rate\(faultwatch_readings_future_total\["),
+        ("windows assembled", r"rate\(faultwatch_readings_windows_assembled_total\["),
+        ("windows skipped for gaps", r"rate\(faultwatch_readings_windows_skipped_total\["),
+        ("open buckets", r"sum\(faultwatch_readings_open_buckets\)"),
     ],
 )
 def test_dashboard_shows(topic: str, pattern: str) -> None:
@@ -495,6 +515,7 @@ def test_every_manifest_parses_and_is_in_the_kustomization() -> None:
     assert set(resources()) == {
         "Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "PodMonitor",
         "PrometheusRule", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication",
+        "CronJob",
     }  # fmt: skip
     images = {i["name"] for i in kustomization["images"]}
     spec = resources()["Deployment"]["spec"]["template"]["spec"]
@@ -527,7 +548,7 @@ def test_grace_periods_cover_the_worker_s_longest_shutdown() -> None:
     for name, service in workers().items():
         grace = service["stop_grace_period"]
         assert grace.endswith("s") and int(grace[:-1]) >= SHUTDOWN_SECONDS, name
-    assert f"{SHUTDOWN_SECONDS} s" in README.read_text()  # the bound the README gives
+    assert f"{SHUTDOWN_SECONDS} s" in RUNNING.read_text()  # the bound the docs give
 
 
 def test_deployment_runs_restricted() -> None:
@@ -571,6 +592,37 @@ def test_models_reach_the_pods_through_a_volume_the_publishing_job_writes() -> N
     assert 'cp "$f" "$2/.$n.tmp"' in script and 'mv "$2/.$n.tmp" "$2/$n"' in script
     assert template["securityContext"]["runAsNonRoot"] is True
     assert publish["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_retrain_runs_nightly_into_the_workers_models_volume() -> None:
+    from cli.main import _parser
+
+    cron = resources()["CronJob"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"  # promotions never race
+    assert len(cron["spec"]["schedule"].split()) == 5
+    template = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (job,) = template["containers"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert job["image"] in {i["name"] for i in kustomization["images"]}  # the worker's image
+    # A valid call, on the input topic and the directory the workers serve, promoting.
+    argv = [
+        a.replace("$(FAULTWATCH_INPUT_TOPIC)", config()["FAULTWATCH_INPUT_TOPIC"])
+        for a in job["args"]
+    ]
+    args = _parser().parse_args(argv)
+    assert args.command == "retrain" and args.promote
+    assert args.from_topic == config()["FAULTWATCH_INPUT_TOPIC"]
+    assert str(args.models) == config()["FAULTWATCH_MODEL_PATH"]
+    _, worker = pod()
+    assert job["envFrom"] == worker["envFrom"]  # the same brokers, topics and secrets
+    mounts = {m["mountPath"]: m for m in job["volumeMounts"]}
+    assert not mounts[str(args.models)].get("readOnly")  # it renames candidates into it
+    volumes = {v["name"]: v for v in template["volumes"]}
+    claim = volumes[mounts[str(args.models)]["name"]]["persistentVolumeClaim"]["claimName"]
+    assert claim == resources()["PersistentVolumeClaim"]["metadata"]["name"]
+    assert template["securityContext"]["runAsNonRoot"] is True
+    assert job["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "/tmp" in mounts  # torch's and HOME's writes, the root being read-only
 
 
 def test_settings_come_from_the_configmap_and_the_secret() -> None:
@@ -645,24 +697,12 @@ def test_keda_scales_on_lag_up_to_the_partition_count() -> None:
 
 
 def test_one_input_partition_count_everywhere() -> None:
-    # README's topic guide, compose's topics job and KEDA's ceiling: one number.
+    # The docs' topic guide, compose's topics job and KEDA's ceiling: one number.
     guide = re.findall(
-        r"--create --topic faultwatch\.windows\s+--partitions (\d+)", README.read_text()
+        r"--create --topic faultwatch\.windows\s+--partitions (\d+)", RUNNING.read_text()
     )
     keda = resources()["ScaledObject"]["spec"]["maxReplicaCount"]
     assert guide and {int(n) for n in guide} == {created_topics()["faultwatch.windows"], keda}
-
-
-def test_readme_documents_every_setting() -> None:
-    from worker.settings import Settings
-
-    text = README.read_text()
-    # The settings table names them without the prefix (in its first column); prose with it.
-    rows = re.findall(r"^\|([^|]*)\|", text, re.MULTILINE)
-    named = {name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row)}
-    named |= set(re.findall(r"FAULTWATCH_([A-Z0-9_]+)", text))
-    missing = sorted(f.upper() for f in Settings.model_fields if f.upper() not in named)
-    assert not missing, f"settings missing from README.md: {missing}"
 
 
 def test_prometheusrule_carries_the_alert_rules() -> None:

@@ -202,20 +202,6 @@ def test_same_windows_same_events_and_ids():
     assert first == again and len({e["event_id"] for e in first}) == len(first) == 3
 
 
-def test_rollback_forgets_the_batch_and_a_redo_gives_the_same_events():
-    feed = Feed()
-    feed(0, 3.0)
-    feed.tracker.begin()
-    before = [e.to_dict() for e in feed.tracker.episodes.values()]
-    offset = feed.offset
-    first = feed(1, 5.0) + feed(2, 1.0) + feed(40, 1.0)
-    assert [e["kind"] for e in first] == ["closed"] and feed.tracker.episodes == {}
-    feed.tracker.rollback()
-    assert [e.to_dict() for e in feed.tracker.episodes.values()] == before
-    feed.offset = offset
-    assert feed(1, 5.0) + feed(2, 1.0) + feed(40, 1.0) == first
-
-
 def test_restored_state_carries_the_episode_on_under_the_same_id():
     feed = Feed()
     (opened,) = feed(0, 3.0)

@@ -343,6 +343,22 @@ def test_mutes_from_the_cli_reach_every_worker(bootstrap, make_topic, tiny_model
 
     code, out, err = faultwatch("mute", "press-*", "--for", "2h", "--reason", "maintenance")
     assert code == 0 and "press-*" in out, err
+    label = {"kind": "label", "episode_id": "e0", "machine_id": "pump-1", "label": "fault"}
+    produce(
+        bootstrap,
+        topics["control_topic"],
+        [  # keyed by the machine (DESIGN.md): it mutes nothing, and unknown records are skipped
+            (
+                b"pump-1",
+                json.dumps(label | {"note": "", "by": "ana", "at": "2027-01-15Z"}).encode(),
+                None,
+            ),
+            (b"pump-1", json.dumps({"kind": "alarm"}).encode(), None),
+        ],
+    )
+    code, _, err = faultwatch("episodes")  # nothing committed yet: no state, not an all-clear
+    error = err.splitlines()[-1]  # after the skipped record's warning
+    assert code == 1 and error.startswith(f"faultwatch: error: no state for group '{group}'"), err
     assert faultwatch("unmute", "press-3")[0] == 1  # muted by a pattern, not by name
     # press-1 (muted) and pump-1 (not): both run anomalous from their 20th window on
     records = []

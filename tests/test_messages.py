@@ -127,7 +127,7 @@ def test_a_batch_keeps_order_and_one_array_for_the_valid_windows(decoder):
 def test_reasons_are_the_documented_codes():
     assert REASONS == (
         "too_large", "invalid_json", "schema", "no_model", "channels", "shape", "non_finite",
-        "key_mismatch",
+        "key_mismatch", "late", "future",
     )  # fmt: skip
 
 

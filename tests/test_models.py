@@ -129,3 +129,27 @@ def test_a_loader_failure_nobody_foresaw_is_a_refusal_not_a_crash(directory):
         f"{directory / 'pump.fwm'}: refused (RuntimeError: a check the loader lacks)"
     ]
     assert store.routes.served("pump-1") is served
+
+
+def test_emptying_the_directory_is_refused_and_the_models_in_service_keep_serving(directory):
+    store = ModelStore(directory)
+    served = store.open().served("pump-1")
+    for path in directory.glob("*.fwm"):
+        path.unlink()  # a bad sync, a wrong mount: every record would be a no_model dead letter
+    refresh = store.refresh()
+    assert refresh.routes is None and len(refresh.failures) == 1
+    assert "no model files (.fwm) left" in refresh.failures[0]
+    assert store.routes.served("pump-1") is served
+    assert store.refresh().failures == []  # said once
+    write(directory / "pump.fwm", pump(training={"retrained": True}))  # a model again: served
+    routes = store.refresh().routes
+    assert [m.name for m in routes.models] == ["pump"] and routes.served("press-1") is None
+
+
+def test_a_shadow_directory_may_be_emptied_to_end_a_trial(directory):
+    store = ModelStore(directory, may_empty=True)
+    store.open()
+    for path in directory.glob("*.fwm"):
+        path.unlink()
+    refresh = store.refresh()
+    assert refresh.failures == [] and refresh.routes.models == ()

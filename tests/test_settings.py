@@ -22,6 +22,8 @@ def test_defaults_follow_the_design(monkeypatch):
     assert s.scores_topic == "" and s.auto_offset_reset == "earliest"
     assert s.torch_threads == 1 and s.security_protocol == "PLAINTEXT"
     assert s.idle_exit is None
+    assert s.input_format == "windows" and s.input_grace_seconds == 5.0
+    assert s.input_fill_limit == 5 and s.input_max_future_seconds == 120.0
 
 
 def test_variables_are_read_and_flags_win(monkeypatch):
@@ -79,6 +81,13 @@ def test_settings_are_frozen():
         ),
         ({"FAULTWATCH_SSL_CAFILE": "/no/such/ca.pem"}, {}, "FAULTWATCH_SSL_CAFILE"),
         ({}, {"idle_exit": "0"}, "--idle-exit: Input should be greater than 0"),
+        (
+            {"FAULTWATCH_INPUT_FORMAT": "tags", "FAULTWATCH_EVENTS": "windows"},
+            {},
+            "FAULTWATCH_INPUT_FORMAT=tags needs FAULTWATCH_EVENTS=episodes",
+        ),
+        ({"FAULTWATCH_INPUT_FORMAT": "readings"}, {}, "FAULTWATCH_INPUT_FORMAT"),
+        ({"FAULTWATCH_INPUT_FILL_LIMIT": "-1"}, {}, "FAULTWATCH_INPUT_FILL_LIMIT"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_its_variable_or_flag(monkeypatch, env, overrides, expected):

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from cli import topic_windows
 from cli.main import main
+from cli.replay import TopicRange
 from model import artifact as artifact_io
 from model.recording import format_time
 from model.scoring import Scorer
 from tests.helpers import committed, produce, unique, window_value
 from tests.synthetic import CHANNELS, normal_values, write_csv
+from worker import settings as settings_io
 
 # The tiny model's shape (tests/synthetic.py TINY), as flags.
 TINY_FLAGS = [
@@ -74,7 +77,14 @@ def test_windows_inside_episodes_and_mutes_are_left_out(bootstrap, make_topic, t
     produce(
         bootstrap,
         control,
-        [(b"pump-2", json.dumps({"machine": "pump-2", "mute_until": None}).encode(), None)],
+        [
+            (b"pump-2", json.dumps({"machine": "pump-2", "mute_until": None}).encode(), None),
+            # labels keyed by the machine id (DESIGN.md): they neither mute pump-1 nor lift
+            # pump-2's mute (issue 22)
+            (b"pump-1", _label("e0", "pump-1"), None),
+            (b"pump-2", _label("e9", "pump-2"), None),
+            (b"pump-3", json.dumps({"kind": "alarm"}).encode(), None),  # unknown: skipped
+        ],
     )
     windows = [
         (m.encode(), window_value(m, T0 + end, rows[end - 9 : end + 1], channels=CHANNELS), None)
@@ -114,6 +124,11 @@ def test_windows_inside_episodes_and_mutes_are_left_out(bootstrap, make_topic, t
     assert training["files"] == [f"pump-1#{n}" for n in (1, 2, 3)]
 
 
+def _label(episode: str, machine: str) -> bytes:
+    document = {"kind": "label", "episode_id": episode, "machine_id": machine, "label": "fault"}
+    return json.dumps(document | {"code": None, "note": "", "by": "ana", "at": at(0)}).encode()
+
+
 class StalledConsumer(KafkaConsumer):
     """A real consumer whose partition 1 never delivers, as behind a broker that stalls."""
 
@@ -140,3 +155,54 @@ def test_a_partition_left_unread_is_an_error_not_a_model_of_part_of_the_range(
     err = capsys.readouterr().err.strip()
     assert f"{topic}: no records for 2 s from partitions 1 (at 0 of " in err, err
     assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_model_from_replayed_samples_or_tags_matches_the_one_from_their_csv(
+    bootstrap, make_topic, tmp_path, capsys
+):
+    data = write_csv(tmp_path / "pump-1.csv", normal_values(400, seed=5))
+    from_csv = tmp_path / "csv.fwm"
+    # The last bucket and the 5 s of grace before it stay open: 394 rows come back.
+    csv_flags = ["--window", "10", "--train-rows", "394"]
+    assert main(["train", str(data), "--out", str(from_csv), *csv_flags, *TINY_FLAGS]) == 0
+    a = Scorer(artifact_io.load(from_csv))
+    windows = np.lib.stride_tricks.sliding_window_view(normal_values(60, seed=9), 10, axis=0)
+    windows = windows.transpose(0, 2, 1)  # (B, W, C)
+    for form in ("samples", "tags"):
+        topic = make_topic(form, partitions=2)
+        replay = ["replay", str(data), "--topic", topic, "--as", form, "--shuffle-within", "2"]
+        assert main([*replay, "--bootstrap-servers", bootstrap]) == 0
+        capsys.readouterr()
+        out = tmp_path / f"{form}.fwm"
+        flags = ["--from-topic", topic, "--bootstrap-servers", bootstrap, "--window", "10"]
+        assert main(["train", *flags, "--out", str(out), *TINY_FLAGS]) == 0
+        line = capsys.readouterr().out.splitlines()[0]
+        assert f"closed buckets (of {form}) of 1 machines" in line
+        assert "1 segments, 394 rows" in line
+        b = Scorer(artifact_io.load(out))
+        assert (b.window, b.artifact.sampling_interval) == (10, 1.0)
+        if form == "tags":  # tags have no column order: channels by name
+            assert b.channels == sorted(CHANNELS)
+            assert np.isfinite(b.score(windows[..., [2, 0, 1, 3]]).score).all()
+            continue
+        assert b.channels == CHANNELS and b.threshold == a.threshold
+        np.testing.assert_allclose(a.score(windows).score, b.score(windows).score, rtol=1e-6)
+
+
+def test_a_record_stamped_after_until_does_not_cut_the_rest_of_its_partition(bootstrap, make_topic):
+    """One gateway with a fast clock: its record is left out, the partition read to its end."""
+    topic = make_topic("history")
+    produced = time.time() - 3600  # an hour ago, by the gateways' (right) clocks
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    stamps = [produced] * 20 + [produced + 86_400] + [produced] * 30  # the 21st: a day ahead
+    for i, stamp in enumerate(stamps):
+        machine = "pump-9" if stamp > produced else "pump-1"
+        value = window_value(machine, T0 + i, normal_values(10, seed=i), channels=CHANNELS)
+        producer.send(topic, key=machine.encode(), value=value, timestamp_ms=int(stamp * 1000))
+    producer.flush(timeout=30)
+    producer.close(timeout=10)
+    settings = settings_io.load({"bootstrap_servers": bootstrap})
+    span = TopicRange(until=datetime.fromtimestamp(produced + 60, UTC))
+    read = list(topic_windows.read_topic(settings, topic, span))
+    assert [r.offset for r in read] == [*range(20), *range(21, 51)]
+    assert {r.key for r in read} == {b"pump-1"}

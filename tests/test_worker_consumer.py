@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from worker.kafka.kafka_python import consumer_options
 from worker.kafka.loop import Loop
 from worker.kafka.publisher import Publisher
 from worker.metrics import Metrics
+from worker.routing import Routes
 
 DONE = {0: 20, 1: 20}  # the input's end offsets: 40 records over 2 partitions
 MODEL = {"model": "model"}  # a model given as a Scorer: pipeline_for names it "model"
@@ -38,11 +40,13 @@ class FailingPublisher(Publisher):
     def __init__(self, producer, failures: int, retriable: bool = True) -> None:
         super().__init__(producer)
         self.failures, self.retriable, self.calls = failures, retriable, 0
+        self.published: list[list] = []  # the outputs of each batch that went out
 
     def publish(self, outputs) -> int:
         self.calls += 1
         if self.calls <= self.failures:
             raise PublishError("broker hiccup", retriable=self.retriable)
+        self.published.append(list(outputs))
         return super().publish(outputs)
 
 
@@ -127,9 +131,27 @@ def same(consumer):
     return consumer
 
 
+class EagerReload:
+    """A model reload at the first chance after the first publish (which fails)."""
+
+    def __init__(self, pipeline, publisher, retrained: Scorer) -> None:
+        self.pipeline, self.publisher, self.retrained = pipeline, publisher, retrained
+        self.done = False
+
+    def between_batches(self) -> None:
+        if self.publisher.calls and not self.done:
+            self.done = True
+            self.pipeline.serve(Routes.single(self.retrained))
+
+
 @contextmanager
 def running_loop(
-    settings, scorer, publisher_of=Publisher, consumer_of=same, **consumer_extra
+    settings,
+    scorer,
+    publisher_of=Publisher,
+    consumer_of=same,
+    models_of=None,
+    **consumer_extra,
 ) -> Iterator[tuple[Loop, CollectorRegistry, Publisher, list[BaseException]]]:
     """The loop in a thread (with a RecordingHealth), stopped and closed on the way out."""
     registry = CollectorRegistry()
@@ -137,7 +159,10 @@ def running_loop(
     producer = kafka_client.open_producer(settings)
     publisher = publisher_of(producer)
     pipeline = service.pipeline_for(scorer, settings)
-    loop = Loop(consumer, publisher, pipeline, Metrics(registry), RecordingHealth(), settings)
+    models = models_of(pipeline, publisher) if models_of is not None else None
+    loop = Loop(
+        consumer, publisher, pipeline, Metrics(registry), RecordingHealth(), settings, models=models
+    )
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -158,9 +183,9 @@ def running_loop(
     assert not thread.is_alive()
 
 
-def run_loop(settings, scorer, publisher_of=Publisher, consumer_of=same, **extra):
+def run_loop(settings, scorer, publisher_of=Publisher, consumer_of=same, models_of=None, **extra):
     """Run the loop until the group has committed every record (60 s at most)."""
-    with running_loop(settings, scorer, publisher_of, consumer_of, **extra) as running:
+    with running_loop(settings, scorer, publisher_of, consumer_of, models_of, **extra) as running:
         loop, registry, publisher, failure = running
 
         def finished() -> bool:
@@ -195,6 +220,23 @@ def test_a_failed_publish_is_retried_and_each_window_counted_once(setup, bootstr
     assert registry.get_sample_value("faultwatch_batch_retries_total") == 2
     assert registry.get_sample_value("faultwatch_windows_scored_total", MODEL) == 40
     assert loop.totals.windows == 40
+
+
+def test_a_model_reload_never_lands_between_a_batch_and_its_retry(setup, bootstrap):
+    settings, scorer = setup
+    retrained = Scorer(dataclasses.replace(scorer.artifact, training={"retrained": True}))
+    _, _, publisher = run_loop(
+        settings,
+        scorer,
+        lambda p: FailingPublisher(p, 1),
+        models_of=lambda pipeline, publisher: EagerReload(pipeline, publisher, retrained),
+    )
+    retried = [json.loads(o.value) for o in publisher.published[0] if o.topic.startswith("scores")]
+    assert retried and {s["model_version"] for s in retried} == {scorer.version}
+    later = [
+        json.loads(r.value)["model_version"] for r in read_topic(bootstrap, settings.scores_topic)
+    ]
+    assert retrained.version in later or len(publisher.published) == 1  # it landed afterwards
 
 
 def test_a_lasting_publish_failure_stops_the_loop_uncommitted(setup, bootstrap):

@@ -185,3 +185,45 @@ def test_an_open_episode_carries_on_across_a_model_change_and_names_both_version
     # A worker restoring as of offset 11 (still open then) knows both: they are in the state.
     restored = EpisodeState(CONFIG, "windows", "group", log).tracker(3, 11)
     assert restored.episodes["pump-1"].versions == [scorer.version, retrained.version]
+
+
+def other_machine(scorer: Scorer, shift: float = 0.0) -> list[Record]:
+    """pump-2, two windows at 2023-11-14T22:13:20Z and :21 (before pump-1's episode began)."""
+    values = synthetic_values(2, scorer.window, shift=shift, seed=7)
+    return [
+        Record(100 + i, value.replace(b'"pump-1"', b'"pump-2"'), key=b"pump-2")
+        for i, value in enumerate(values)
+    ]
+
+
+def test_a_retried_batch_gives_the_same_events_even_when_mutes_changed_meanwhile(scorer):
+    """The first attempt's publish failed: the retry must be an exact replay (pump-1's mute close
+    included) although pump-2's mute expired between the two attempts."""
+    records = stream(scorer)
+    now = [1e9]
+    mutes = MuteTable(clock=lambda: now[0])
+    log = Changelog()
+    pipeline = make(scorer, log, mutes)
+    log.write(pipeline.process(records[:7]).outputs)  # opened, committed
+    mutes.apply(b"pump-1", json.dumps({"machine": "pump-1", "mute_until": None}).encode())
+    until = "2001-09-09T01:46:50Z"  # 1e9 + 10
+    mutes.apply(b"pump-2", json.dumps({"machine": "pump-2", "mute_until": until}).encode())
+    batch = other_machine(scorer, shift=25.0)  # anomalous: opens an episode unless muted
+    first = pipeline.process(batch).outputs  # its publish fails: not committed
+    assert [e["close_reason"] for e in events(first)] == ["muted"]
+    now[0] += 60  # the retry comes after pump-2's mute ended
+    assert pipeline.process(batch).outputs == first
+
+
+def test_a_mute_close_ends_at_the_machine_s_own_last_window(scorer):
+    """Another machine's window, older than the episode, causes the close: no negative length."""
+    records = stream(scorer)
+    mutes = MuteTable(clock=lambda: 1e9)
+    pipeline = make(scorer, Changelog(), mutes)
+    pipeline.process(records[:8])
+    mutes.apply(b"pump-1", json.dumps({"machine": "pump-1", "mute_until": None}).encode())
+    result = pipeline.process(other_machine(scorer))
+    (closed,) = events(result.outputs)
+    assert closed["close_reason"] == "muted" and closed["source"]["offset"] == 100
+    assert closed["ended_at"] == "2023-11-14T22:13:27Z"  # pump-1's last window, offset 7
+    assert closed["duration_seconds"] == 2.0 and result.episodes.durations == [2.0]

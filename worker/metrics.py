@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from model.episodes import CLOSE_REASONS
+from worker.control.records import SKIP_REASONS as CONTROL_SKIP_REASONS
 from worker.inputs.windows import REASONS
+from worker.state.changelog import SKIP_REASONS as STATE_SKIP_REASONS
 
 # Scores are squared errors in standardised units: log-spaced, 0.001 to 1000.
 SCORE_BUCKETS = tuple(m * 10.0**e for e in range(-3, 3) for m in (1, 2, 5)) + (1000.0,)
@@ -26,6 +28,7 @@ DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 
 Partition = tuple[str, int]  # (topic, partition)
 
 if TYPE_CHECKING:
+    from worker.inputs.stage import ReadingCounts
     from worker.pipeline import EpisodeCounts, ModelBatch
     from worker.routing import Routes
 
@@ -158,13 +161,93 @@ class Metrics:
         )
         self.muted_machines = Gauge(
             "faultwatch_muted_machines",
+            "Machines this worker scored in the last hour that a mute names now (sum over "
+            "workers: the plant's).",
+            registry=registry,
+        )
+        self.mutes = Gauge(
+            "faultwatch_mutes",
             "Mutes in force (a machine id or a pattern each), from the control topic.",
             registry=registry,
         )
+        # Samples and tags (FAULTWATCH_INPUT_FORMAT): the assembly of windows, in readings.
+        self.readings_received = Counter(
+            "faultwatch_readings_received",
+            "Readings (one channel at one time) in sample or tag records that could be read.",
+            registry=registry,
+        )
+        self.readings_late = Counter(
+            "faultwatch_readings_late",
+            "Readings for a bucket already closed: dead-lettered (reason late).",
+            registry=registry,
+        )
+        self.readings_future = Counter(
+            "faultwatch_readings_future",
+            "Readings too far ahead of their machine's latest: dead-lettered (reason future).",
+            registry=registry,
+        )
+        self.readings_extra = Counter(
+            "faultwatch_readings_extra",
+            "Readings of channels the machine's model does not have: ignored.",
+            registry=registry,
+        )
+        self.readings_filled = Counter(
+            "faultwatch_readings_filled",
+            "Window cells that carried a channel's last value over a gap (the fill limit).",
+            registry=registry,
+        )
+        self.readings_windows_assembled = Counter(
+            "faultwatch_readings_windows_assembled",
+            "Windows built from readings (each closed bucket's), to be scored.",
+            registry=registry,
+        )
+        self.readings_windows_skipped = Counter(
+            "faultwatch_readings_windows_skipped",
+            "Windows not scored: a gap longer than the fill limit.",
+            registry=registry,
+        )
+        self.readings_assembly_restarts = Counter(
+            "faultwatch_readings_assembly_restarts",
+            "Machines whose assembly restarted: their model's channels, window or interval "
+            "changed.",
+            registry=registry,
+        )
+        self.readings_open_buckets = Gauge(
+            "faultwatch_readings_open_buckets",
+            "Buckets waiting to close (the grace), over the machines of this replica.",
+            registry=registry,
+        )
+        self.readings_machines = Gauge(
+            "faultwatch_readings_machines",
+            "Machines whose readings this replica assembles (state held).",
+            registry=registry,
+        )
+        self.control_skipped = Counter(
+            "faultwatch_control_records_skipped",
+            "Control topic records that are no mute, unmute or label, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.partitions_paused = Gauge(
+            "faultwatch_partitions_paused",
+            "Input partitions this worker stopped reading: a batch it cannot decompress.",
+            registry=registry,
+        )
+        self.state_records_skipped = Counter(
+            "faultwatch_state_records_skipped",
+            "State topic records skipped at a restore: not JSON, missing or wrong fields, "
+            "another group's or input topic's, or a state its family cannot use.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in STATE_SKIP_REASONS:
+            self.state_records_skipped.labels(reason)
         for reason in REASONS:  # every reason exists from the start, so rate() sees the first
             self.dead_letters.labels(reason)
         for reason in CLOSE_REASONS:
             self.episodes_closed.labels(reason)
+        for reason in CONTROL_SKIP_REASONS:
+            self.control_skipped.labels(reason)
 
     def set_models(self, live: Routes | None, shadow: Routes | None = None) -> None:
         """The models in service now (None: unchanged): info, thresholds, drift series."""
@@ -235,6 +318,19 @@ class Metrics:
         for seconds in counts.durations:
             self.episode_duration.observe(seconds)
         self.late_windows.inc(counts.late)
+
+    def readings_committed(self, counts: ReadingCounts | None) -> None:
+        """Count a batch's readings once its offsets are committed."""
+        if counts is None:
+            return
+        self.readings_received.inc(counts.received)
+        self.readings_late.inc(counts.late)
+        self.readings_future.inc(counts.future)
+        self.readings_extra.inc(counts.extra)
+        self.readings_filled.inc(counts.filled)
+        self.readings_windows_assembled.inc(counts.assembled)
+        self.readings_windows_skipped.inc(counts.skipped)
+        self.readings_assembly_restarts.inc(counts.restarts)
 
     def set_lag(self, lag: Mapping[Partition, int]) -> None:
         for (topic, partition), value in lag.items():

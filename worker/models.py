@@ -10,8 +10,10 @@ What never happens: a file that does not load, or that fails its checks, or whos
 would make the routes ambiguous, replacing what is in service. Each such failure is one log
 line and one count in `faultwatch_model_reload_failures_total`, and is not retried until a
 file changes. In a directory, a file that is removed leaves service (its machines become
-`no_model` dead letters unless another pattern serves them); a model file given alone that
-vanishes is a failure, and its model keeps serving.
+`no_model` dead letters unless another pattern serves them), except the last one: a directory
+emptied (a bad sync, a wrong mount) is a failure and the models in service keep serving, as
+start-up refuses an empty directory. A model file given alone that vanishes is a failure, and
+its model keeps serving.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ class Refresh:
 class ModelStore:
     """The model files at one path and the routes they give."""
 
-    def __init__(self, path: Path, load: Callable[[Path], Scorer] = Scorer.load) -> None:
+    def __init__(
+        self, path: Path, load: Callable[[Path], Scorer] = Scorer.load, may_empty: bool = False
+    ) -> None:
         self.path = Path(path)
+        self.may_empty = may_empty  # shadow candidates: emptying the directory ends the trial
         self.directory = self.path.is_dir()  # decided once: a file path stays a file path
         self._load = load
         self.routes: Routes | None = None
@@ -93,6 +98,13 @@ class ModelStore:
             del self._loaded[gone]
         key = {path: loaded.signature for path, loaded in candidate.items()}
         if self.routes is not None and key == self._refused:
+            return Refresh(None, failures)
+        if self.routes is not None and not candidate and not self.may_empty:  # all no_model
+            self._refused = key
+            failures.append(
+                f"{self.path}: no model files ({SUFFIX}) left in this directory; the models "
+                "in service keep serving until one is there"
+            )
             return Refresh(None, failures)
         if self.routes is not None and _models(candidate) == _models(self._serving):
             self._serving = candidate  # the same models (a file touched, copied again)

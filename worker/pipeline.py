@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -23,10 +23,13 @@ import numpy as np
 from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
 from worker.control import MuteTable
+from worker.inputs.family import AssemblyFamily
+from worker.inputs.stage import ReadingCounts, ReadingStage
 from worker.inputs.windows import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
 from worker.state import EpisodeState
+from worker.state.episodes import MUTES
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class BatchResult:
     # (candidate, live flagged, candidate flagged) -> windows both scored
     shadow: Counter[tuple[str, bool, bool]] = field(default_factory=Counter)
     shadow_failures: int = 0
+    readings: ReadingCounts | None = None  # None unless the input is samples or tags
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class Episodes:
 
     state: EpisodeState
     mutes: MuteTable
+    assembly: AssemblyFamily | None = None  # samples and tags: the assemblers, in the state
 
 
 def event_id(topic: str, partition: int, offset: int) -> str:
@@ -125,13 +130,18 @@ class Pipeline:
         *,
         max_record_bytes: int = 1_000_000,
         shadow: Shadow | None = None,
+        readings: ReadingStage | None = None,
     ):
         self.topics = topics
         self.top_channels = top_channels
         self.max_record_bytes = max_record_bytes
         self.episodes = episodes  # None: one event per anomalous window
         self.shadow = shadow  # None: no shadow models
-        self._mute_versions: dict[int, int] = {}  # partition -> mute table version it saw
+        self.readings = readings  # None: the input is windows
+        if readings is not None and episodes is None:
+            raise ValueError("samples and tags need the episode stage: their state is its store")
+        # partition -> (first offset, checker, version) of its last batch: a redo reuses them
+        self._mute_snapshots: dict[int, tuple[int, Callable[[str], bool], int]] = {}
         self.serve(models if isinstance(models, Routes) else Routes.single(models))
 
     def serve(self, models: Routes) -> None:
@@ -144,10 +154,18 @@ class Pipeline:
         else:
             shapes = [(m.scorer.window, m.scorer.channels) for m in models.models]
             self.decoder = Decoder.routed(shapes, models.route, self.max_record_bytes)
+        if self.readings is not None:
+            self.readings.serve(models)
 
     def process(self, records: Sequence[Record]) -> BatchResult:
         """Every record of the batch ends as a score (and maybe an event) or a dead letter."""
-        decoded = _keyed(self.decoder.decode_batch([r.value for r in records]), records)
+        trackers, counts = None, None
+        if self.readings is not None:
+            # The partitions' state first (restored, or rolled back for a redo): assembly needs it.
+            trackers = self._trackers(records)
+            decoded, counts = self.readings.decode(records)
+        else:
+            decoded = _keyed(self.decoder.decode_batch([r.value for r in records]), records)
         scored = self._score(decoded)
         finite = np.isfinite(scored.score)  # (V,) 1e300 is a number, yet overflows the model
         invalid = decoded.invalid + [
@@ -157,6 +175,7 @@ class Pipeline:
         reasons = Counter(problem.reason for _, problem in invalid)
         anomalies = int(scored.anomaly[finite].sum())
         result = BatchResult(outputs, scored.score[finite], anomalies, reasons)
+        result.readings = counts
         result.models = self._model_batches(decoded, scored, finite)
         if self.episodes is None:
             # Only windows with an output cost Python work: without score records, the anomalies.
@@ -167,7 +186,7 @@ class Pipeline:
                 served, scores = models[slots[j]], scored.by_slot[slots[j]]
                 outputs.extend(self._results(records[i], origin, served, scores, rows[j]))
         else:
-            result.episodes = self._episodes(records, decoded, scored, finite, outputs)
+            result.episodes = self._episodes(records, decoded, scored, finite, outputs, trackers)
         if self.shadow is not None:
             self._shadow(records, decoded, scored, finite, result)
         return result
@@ -246,8 +265,10 @@ class Pipeline:
         scored: Scored,
         finite: np.ndarray,
         outputs: list[Output],
+        trackers: dict[int, Tracker] | None = None,
     ) -> EpisodeCounts:
-        """Every valid window through its partition's tracker, in order; events and state out."""
+        """Every valid window through its partition's tracker, in order; events and state out.
+        `trackers`: the batch's, when the readings stage has begun the state already."""
         assert self.episodes is not None and self.topics.state is not None
         state, table = self.episodes.state, self.episodes.mutes
         spans: dict[int, list[int]] = {}  # partition -> [first offset, last offset]
@@ -257,9 +278,11 @@ class Pipeline:
                 spans[record.partition] = [record.offset, record.offset]
             else:
                 span[1] = record.offset
-        trackers = state.trackers({p: first for p, (first, _) in spans.items()})
-        muted, version = table.checker(), table.version
-        rescan = {p for p in spans if self._mute_versions.get(p, 0) != version}
+        firsts = {p: first for p, (first, _) in spans.items()}
+        if trackers is None:
+            trackers = state.trackers(firsts)
+        mutes = self._mutes(firsts, state.redone, table)
+        rescan = {p for p in spans if mutes[p][2] != mutes[p][1]}
         models = self.models.models
         about = {  # per model in the batch: what each of its windows needs
             slot: (
@@ -278,6 +301,7 @@ class Pipeline:
             i, origin = decoded.valid[j]
             record = records[i]
             tracker: Tracker = trackers[record.partition]
+            muted = mutes[record.partition][0]
             source = source_of(record)
             timestamp, score, slot, k = origin.timestamp, values[j], slots[j], rows[j]
             threshold, channels, model_version, share, detectors = about[slot]
@@ -304,8 +328,8 @@ class Pipeline:
                 served = models[slot]
                 outputs.append(self._score_record(record, origin, served, scored.by_slot[slot], k))
         for p in spans:
-            if p not in rescan:
-                self._mute_versions[p] = version
+            if p not in rescan:  # undone with the batch, like the episodes it closed
+                state.partitions[p].store.put(MUTES, "version", mutes[p][1])
         counts = EpisodeCounts()
         for event in events:
             self._stamp(event)
@@ -322,6 +346,29 @@ class Pipeline:
             counts.late += trackers[p].take_late()
         counts.open_now = state.open_count()
         return counts
+
+    def _trackers(self, records: Sequence[Record]) -> dict[int, Tracker]:
+        """Begin the batch in the state of each of its partitions (every family's)."""
+        assert self.episodes is not None
+        firsts: dict[int, int] = {}
+        for record in records:
+            firsts.setdefault(record.partition, record.offset)
+        return self.episodes.state.trackers(firsts)
+
+    def _mutes(
+        self, firsts: dict[int, int], redone: set[int], table: MuteTable
+    ) -> dict[int, tuple[Callable[[str], bool], int, int]]:
+        """Per partition: (checker, table version, version its episodes saw). A redone batch
+        gets its first attempt's checker: the retry is an exact replay whatever changed since."""
+        found, fresh = {}, None
+        for p, first in firsts.items():
+            saved = self._mute_snapshots.get(p)
+            if p not in redone or saved is None or saved[0] != first:
+                fresh = fresh or table.snapshot()
+                saved = self._mute_snapshots[p] = (first, *fresh)
+            seen = self.episodes.state.partitions[p].store.get(MUTES, "version", 0)
+            found[p] = (saved[1], saved[2], seen)
+        return found
 
     def _stamp(self, event: dict) -> None:
         """The model of the event's machine: its version, and its threshold (a silent close is
@@ -390,6 +437,7 @@ class Pipeline:
             ("faultwatch.source.topic", record.topic.encode()),
             ("faultwatch.source.partition", str(record.partition).encode()),
             ("faultwatch.source.offset", str(record.offset).encode()),
+            *problem.headers,
         ]
         # Kafka clients refuse a record with neither key nor value: keep it as an empty value.
         value = record.value if record.value is not None or record.key is not None else b""

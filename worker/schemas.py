@@ -1,19 +1,22 @@
 """The JSON Schema of every topic's message, generated from pydantic models, for the docs.
 
-`message_schemas()` is what the docs generator imports (no Kafka client is loaded): one entry
-per message, naming the setting of its topic, its key, its value's JSON Schema and its
-headers. The input window's model is the decoder's own reference (worker/inputs/windows.py);
-the output models below describe what worker/pipeline.py and model/episodes.py write, and a
-test holds them to what the pipeline publishes. State records and control commands have no
-pydantic model yet (worker/state.py, worker/control.py): they are absent here.
+`message_schemas()` is what the docs generator (tools/gen_reference.py) imports, without a
+Kafka client: one entry per message, naming the setting of its topic, its key, its value's
+JSON Schema and its headers. The input window's model is the decoder's own reference
+(worker/inputs/windows.py), samples and tags are the readings decoder's msgspec structs
+(worker/inputs/readings.py); the output models below describe what worker/pipeline.py and
+model/episodes.py write, and a test holds them to what the pipeline publishes. State records
+and control commands have no pydantic model (worker/state/, worker/control/): absent here.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.inputs.readings import Sample, Tag
 from worker.inputs.windows import REASONS, WindowMessage
 
 
@@ -73,11 +76,12 @@ class EpisodeEvent(_Output):
     detector: str = Field(description="the detector that led at the peak")
     detectors: dict[str, float] = Field(default_factory=dict)
     close_reason: str | None = Field(None, description="`closed` only: cleared, silent, muted...")
+    label: str | None = Field(None, description="the episode's last label, if any")
     source: Source
 
 
 class ScoreRecord(_Output):
-    """FAULTWATCH_SCORES_TOPIC (and the shadow topic): one record per scored window."""
+    """FAULTWATCH_SCORES_TOPIC and FAULTWATCH_SHADOW_TOPIC (with `live`): one per window."""
 
     machine_id: str
     timestamp: str
@@ -101,13 +105,15 @@ DEAD_LETTER_HEADERS: list[tuple[str, str]] = [
 
 def message_schemas() -> dict[str, dict[str, Any]]:
     """Every message the worker reads or writes: its topic setting, key, value schema, headers."""
+    key = "the machine id (UTF-8)"
     return {
-        "window": _entry("FAULTWATCH_INPUT_TOPIC", "the machine id (UTF-8)", WindowMessage),
-        "episode event": _entry("FAULTWATCH_EVENTS_TOPIC", "the machine id", EpisodeEvent),
-        "window event": _entry("FAULTWATCH_EVENTS_TOPIC", "the machine id", WindowEvent),
-        "score record": _entry("FAULTWATCH_SCORES_TOPIC", "the machine id", ScoreRecord),
-        "shadow score record": _entry("FAULTWATCH_SHADOW_TOPIC", "the machine id", ScoreRecord),
-        "dead letter": {
+        "window": _entry("FAULTWATCH_INPUT_TOPIC", key, WindowMessage.model_json_schema()),
+        "sample": _entry("FAULTWATCH_INPUT_TOPIC", key, msgspec.json.schema(Sample)),
+        "tag": _entry("FAULTWATCH_INPUT_TOPIC", key, msgspec.json.schema(Tag)),
+        "episode-event": _entry("FAULTWATCH_EVENTS_TOPIC", key, EpisodeEvent.model_json_schema()),
+        "window-event": _entry("FAULTWATCH_EVENTS_TOPIC", key, WindowEvent.model_json_schema()),
+        "score-record": _entry("FAULTWATCH_SCORES_TOPIC", key, ScoreRecord.model_json_schema()),
+        "dead-letter": {
             "topic": "FAULTWATCH_DLQ_TOPIC",
             "key": "the input record's key, unchanged",
             "schema": None,  # the input record's value, byte for byte
@@ -116,5 +122,5 @@ def message_schemas() -> dict[str, dict[str, Any]]:
     }
 
 
-def _entry(topic: str, key: str, model: type[BaseModel]) -> dict[str, Any]:
-    return {"topic": topic, "key": key, "schema": model.model_json_schema(), "headers": []}
+def _entry(topic: str, key: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"topic": topic, "key": key, "schema": schema, "headers": []}

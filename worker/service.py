@@ -19,6 +19,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from prometheus_client import (
     CollectorRegistry,
+    Counter,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
@@ -30,6 +31,9 @@ from worker import settings as settings_io
 from worker.control import ControlReader, MuteTable
 from worker.errors import BrokerError, SettingsError, WorkerError
 from worker.health import Health, HealthServer
+from worker.inputs.assembler import Rules
+from worker.inputs.family import AssemblyFamily
+from worker.inputs.stage import ReadingStage, interval_loader
 from worker.kafka import client as kafka_client
 from worker.kafka.client import COMMIT_TIMEOUT, POLL_TIMEOUT, Consumer, Producer
 from worker.kafka.loop import Loop
@@ -38,6 +42,7 @@ from worker.logs import configure_logging
 from worker.metrics import Metrics
 from worker.models import Lifecycle, ModelStore
 from worker.pipeline import Episodes, Pipeline, Topics
+from worker.retraining import RetrainCollector
 from worker.routing import Routes
 from worker.settings import ENV_PREFIX, FLAGS, Settings
 from worker.shadow import Shadow
@@ -112,7 +117,8 @@ def serve(
     """Load the models, serve the probes, consume until stopped; returns why it stopped."""
     stop = stop or threading.Event()
     torch.set_num_threads(settings.torch_threads)
-    store = ModelStore(settings.model_path)
+    readings = settings.input_format != "windows"
+    store = ModelStore(settings.model_path, interval_loader() if readings else Scorer.load)
     live = store.open()
     for name in settings_io.unknown_variables():
         log.warning("unknown variable ignored name=%s", name)
@@ -126,8 +132,14 @@ def serve(
     # A loop blocked longer than a session (a frozen broker answers nothing) is not ready.
     health = Health(blocked_after=settings.session_timeout_ms / 1000)
     metrics = Metrics(registry)
+    if store.directory:  # the retrain job's counts, written beside the models it promotes
+        registry.register(RetrainCollector(settings.model_path))
     reload = threading.Event()  # SIGHUP: re-read the model paths between two batches
-    shadow_store = ModelStore(settings.shadow_model_path) if settings.shadow_model_path else None
+    shadow_store = (
+        ModelStore(settings.shadow_model_path, may_empty=True)
+        if settings.shadow_model_path
+        else None
+    )
     models = Lifecycle(
         store,
         shadow_store,
@@ -164,9 +176,16 @@ def _consume(
         check_topics(consumer, settings)
         episodes = None
         if settings.events == "episodes":
-            episodes, readers = episode_stage(settings)
-            metrics.muted_machines.set_function(lambda: len(episodes.mutes.active()))
+            episodes, readers = episode_stage(settings, metrics.control_skipped)
+            episodes.state.on_skip = lambda reason, n: metrics.state_records_skipped.labels(
+                reason
+            ).inc(n)
+            metrics.muted_machines.set_function(episodes.mutes.muted_machines)
+            metrics.mutes.set_function(lambda: len(episodes.mutes.active()))
             metrics.episodes_open.set_function(lambda: episodes.state.open_now)
+            if episodes.assembly is not None:
+                metrics.readings_open_buckets.set_function(episodes.assembly.open_buckets)
+                metrics.readings_machines.set_function(episodes.assembly.machines)
         pipeline = pipeline_for(live, settings, episodes, shadow)
 
         def apply(live: Routes | None, shadow: Routes | None) -> None:
@@ -253,6 +272,11 @@ def pipeline_for(
         settings.scores_topic or None,
         settings.state_topic if episodes is not None else None,
     )
+    readings = None
+    if episodes is not None and episodes.assembly is not None:
+        form = settings.input_format
+        assert form != "windows"
+        readings = ReadingStage(form, episodes.assembly, settings.max_record_bytes)
     return Pipeline(
         models,
         topics,
@@ -260,11 +284,12 @@ def pipeline_for(
         episodes,
         max_record_bytes=settings.max_record_bytes,
         shadow=Shadow(shadow, settings.shadow_topic) if shadow is not None else None,
+        readings=readings,
     )
 
 
 def episode_stage(
-    settings: Settings,
+    settings: Settings, skipped: Counter | None = None
 ) -> tuple[Episodes, list[ChangelogReader | ControlReader]]:
     """The episode state (restored from the state topic) and the mutes (the control topic, read
     to its end before the first batch, then followed on a thread of its own)."""
@@ -277,17 +302,29 @@ def episode_stage(
         changelog = ChangelogReader(
             KafkaConsumer(**options), settings.state_topic, settings.startup_timeout
         )
-        control = ControlReader(KafkaConsumer(**options), settings.control_topic, MuteTable())
+        counted = None if skipped is None else (lambda reason: skipped.labels(reason).inc())
+        table = MuteTable(skipped=counted)
+        control = ControlReader(KafkaConsumer(**options), settings.control_topic, table)
     except (KafkaError, OSError) as exc:
         raise BrokerError(
             f"cannot reach the Kafka broker at {settings.bootstrap_servers}: {exc}"
         ) from exc
+    assembly = None
+    if settings.input_format != "windows":
+        rules = Rules.of(
+            settings.input_grace_seconds,
+            settings.input_fill_limit,
+            settings.input_max_future_seconds,
+            settings.episode_silent_seconds,
+        )
+        assembly = AssemblyFamily(rules)
     state = EpisodeState(
         settings.episode_config(),
         settings.input_topic,
         settings.group_id,
         changelog,
         settings.top_channels,
+        families=(assembly,) if assembly is not None else (),
     )
     try:
         changelog.consumer.partitions_for_topic(settings.state_topic)  # connected before a restore
@@ -296,7 +333,7 @@ def episode_stage(
         changelog.close()
         control.stop()
         raise
-    return Episodes(state, control.table), [changelog, control]
+    return Episodes(state, control.table, assembly), [changelog, control]
 
 
 def _start_server(

@@ -26,6 +26,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 EventsMode = Literal["episodes", "windows"]
+InputFormat = Literal["windows", "samples", "tags"]
 KafkaClient = Literal["kafka-python", "confluent"]
 
 # Settings that `faultwatch run` also takes as flags (flags win over the environment).
@@ -61,63 +62,144 @@ class Settings(BaseSettings):
     group_id: str = Field("faultwatch", min_length=1, description="consumer group")
     # Static membership: a member restarted under the same id (the pod name) takes its
     # partitions back without waiting for its old session; a clean stop does not leave.
-    group_instance_id: str = ""
-    client_id: str = "faultwatch"
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    session_timeout_ms: int = Field(45_000, ge=1_000)
-    heartbeat_interval_ms: int = Field(3_000, ge=100)
-    max_poll_records: int = Field(500, ge=1, le=100_000)  # records scored per batch, at most
+    group_instance_id: str = Field(
+        "", description="static group membership: a name that survives restarts (empty: off)"
+    )
+    client_id: str = Field(
+        "faultwatch", description="Kafka client id, in the broker's logs and quotas"
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a group with no committed offsets starts"
+    )
+    session_timeout_ms: int = Field(45_000, ge=1_000, description="group liveness: session")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="group liveness: heartbeat")
+    max_poll_records: int = Field(
+        500, ge=1, le=100_000, description="records per batch (one forward pass), at most"
+    )
     # Fetched records wait in memory until polled: at most about two fetches of these sizes.
-    fetch_max_bytes: int = Field(16 * 2**20, ge=1_024)
-    max_partition_fetch_bytes: int = Field(2**20, ge=1_024)
+    fetch_max_bytes: int = Field(
+        16 * 2**20, ge=1_024, description="bytes of fetched records held in memory, at most"
+    )
+    max_partition_fetch_bytes: int = Field(
+        2**20, ge=1_024, description="bytes fetched from one partition at a time, at most"
+    )
     # Longest a broker may hold a fetch while waiting for records: bounds the latency added
     # by brokers that answer a long poll late (Tansu), at 10 empty fetches/s when idle.
-    fetch_max_wait_ms: int = Field(100, ge=0)
-    max_record_bytes: int = Field(1_000_000, ge=64)  # larger input records: dead letter too_large
-    max_request_bytes: int = Field(16 * 2**20, ge=1_024)  # largest record the producer sends
-    startup_timeout: float = Field(60.0, gt=0, description="seconds to reach the broker")
+    fetch_max_wait_ms: int = Field(
+        100, ge=0, description="longest a broker may hold an empty fetch (bounds added latency)"
+    )
+    max_record_bytes: int = Field(
+        1_000_000, ge=64, description="larger input records are dead-lettered as too_large"
+    )
+    max_request_bytes: int = Field(
+        16 * 2**20, ge=1_024, description="largest record the worker will send"
+    )
+    startup_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds to reach the broker (exit 1 after that); joining the group then "
+        "takes as long as the group needs, not ready meanwhile",
+    )
     # The client library: kafka-python (default) or confluent (librdkafka; faultwatch[rdkafka])
-    kafka_client: KafkaClient = Field("kafka-python", description="kafka-python or confluent")
+    kafka_client: KafkaClient = Field(
+        "kafka-python",
+        description="the Kafka client library: kafka-python, or confluent (librdkafka; "
+        "pip install 'faultwatch[rdkafka]')",
+    )
 
     # Kafka security, passed through to the client
-    security_protocol: SecurityProtocol = "PLAINTEXT"
-    sasl_mechanism: SaslMechanism | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: SecretStr | None = None
-    ssl_cafile: FilePath | None = None
-    ssl_certfile: FilePath | None = None
-    ssl_keyfile: FilePath | None = None
-    ssl_check_hostname: bool = True
+    security_protocol: SecurityProtocol = Field("PLAINTEXT", description="Kafka security protocol")
+    sasl_mechanism: SaslMechanism | None = Field(None, description="SASL mechanism")
+    sasl_plain_username: str | None = Field(None, description="SASL user name")
+    sasl_plain_password: SecretStr | None = Field(
+        None, description="SASL password (from a secret; never logged)"
+    )
+    ssl_cafile: FilePath | None = Field(None, description="CA certificate file (PEM)")
+    ssl_certfile: FilePath | None = Field(None, description="client certificate (mutual TLS)")
+    ssl_keyfile: FilePath | None = Field(None, description="client key (mutual TLS)")
+    ssl_check_hostname: bool = Field(True, description="check the broker's certificate names it")
 
     # The models: a file for every machine, or a directory of files routed by machine id
     model_path: Path = Field(
         Path("model.fwm"), description="model file, or directory of model files, to score with"
     )
-    model_reload_seconds: float = Field(30.0, ge=0)  # re-read the model path (0: only SIGHUP)
-    shadow_model_path: Path | None = None  # candidates: score into shadow_topic only
-    shadow_topic: str = ""
-    torch_threads: int = Field(1, ge=1, le=256)
-    top_channels: int = Field(3, ge=1)
+    model_reload_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="re-read the model path and the shadow path this often, between batches "
+        "(0: only on SIGHUP)",
+    )
+    shadow_model_path: Path | None = Field(
+        None, description="candidate models (a file or a directory); set with SHADOW_TOPIC"
+    )
+    shadow_topic: str = Field("", description="topic of the candidates' score records (empty: off)")
+    torch_threads: int = Field(
+        1, ge=1, le=256, description="torch threads scoring; 1 is right for a 1-2 core container"
+    )
+    top_channels: int = Field(3, ge=1, description="channels named in an event's top_channels")
+
+    # Input: windows, or samples and tags the worker assembles into windows
+    input_format: InputFormat = Field(
+        "windows",
+        description="what an input record holds: a window (`windows`), one machine's channels "
+        "at one time (`samples`) or one channel's value (`tags`); samples and tags are "
+        "assembled into the model's windows on its sampling interval",
+    )
+    input_grace_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="samples, tags: data-time seconds a bucket stays open after the machine's "
+        "latest reading passes it; a reading for a closed bucket is a dead letter (`late`)",
+    )
+    input_fill_limit: int = Field(
+        5,
+        ge=0,
+        description="samples, tags: buckets a missing channel carries its last value into; "
+        "windows over longer gaps are skipped and counted",
+    )
+    input_max_future_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="samples, tags: a reading further ahead of its machine's latest reading "
+        "(a jumping clock) is a dead letter (`future`)",
+    )
 
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
-    events: EventsMode = Field("episodes", description="episodes or windows")
-    # Defaults chosen on SKAB valve1 and TEP with benchmarks/episodes.py (README, Episodes).
-    episode_open_seconds: float = Field(30.0, ge=0)  # anomalous this long before it opens
-    episode_clear_seconds: float = Field(600.0, ge=0)  # below clear_ratio x threshold this long
-    episode_clear_ratio: float = Field(0.8, gt=0, le=1)  # hysteresis under the threshold
-    episode_update_seconds: float = Field(60.0, ge=0)  # at most one `updated` per this
-    episode_silent_seconds: float = Field(600.0, ge=0)  # closes a quiet machine's (0: never)
+    events: EventsMode = Field(
+        "episodes",
+        description="episodes, or windows: one event per anomalous window (no state, no "
+        "control topic)",
+    )
+    # Defaults chosen on SKAB valve1 and TEP with benchmarks/episodes.py (docs/quality.md).
+    episode_open_seconds: float = Field(
+        30.0, ge=0, description="an episode opens once anomalous this long (0: at once)"
+    )
+    episode_clear_seconds: float = Field(
+        600.0, ge=0, description="it closes once below clear ratio x threshold this long"
+    )
+    episode_clear_ratio: float = Field(
+        0.8, gt=0, le=1, description="hysteresis: the share of the threshold that clears"
+    )
+    episode_update_seconds: float = Field(
+        60.0, ge=0, description="at most one updated event per this, when the peak rose"
+    )
+    episode_silent_seconds: float = Field(
+        600.0, ge=0, description="a machine silent this long closes its episode (0: never)"
+    )
 
     # Operations
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="/metrics, /healthz, /readyz (0: off)"
     )
-    metrics_host: str = "0.0.0.0"
-    lag_interval: float = Field(5.0, gt=0)  # seconds between consumer lag refreshes
+    metrics_host: str = Field(
+        "0.0.0.0", description="address of the metrics and probe server (127.0.0.1: this host)"
+    )
+    lag_interval: float = Field(5.0, gt=0, description="seconds between consumer-lag refreshes")
     idle_exit: float | None = Field(None, gt=0, description="stop after S seconds without records")
     log_format: LogFormat = Field("text", description="text or json (one object per line)")
     log_level: LogLevel = Field("INFO", description="log level of faultwatch")
-    kafka_log_level: LogLevel = "CRITICAL"  # kafka-python logs every reconnect attempt
+    # kafka-python logs every reconnect attempt
+    kafka_log_level: LogLevel = Field("CRITICAL", description="log level of the Kafka client")
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -190,6 +272,12 @@ class Settings(BaseSettings):
                     "their own, apart from each other and the input, events, scores and "
                     "dead-letter topics"
                 )
+        if self.input_format != "windows" and self.events != "episodes":
+            raise ValueError(
+                f"FAULTWATCH_INPUT_FORMAT={self.input_format} needs FAULTWATCH_EVENTS=episodes: "
+                "the windows assembled from readings keep their state in the state topic, with "
+                "the episodes'"
+            )
         if self.input_topic in outputs:
             raise ValueError(
                 f"FAULTWATCH_INPUT_TOPIC {self.input_topic!r} is also an output topic: "

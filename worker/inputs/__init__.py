@@ -1,1 +1,4 @@
-"""Decoding input records: a poll's records in, arrays and per-record reasons out."""
+"""Input decoding, batch-shaped: a poll's records in, arrays and per-record reasons out.
+
+windows.py decodes windows; readings.py samples and tags, which the assembler builds windows of.
+"""

@@ -13,6 +13,9 @@
 #                 the pipeline adds windows whose values overflow the model (score not finite)
 #   key_mismatch  the record's key is present and is not its machine_id (the pipeline checks:
 #                 the window may sit in another partition than its machine's episode state)
+#   late          (samples, tags) a reading for a bucket its machine has closed; header
+#                 faultwatch.error.late_seconds (worker/inputs/assembler.py)
+#   future        (samples, tags) a reading too far ahead of its machine's latest time
 #
 # Fields the contract does not name are ignored, so producers may add their own.
 
@@ -40,6 +43,8 @@ Reason = Literal[
     "shape",
     "non_finite",
     "key_mismatch",
+    "late",
+    "future",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 MAX_MESSAGE = 300  # characters of an error message kept for the dead-letter header
@@ -76,6 +81,7 @@ class Invalid:
 
     reason: Reason
     message: str
+    headers: tuple[tuple[str, bytes], ...] = ()  # more headers of its dead letter
 
 
 @dataclass(frozen=True)

@@ -57,13 +57,22 @@ class CommitRefused(WorkerError):
     """The group refused a commit because it is rebalancing (or has moved on without us)."""
 
 
+class Undecodable(WorkerError):
+    """A fetched batch is compressed with a codec this process cannot decode."""
+
+    def __init__(self, message: str, partition: Partition | None) -> None:
+        super().__init__(message)
+        self.partition = partition  # None when the client cannot tell which
+
+
 class Consumer(Protocol):
     """A group member with manual commits."""
 
     def subscribe(self, topic: str, listener: Listener) -> None: ...
 
     def poll(self, timeout: float) -> Polled:
-        """At most FAULTWATCH_MAX_POLL_RECORDS records; rebalance callbacks run in here."""
+        """At most FAULTWATCH_MAX_POLL_RECORDS records; rebalance callbacks run in here.
+        Undecodable when a batch's codec cannot be decoded here."""
         ...
 
     def commit(self, offsets: dict[Partition, int]) -> None:

@@ -13,6 +13,7 @@ from kafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
     RebalanceInProgressError,
+    UnsupportedCodecError,
 )
 from kafka.partitioner import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
@@ -26,6 +27,7 @@ from worker.kafka.client import (
     Listener,
     Partition,
     Polled,
+    Undecodable,
 )
 from worker.settings import Settings
 
@@ -149,7 +151,10 @@ class PyConsumer:
 
     def poll(self, timeout: float) -> Polled:
         # TopicPartition is a named tuple equal to Partition: the dict goes through as it is.
-        return self.client.poll(timeout_ms=int(timeout * 1000))  # type: ignore[return-value]
+        try:
+            return self.client.poll(timeout_ms=int(timeout * 1000))  # type: ignore[return-value]
+        except UnsupportedCodecError as exc:
+            raise Undecodable(str(exc), _failed_partition(self.client)) from exc
 
     def commit(self, offsets: dict[Partition, int]) -> None:
         meta = {TopicPartition(*p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
@@ -204,6 +209,15 @@ class PyConsumer:
 
     def close(self) -> None:
         self.client.close(autocommit=False, timeout_ms=int(CLOSE_TIMEOUT * 1000))
+
+
+def _failed_partition(consumer: KafkaConsumer) -> Partition | None:
+    """The partition whose records kafka-python was unpacking when it raised (its fetcher keeps
+    them as the next in line); None when this kafka-python keeps them elsewhere."""
+    try:
+        return Partition(*consumer._fetcher._next_partition_records.topic_partition)
+    except (AttributeError, TypeError):
+        return None
 
 
 class _Rebalance(ConsumerRebalanceListener):

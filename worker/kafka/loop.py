@@ -7,7 +7,14 @@
 # whoever holds them after the rebalance, this worker included, reads the batch again and
 # counts it when its commit succeeds. A failed publish or commit rewinds too, and backs off.
 # Models are re-read between two batches (worker/models.py): a batch is scored, published and
-# committed by one set of models, so a reload neither loses nor repeats a window.
+# committed by one set of models, so a reload neither loses nor repeats a window; never between
+# a batch and its retry, which is an exact replay of the first attempt (the episode state and
+# the mutes it saw are rolled back with it: worker/state/).
+# A batch compressed with a codec this process cannot decode (its library missing, or a codec
+# newer than kafka-python) pauses its partition: one error line, faultwatch_partitions_paused,
+# nothing committed past it, the other partitions go on. Skipping it would lose its windows,
+# and raising would restart the worker into the same batch forever. Once the library is
+# installed, a restart (or the partition's next assignment) reads the batch again.
 
 from __future__ import annotations
 
@@ -21,7 +28,14 @@ from typing import Any
 
 from worker.errors import BatchError
 from worker.health import Health
-from worker.kafka.client import POLL_TIMEOUT, CommitRefused, Consumer, Partition, Polled
+from worker.kafka.client import (
+    POLL_TIMEOUT,
+    CommitRefused,
+    Consumer,
+    Partition,
+    Polled,
+    Undecodable,
+)
 from worker.kafka.publisher import Publisher
 from worker.metrics import Metrics
 from worker.models import Lifecycle
@@ -88,9 +102,11 @@ class Loop:
         self._assigned: set[Partition] | None = None  # None while (re)joining the group
         self._first_join = True  # until assigned, or until a slow first join is logged
         self._retry: str | None = None  # why the last batch failed, while retrying
+        self._redo = False  # a batch was sought back, uncommitted: it comes again, as it was
         self._failures = 0
         self._last_activity = clock()
         self._next_refresh = clock()
+        self._paused: set[Partition] = set()  # partitions whose batch cannot be decoded
 
     def request_stop(self, reason: str) -> None:
         """Finish the batch in hand, commit and return from `run` (signal-handler safe)."""
@@ -107,9 +123,9 @@ class Loop:
         try:
             while not self._stop.is_set():
                 self.health.tick()
-                if self.models is not None:
-                    self.models.between_batches()
-                polled = self.consumer.poll(POLL_TIMEOUT)
+                if self.models is not None and not self._redo:
+                    self.models.between_batches()  # never between a batch and its retry
+                polled = self._poll()
                 if polled:
                     self._last_activity = self.clock()
                     self._handle(polled)
@@ -118,6 +134,38 @@ class Loop:
             gc.unfreeze()
             self.health.set_not_ready("shutting down")
         return self._stop_reason or "stop requested"
+
+    def _poll(self) -> Polled:
+        """The next batch; a partition whose batch cannot be decompressed is paused instead."""
+        try:
+            return self.consumer.poll(POLL_TIMEOUT)
+        except Undecodable as exc:
+            self._pause_undecodable(exc)
+            return {}
+
+    def _pause_undecodable(self, exc: Undecodable) -> None:
+        """Stop reading the partition that raised (all assigned ones if it cannot be told)."""
+        failed = exc.partition
+        partitions = ({failed} if failed is not None else set()) - self._paused
+        if not partitions:
+            partitions = set(self._assigned or ()) - self._paused
+        if not partitions:  # not seen: nothing left to read that could have raised
+            log.error("a batch cannot be decompressed error=%s", exc)
+            self._stop.wait(MAX_BACKOFF)
+            return
+        self.consumer.pause(partitions)
+        self._paused |= partitions
+        self.metrics.partitions_paused.set(len(self._paused))
+        for tp in sorted(partitions):
+            log.error(
+                "partition paused: a batch cannot be decompressed topic=%s partition=%d "
+                "offset=%s error=%s; nothing past it is committed: install the codec's library "
+                "(kafka-python[lz4,snappy,zstd]) and restart the worker",
+                tp.topic,
+                tp.partition,
+                self.consumer.position(tp),
+                exc,
+            )
 
     def _handle(self, polled: Polled) -> None:
         """One batch end to end; a retriable failure rewinds it and backs off."""
@@ -135,10 +183,13 @@ class Loop:
             return
         if not committed:
             self._seek_back(polled)  # read again by the partitions' next owner: counted then
+            self._redo = True
             return
+        self._redo = False
         seconds = self.clock() - started
         self.metrics.batch_committed(result.models, result.dead_letters, seconds)
         self.metrics.episodes_committed(result.episodes)
+        self.metrics.readings_committed(result.readings)
         self.metrics.shadow_committed(result.shadow)
         self.metrics.shadow_failures.inc(result.shadow_failures + lost)
         self.totals.add(len(result.scores), result.anomalies, result.dead_letters.total(), seconds)
@@ -180,6 +231,7 @@ class Loop:
     def _rewind(self, polled: Polled, exc: BatchError) -> None:
         """Re-read the failed batch after a backoff: at least once, never lost."""
         self._seek_back(polled)
+        self._redo = True
         self._failures += 1
         self._retry = str(exc)
         self.metrics.batch_retries.inc()
@@ -259,6 +311,8 @@ class Loop:
         log.warning("partitions lost partitions=%s", _describe(partitions) or "none")
 
     def _forget(self, partitions: set[Partition]) -> None:
+        self._paused -= set(partitions)  # paused no more if they come back: tried again then
+        self.metrics.partitions_paused.set(len(self._paused))
         self.pipeline.forget(tp.partition for tp in partitions)  # restored again if they return
         self._assigned = None  # until the group's next assignment
         self.metrics.assigned_partitions.set(0)

@@ -1,0 +1,124 @@
+"""`faultwatch label`: an operator's word on an episode, as a record of the control topic.
+
+Episodes are found where every one of them is kept: the events topic (FAULTWATCH_EVENTS_TOPIC,
+episode events: an `opened` event names each episode once it opens); the state topic only
+holds open ones. A label is `{"kind": "label", "episode_id", "machine_id", "label", "code",
+"note", "by", "at"}` keyed by the machine id (DESIGN.md, Labels); labelling an episode again
+is harmless: the last label of an episode stands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from cli.episodes import _check_topics, _send, _settings
+from cli.replay import TopicRange
+from cli.topic_windows import read_topic
+from model.errors import FaultwatchError
+from model.recording import format_time, to_rfc3339
+from model.retraining import LABELS, HistoryEpisode
+from worker.settings import Settings
+
+
+def label_command(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.code is not None and args.label != "fault":
+        raise FaultwatchError("--code names a fault: use it with --as fault")
+    _check_topics(settings, [settings.events_topic, settings.control_topic])
+    machine = find_episode(settings, args.episode_id)
+    document = {
+        "kind": "label",
+        "episode_id": args.episode_id,
+        "machine_id": machine,
+        "label": args.label,
+        "code": args.code,
+        "note": args.note or "",
+        "by": args.by or _user(),
+        "at": format_time(datetime.now(UTC).replace(microsecond=0)),
+    }
+    _send(settings, machine.encode(), json.dumps(document).encode())
+    code = f" (code {args.code})" if args.code else ""
+    print(f"episode {args.episode_id} of {machine} labelled {args.label}{code}")
+    return 0
+
+
+def find_episode(settings: Settings, episode: str) -> str:
+    """The machine of `episode` in the events topic; FaultwatchError when no event names it."""
+    needle = episode.encode()
+    for record in read_topic(settings, settings.events_topic, TopicRange()):
+        if record.value is None or needle not in record.value:
+            continue  # most records: no need to parse them
+        event = _json(record.value)
+        machine = event.get("machine_id") if event else None
+        if event and event.get("episode_id") == episode and isinstance(machine, str):
+            return machine
+    raise FaultwatchError(
+        f"no episode {episode} in {settings.events_topic}: see `faultwatch episodes` for the "
+        "open ones, or the events topic for the others"
+    )
+
+
+def parse_label(value: bytes | None) -> dict[str, Any] | None:
+    """A control record's label, or None when the record is something else (a mute)."""
+    document = _json(value)
+    if not document or document.get("kind") != "label":
+        return None
+    if document.get("label") not in LABELS or not isinstance(document.get("episode_id"), str):
+        return None
+    return document
+
+
+def history(events: Iterable[Any], control: Iterable[Any]) -> list[HistoryEpisode]:
+    """The episodes of the events topic, each with the last label the control topic gives it."""
+    spans: dict[str, list[Any]] = {}  # id -> [machine, start, end]
+    for record in events:
+        event = _json(record.value)
+        try:
+            if not event or event.get("kind") not in ("opened", "updated", "closed"):
+                continue
+            span = spans.setdefault(
+                event["episode_id"],
+                [event["machine_id"], _seconds(event["started_at"]), math.inf],
+            )
+            if event["kind"] == "closed" and event.get("ended_at"):
+                span[2] = _seconds(event["ended_at"])
+        except (KeyError, TypeError, ValueError):
+            continue  # not an episode event of faultwatch's
+    labels: dict[str, dict[str, Any]] = {}
+    for record in control:
+        label = parse_label(record.value)
+        if label is not None:
+            labels[label["episode_id"]] = label  # the last one stands
+    found = []
+    for episode, (machine, start, end) in spans.items():
+        label = labels.get(episode, {})
+        found.append(
+            HistoryEpisode(episode, machine, start, end, label.get("label"), label.get("code"))
+        )
+    return sorted(found, key=lambda e: (e.machine_id, e.start))
+
+
+def _json(value: bytes | None) -> dict[str, Any] | None:
+    try:
+        document = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _seconds(timestamp: str | float) -> float:
+    text = timestamp if isinstance(timestamp, str) else repr(timestamp)
+    return datetime.fromisoformat(to_rfc3339(text)).timestamp()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        return "unknown"
