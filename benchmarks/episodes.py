@@ -60,6 +60,8 @@ class ScoredRun:
     threshold: float
     channels: list[str]
     from_row: int
+    interval: float | None = None  # the model's sampling interval
+    typical: float | None = None  # the model's typical normal score (baselines)
 
     @property
     def row_seconds(self) -> float:
@@ -110,6 +112,8 @@ def score_run(name: str, scorer: Scorer, recording: Recording, labels, from_row:
         scorer.threshold,
         list(scorer.channels),
         from_row,
+        scorer.interval,
+        scorer.typical,
     )
 
 
@@ -155,7 +159,24 @@ def episodes_of(run: ScoredRun, config: EpisodeConfig) -> list[EpisodeRow]:
         run.channel_share,
         run.channels,
         config,
+        interval=run.interval,
+        typical=run.typical,
     )
+
+
+def recoveries(run: ScoredRun, config: EpisodeConfig) -> list[tuple[float | None, float]]:
+    """Per labelled anomaly with an episode open at its last row: (seconds from that row to
+    the episode's `closed`, or None when still open at the end; seconds of recording left)."""
+    found = episodes_of(run, config)
+    out = []
+    for _, last in intervals(run.labels, run.from_row):
+        left = float(run.times[-1] - run.times[last])
+        for e in found:
+            if e.opened_row <= last and (e.closed_row is None or e.closed_row > last):
+                closed = None if e.closed_row is None else run.times[e.closed_row] - run.times[last]
+                out.append((None if closed is None else float(closed), left))
+                break
+    return out
 
 
 def intervals(labels: np.ndarray, from_row: int) -> list[tuple[int, int]]:

@@ -29,6 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import episodes  # noqa: E402
+import nab  # noqa: E402
+import plant  # noqa: E402
 from evaluation import (  # noqa: E402
     TEP_HIDDEN,
     Entry,
@@ -152,13 +154,25 @@ def episode_lines(row: Row, files: list[Path], tep: Path) -> str:
     tep_runs = episodes.tep_runs(tep, row.tep.monitor.scorer)
     skab = [episodes.evaluate(run, config) for run in skab_runs]
     tep_all = [episodes.evaluate(run, config) for run in tep_runs]
+    back = [r for run in skab_runs for r in episodes.recoveries(run, config)]
+    closed = sorted(r for r, _ in back if r is not None)
+    left = [x for _, x in back]
+    recovery = (
+        f"  SKAB valve1 recovery (labelled fault end to closed): {len(closed)} of {len(back)} "
+        f"episodes open at a fault's end close before their file ends"
+        + (f" (median {np.median(closed):.0f} s)" if closed else "")
+        + (f"; the files end {min(left):.0f}-{max(left):.0f} s after the fault" if left else "")
+    )
     return "\n".join(
         [
-            f"episodes of {row.entry.name} at open {config.open_seconds:g} s, clear "
-            f"{config.clear_seconds:g} s below {config.clear_ratio:g} x threshold:",
+            f"episodes of {row.entry.name} at open {config.open_seconds:g} s and "
+            f"{config.open_windows} windows, clear {config.clear_seconds:g} s and "
+            f"{config.clear_windows} windows below {config.clear_ratio:g} x threshold, settle "
+            f"{config.settle_seconds:g} s, baseline time constant {config.adapt_seconds:g} s:",
             f"  SKAB valve1   {episodes.describe(episodes.summarise(skab), 1.0)}",
             f"  TEP (18 faults, normal-test) "
             f"{episodes.describe(episodes.summarise(episodes.visible_faults(tep_all)), 180.0)}",
+            recovery,
         ]
     )
 
@@ -174,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         + " (default: all)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--no-new-sets", action="store_true", help="without the NAB and simulated-plant tables"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     entries = ENTRIES
@@ -205,6 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     if rows[0].entry is ENTRIES[0]:
         print(f"\ntargets for the default: {targets(rows[0])}")
         print(f"\n{episode_lines(rows[0], files, tep)}")
+        if not args.no_new_sets:
+            started_sets = time.monotonic()
+            folder = nab.data_dir("FAULTWATCH_NAB_DIR", "nab")
+            if (folder / "windows.json").is_file():
+                nab_table = nab.table(nab.run_nab(folder))
+                print(f"\nNAB, the default with episodes as detections:\n\n{nab_table}")
+            else:
+                print(f"\nNAB skipped: no data at {folder} ({nab.NAB_WHERE})")
+            print(f"\nthe simulated plant, the default:\n\n{plant.table(plant.run_plant())}")
+            print(f"({time.monotonic() - started_sets:.0f} s for NAB and the plant)")
         old = next((r for r in rows if r.entry is OLD), None)
         if old is not None:
             new_rate, old_rate = scoring_rates(

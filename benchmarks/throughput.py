@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,7 @@ from model.scoring import Scorer  # noqa: E402
 from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
 from worker.control import MuteTable  # noqa: E402
-from worker.inputs.assembler import Machine, Rules  # noqa: E402
+from worker.inputs.assembler import Grid, Machine, Rules  # noqa: E402
 from worker.inputs.family import AssemblyFamily  # noqa: E402
 from worker.inputs.stage import ReadingStage  # noqa: E402
 from worker.kafka import confluent  # noqa: E402
@@ -234,9 +234,10 @@ RAW_CONSUME = {"kafka-python": raw_consume, "confluent": raw_consume_confluent}
 
 def in_process(
     scorer: Scorer, records: list[tuple[bytes, bytes]], settings: Settings, repeat: int = 3
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
     """Windows/s of decoding, of scoring and of the whole batch logic, in poll-sized batches,
-    with one event per anomalous window and with episodes (state records included).
+    with one event per anomalous window, with episodes (state records included) and with
+    episodes whose baselines do not adapt (FAULTWATCH_ADAPT_SECONDS=0: the baselines' cost).
 
     Each is the best of `repeat` passes: on a shared machine, the least disturbed one.
     """
@@ -244,6 +245,9 @@ def in_process(
     pipeline = pipeline_for(scorer, settings)
     state = EpisodeState(settings.episode_config(), "in", "bench", lambda partitions: {})
     episodes = pipeline_for(scorer, settings, Episodes(state, MuteTable()))
+    fixed_config = replace(settings.episode_config(), adapt_seconds=0.0)
+    fixed_state = EpisodeState(fixed_config, "in", "bench", lambda partitions: {})
+    fixed = pipeline_for(scorer, settings, Episodes(fixed_state, MuteTable()))
     size = settings.max_poll_records
     batches = [
         [Record("in", 0, i + j, key, value) for j, (key, value) in enumerate(records[i : i + size])]
@@ -267,16 +271,17 @@ def in_process(
     score = rate(lambda i: scorer.score(decoded[i].windows))
     # The two batch logics in turns, batch by batch, so a busy neighbour slows both alike;
     # episodes start each pass from no state (each pass is a new run over the same offsets).
-    spent = [0.0, 0.0]
+    spent = [0.0, 0.0, 0.0]
     for _ in range(repeat):
         state.forget([0])
+        fixed_state.forget([0])
         for i in range(len(batches)):
-            for k, logic in enumerate((pipeline, episodes)):
+            for k, logic in enumerate((pipeline, episodes, fixed)):
                 started = time.process_time()
                 logic.process(batches[i])
                 spent[k] += time.process_time() - started
-    process, with_episodes = (repeat * len(records) / t for t in spent)
-    return decode, score, process, with_episodes
+    process, with_episodes, without_baselines = (repeat * len(records) / t for t in spent)
+    return decode, score, process, with_episodes, without_baselines
 
 
 def in_process_readings(
@@ -320,21 +325,18 @@ def assembly_memory_mb(machines: int, window: int) -> float:
     grace's open buckets, last values), as the worker holds it between batches."""
     channels = list(CHANNELS)
     step, grace = 1_000_000, 5
-    template = Machine.from_dict(
-        {
-            "grid": [channels, window, step],
-            "latest": 1_700_000_000 * step,
-            "closed": 1_699_999_994,
-            "ahead": None,
-            "open": {
-                str(1_699_999_995 + i): [[1.0 + i] * len(channels), [0] * len(channels)]
-                for i in range(grace + 1)
-            },
-            "last_value": [1.0] * len(channels),
-            "last_bucket": [1_699_999_994] * len(channels),
-            "rows": [[1.0 + r] * len(channels) for r in range(window - 1)],
-            "last_window": 1_699_999_994,
-        }
+    template = Machine(
+        Grid(tuple(channels), window, step),
+        latest=1_700_000_000 * step,
+        closed=1_699_999_994,
+        open={
+            1_699_999_995 + i: ([1.0 + i] * len(channels), [0] * len(channels))
+            for i in range(grace + 1)
+        },
+        last_value=[1.0] * len(channels),
+        last_bucket=[1_699_999_994] * len(channels),
+        rows=np.arange((window - 1) * len(channels), dtype=np.float64).reshape(window - 1, -1),
+        last_window=1_699_999_994,
     )
     doc = template.to_dict()
     gc.collect()
@@ -766,7 +768,7 @@ def main() -> int:
                 )
                 c.consume_decode = max(c.consume_decode, run, key=lambda run: run.rate)
         say("2. in-process decode and score")
-        r.decode, r.score, r.compute, r.compute_episodes = in_process(
+        r.decode, r.score, r.compute, r.compute_episodes, r.compute_fixed = in_process(
             scorer, records[:10_000], settings
         )
         states = iter(state_topics)
@@ -954,6 +956,7 @@ class Results:
     score: float = 0.0
     compute: float = 0.0
     compute_episodes: float = 0.0
+    compute_fixed: float = 0.0  # episodes without baseline adaptation
     two: Run | None = None
     broker_latency: Latency | None = None  # records through the broker alone
     readings: dict[str, ReadingsRun] = field(default_factory=dict)  # 7. samples, tags
@@ -1031,6 +1034,13 @@ def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> Non
             _rate_of(r.compute_episodes),
             f"{1e6 / r.compute_episodes:.1f} us",
             f"the episode stage: rate {r.compute_episodes / r.compute - 1:+.1%}",
+        ),
+        (
+            "2. the same, baselines not adapting",
+            _rate_of(r.compute_fixed),
+            f"{1e6 / r.compute_fixed:.1f} us",
+            f"FAULTWATCH_ADAPT_SECONDS=0: the baselines cost "
+            f"{r.compute_fixed / r.compute_episodes - 1:+.1%} of the rate",
         ),
         ("4. produce-to-consume, broker alone", _ms(r.broker_latency), "", "one hop"),
     ]

@@ -63,6 +63,8 @@ def score_episodes(
         scorer.channels,
         config,
         leading_detectors(scores),
+        interval=scorer.interval,
+        typical=scorer.typical,
     )
     write_episodes(args.episodes, episodes)
     still = sum(1 for e in episodes if e.closed_row is None)

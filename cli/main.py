@@ -15,7 +15,7 @@ from model.detectors import DETECTORS
 from model.errors import FaultwatchError
 from model.networks import ARCHITECTURES
 from model.retraining import LABELS
-from model.simulator import FAULTS
+from model.simulator import FAULTS, SCENARIOS
 from model.training import TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -128,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--fault", choices=FAULTS, default=None, help="inject a fault half-way")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--plant",
+        choices=SCENARIOS,
+        default=None,
+        help="weeks of a plant instead, a row a minute: every nuisance (drift, daily cycles, "
+        "load changes, a restart, dropouts) and, but for `normal`, a labelled fault from day 9",
+    )
+    p.add_argument("--days", type=float, default=14.0, help="with --plant (default 14)")
     p.set_defaults(handler=_offline("simulate_command"))
 
     _add_kafka_commands(commands)

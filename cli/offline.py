@@ -16,7 +16,7 @@ from model.errors import FaultwatchError
 from model.preprocessing import PreprocessConfig
 from model.recording import Recording, read_recording
 from model.scoring import Scorer
-from model.simulator import simulate, write_csv
+from model.simulator import simulate, simulate_plant, write_csv
 from model.training import TrainConfig, TrainResult, summary, train
 
 DEFAULTS = TrainConfig()
@@ -148,6 +148,8 @@ def score_command(args: argparse.Namespace) -> int:
 
 
 def simulate_command(args: argparse.Namespace) -> int:
+    if getattr(args, "plant", None):
+        return _simulate_plant(args)
     rows = int(args.minutes * 60)
     if rows < 1:
         raise FaultwatchError("--minutes must give at least one sample (1 per second)")
@@ -156,6 +158,24 @@ def simulate_command(args: argparse.Namespace) -> int:
     print(
         f"{rows} rows of {len(run.channels)} channels written to {args.out}"
         + (f" ({args.fault} from row {rows // 2})" if args.fault else "")
+    )
+    return 0
+
+
+def _simulate_plant(args: argparse.Namespace) -> int:
+    """`simulate --plant`: weeks of one machine with its nuisances and, maybe, a fault."""
+    if args.fault:
+        raise FaultwatchError("--fault is for the pump-line run; --plant names its own fault")
+    if args.days * 1440 < 1:
+        raise FaultwatchError("--days must give at least one row (1 a minute)")
+    plant = simulate_plant(args.days, seed=args.seed, scenario=args.plant)
+    write_csv(plant.run, args.out)
+    what = ""
+    if plant.fault is not None and plant.fault[0] < len(plant.run.labels):
+        what = f" ({args.plant} labelled rows {plant.fault[0]}-{plant.fault[1] - 1})"
+    print(
+        f"{len(plant.run.labels)} rows of {len(plant.run.channels)} channels, a row every "
+        f"{plant.interval:g} s, written to {args.out}{what}; train on the first two days"
     )
     return 0
 

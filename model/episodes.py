@@ -2,15 +2,31 @@
 
 Per machine: normal -> pending -> open -> normal. The first anomalous window (score above
 the threshold) starts a pending episode; it opens once the windows have stayed anomalous for
-`open_seconds` (0: at once) and closes once the scores have stayed below `clear_ratio` x
-threshold for `clear_seconds` (hysteresis: scores between the two hold it open). While open,
-an `updated` follows at most every `update_seconds`, only when the peak rose. A machine whose
-partition's clock (its newest window time) runs `silent_seconds` past the machine's last
-window closes `silent`; a muted machine's episode closes `muted` and none opens.
+`open_seconds` and `open_windows` windows, and closes once the scores have stayed below
+`clear_ratio` x threshold for `clear_seconds` and `clear_windows` windows (hysteresis: scores
+between the two hold it open). While open, an `updated` follows at most every
+`update_seconds`, only when the peak rose. A machine whose partition's clock (its newest
+window time) runs max(`silent_seconds`, `silent_windows` x the machine's sampling interval)
+past where it stood when the machine's last window came closes `silent`; a muted machine's
+episode closes `muted` and none opens. The window counts make every rule hold at any sampling
+rate: 30 seconds is 30 windows of 1-second data but less than one of 5-minute data, where the
+count decides.
+
+Drift and recovery (model/baseline.py): each machine's scores are divided by its baseline's
+factor, which follows the machine's normal score level slowly (`adapt_seconds`), never inside
+a pending or open episode. Settle rule: an open episode whose scores have stayed within a
+band of x1.5 for `settle_seconds` and `clear_windows` windows has a machine that runs steadily
+again, at a level of its own: the baseline takes that level as normal (within `adapt_max`),
+and the episode then clears by the clear rule. `settle_seconds` is the knob between quick
+recovery (short) and not learning a steady fault as normal (long; 0: never).
 
 Time is the windows' own timestamps: the same windows in the same order give the same events,
 at any replay speed. A window older than its machine's newest one (late, out of order) is
-scored but changes nothing here: the episode already moved past it.
+scored but changes nothing here: the episode already moved past it. A window older by more
+than the tracker's horizon (the longest rule, in seconds and in windows of the model's
+sampling interval, at least RESET_FLOOR) is the
+machine's clock set back: its episode closes `reset` and the machine starts afresh. The worker
+may move a partition's clock on without windows (`idle`: an idle partition, by processing time).
 
 One `Tracker` holds the machines of one input partition (the worker) or one recording
 (`faultwatch score --episodes`); the same code serves both, with no Kafka.
@@ -27,9 +43,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from model.baseline import MARGIN, Baseline
+
 Kind = Literal["opened", "updated", "closed"]
-CloseReason = Literal["cleared", "silent", "muted"]
-CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted")
+CloseReason = Literal["cleared", "silent", "muted", "reset"]
+CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted", "reset")
+RESET_FLOOR = 300.0  # seconds: a machine's clock set back by more than this (and than every
+# rule's span) is a reset, not a late window
+MAX_MACHINES = 100_000  # newest window times remembered per tracker; then the oldest go
 DIGITS = 6  # significant digits of event floats: a re-scored window gives the same bytes
 
 
@@ -42,6 +63,17 @@ class EpisodeConfig:
     clear_ratio: float = 0.8
     update_seconds: float = 60.0
     silent_seconds: float = 600.0  # 0: never close for silence
+    # Counts of windows each rule needs as well, whatever the sampling rate (one window per
+    # sample: the worker slides its windows by one).
+    open_windows: int = 6
+    clear_windows: int = 10
+    silent_windows: int = 5  # x the machine's sampling interval
+    settle_seconds: float = 7200.0  # steady this long in an open episode: re-based (0: never)
+    adapt_seconds: float = 86400.0  # the baseline's time constant (0: no adaptation)
+    adapt_max: float = 4.0  # the baseline divides scores by at most this
+
+
+SETTLE_BAND = 1.5  # scores within this ratio of each other count as steady
 
 
 def episode_id(machine_id: str, started_at: str) -> str:
@@ -62,6 +94,8 @@ class Episode:
         "machine_id", "id", "phase", "started", "started_at", "opened_at", "windows",
         "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
         "reported_peak", "reported", "clear_since", "clear_at", "versions", "peak_ratios",
+        "step", "clear_count", "band_since", "band_low", "band_high", "band_count",
+        "heard",
     )  # fmt: skip
 
     def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
@@ -79,6 +113,12 @@ class Episode:
         self.clear_at: str | None = None
         self.versions: list[str] = []  # the models that scored its windows, oldest first
         self.peak_ratios: dict[str, float] = {}  # detector -> its ratio at the peak
+        self.step: float | None = None  # the machine's sampling interval, when known
+        self.clear_count = 0  # windows since clear_since
+        self.band_since: float | None = None  # the settle rule's steady stretch
+        self.band_low = self.band_high = 0.0
+        self.band_count = 0
+        self.heard = time  # the partition's clock when its machine's last window came
 
     def copy(self) -> Episode:
         twin = Episode.__new__(Episode)
@@ -107,6 +147,9 @@ class Episode:
         # Saved before a model could change under an open episode: none recorded.
         episode.versions = list(data.get("versions", []))
         episode.peak_ratios = dict(data.get("peak_ratios", {}))
+        for name, value in LATER_DEFAULTS.items():
+            setattr(episode, name, data.get(name, value))
+        episode.heard = data.get("heard", episode.last)
         episode.peak_score = _infinite(data["peak_score"])
         episode.reported_peak = _infinite(data["reported_peak"])
         episode.weights = dict(data["weights"])
@@ -133,7 +176,17 @@ class Episode:
 
 Shares = Callable[[], Sequence[tuple[str, float]]]  # a window's (channel, share), computed lazily
 Ratios = Callable[[], dict[str, float]]  # a window's ratio per detector, computed lazily
-LATER_FIELDS = ("versions", "peak_ratios")  # absent from state saved by earlier versions
+# Absent from state saved by earlier versions: their defaults.
+LATER_DEFAULTS: dict[str, Any] = {
+    "step": None,
+    "clear_count": 0,
+    "band_since": None,
+    "band_low": 0.0,
+    "band_high": 0.0,
+    "band_count": 0,
+}
+# `heard` too: saved without it, an episode was last heard at its last window
+LATER_FIELDS = ("versions", "peak_ratios", "heard", *LATER_DEFAULTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,22 +206,55 @@ class Tracker:
         self.config = config
         self.top_n = top_channels
         self.episodes: dict[str, Episode] = {}  # pending and open, by machine
+        self.baselines: dict[str, Baseline] = {}  # every machine's adapted normal
         self.seen: dict[str, float] = {}  # every machine's newest window time
         self.clock = -math.inf  # the newest window time of any machine
         self.late = 0  # windows older than their machine's newest, since the last take_late
+        self.resets: list[tuple[str, float, float]] = []  # (machine, newest, then), since taken
+        # A machine's clock set back further than every rule looks is a reset; machines quiet
+        # that long are forgotten (their next window starts afresh, as after a reset).
+        self.reset_seconds = max(
+            RESET_FLOOR,
+            config.open_seconds,
+            config.clear_seconds,
+            config.update_seconds,
+            config.silent_seconds,
+        )
+        self.max_machines = MAX_MACHINES
         self._next_scan = math.inf
         self._touched: set[str] = set()  # machines whose episode the batch may have changed
         self._observed: set[str] = set()  # machines whose newest window time the batch moved
+        self._adapted: set[str] = set()  # machines whose baseline the batch changed
+        self._due: set[str] = set()  # ... and moved far enough to be written to the changelog
 
     # --- batches: what changed, and loading it back (the undo is the worker's state store)
 
     def begin(self) -> None:
         """Start a batch: `changed` reports what follows."""
         self._touched, self._observed = set(), set()
+        self._adapted, self._due = set(), set()
 
     def changed(self) -> tuple[set[str], set[str]]:
         """(machines whose episode the batch may have changed, machines it saw a window of)."""
         return self._touched, self._observed
+
+    def adapted(self) -> tuple[set[str], set[str]]:
+        """(machines whose baseline the batch changed, those of them to write to the
+        changelog: moved 5 % since last written, or re-based)."""
+        return self._adapted, self._due
+
+    def written(self, machine: str) -> None:
+        """The machine's baseline as it is now is in the changelog."""
+        baseline = self.baselines.get(machine)
+        if baseline is not None:
+            baseline.saved_level = baseline.level
+
+    def load_baseline(self, machine: str, data: dict[str, Any] | None) -> None:
+        """Put one machine's baseline back as it was (a batch undone, or a restore)."""
+        if data is None:
+            self.baselines.pop(machine, None)
+        else:
+            self.baselines[machine] = Baseline.from_dict(data, self.config.adapt_max)
 
     def load(self, machine: str, episode: Episode | None, seen: float | None) -> None:
         """Put one machine back as it was (a batch undone): its episode and newest window time."""
@@ -182,10 +268,17 @@ class Tracker:
             self.seen[machine] = seen
         self._next_scan = -math.inf  # rescan at the next window
 
-    def restore(self, episodes: Sequence[Episode], clock: float) -> None:
-        """Start from saved episodes and the partition's clock (the state topic's records)."""
+    def restore(
+        self,
+        episodes: Sequence[Episode],
+        clock: float,
+        baselines: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Start from saved episodes, baselines and the partition's clock (the state topic)."""
         self.episodes = {e.machine_id: e for e in episodes}
         self.seen = {e.machine_id: e.last for e in episodes}
+        cap = self.config.adapt_max
+        self.baselines = {m: Baseline.from_dict(b, cap) for m, b in (baselines or {}).items()}
         self.clock = clock
         self._next_scan = -math.inf
         self.begin()
@@ -205,64 +298,110 @@ class Tracker:
         muted: bool = False,
         version: str = "",
         ratios: Ratios | None = None,
+        interval: float | None = None,
+        typical: float | None = None,
     ) -> list[dict[str, Any]]:
         """One scored window, in its partition's order; returns the events it causes.
 
         `version`: the model that scored it (an episode lives on across a model change and
-        lists every version that scored it); `ratios`: its detectors' ratios, kept at the peak.
+        lists every version that scored it); `ratios`: its detectors' ratios, kept at the peak;
+        `interval`: the model's sampling interval (None: the machine's last step); `typical`:
+        the model's typical normal score (None: no baseline adaptation for this window).
         """
         seen = self.seen.get(machine)
+        events: list[dict[str, Any]] = []
         if seen is not None and time < seen:
-            self.late += 1  # out of order: the machine's episode has moved past it
-            return []
+            if seen - time <= self._horizon(interval):
+                self.late += 1  # out of order: the machine's episode has moved past it
+                return []
+            events += self._reset(machine, seen, Cause(time, timestamp, threshold, source))
+        elif seen is None and len(self.seen) >= self.max_machines:
+            self._prune(self.max_machines // 2)
         self._observed.add(machine)
         self.seen[machine] = time
-        events: list[dict[str, Any]] = []
         if time > self.clock:
-            self.clock = time
-            if time >= self._next_scan:
-                events += self._close_silent(Cause(time, timestamp, threshold, source))
+            events += self._advance(time, Cause(time, timestamp, threshold, source))
+        config = self.config
+        raw, baseline, step = score, None, 0.0
+        if typical is not None and config.adapt_seconds > 0:
+            baseline = self._baseline(machine, time, typical)
+            recent = max(config.settle_seconds, config.clear_seconds) / 4
+            step = baseline.watch(time, raw, typical, max(recent, 1e-9))
+            score = raw / baseline.factor  # what the rules compare with the threshold
         episode = self.episodes.get(machine)
         if episode is None:
             if score <= threshold or muted:
-                return events  # the common case: a normal window of a normal machine
+                # the common case: a normal window of a normal machine, its baseline learns
+                if baseline is not None and not muted:
+                    if baseline.learn(step, raw, config.adapt_seconds, config.adapt_max):
+                        self._due.add(machine)
+                return events
             self._touch(machine)
             episode = self.episodes[machine] = Episode(machine, time, timestamp)
-            self._schedule(time)
         else:
             self._touch(machine)
-        episode.last, episode.last_at, episode.score = time, timestamp, score
+        if interval is not None and interval > 0:
+            episode.step = interval
+        elif seen is not None and time > seen:
+            episode.step = time - seen
+        episode.heard = self.clock
+        if episode.windows == 0:
+            self._schedule(episode)
+        episode.last, episode.last_at, episode.score = time, timestamp, raw
         if version and version not in episode.versions:
             episode.versions.append(version)
         cause = Cause(time, timestamp, threshold, source)
         if muted:
             return events + self._end(episode, "muted", time, timestamp, cause)
-        if score > threshold:
-            episode.add(timestamp, score, shares, detector, ratios)
+        if baseline is not None and episode.phase == "open" and config.settle_seconds > 0:
+            score = self._settle(episode, baseline, time, raw, threshold)
+        if score > threshold:  # events report the model's own scores: `raw`
+            episode.add(timestamp, raw, shares, detector, ratios)
             episode.clear_since = episode.clear_at = None
-            if episode.phase == "pending" and time - episode.started >= self.config.open_seconds:
+            episode.clear_count = 0
+            if (
+                episode.phase == "pending"
+                and time - episode.started >= config.open_seconds
+                and episode.windows >= config.open_windows
+            ):
                 episode.phase, episode.opened_at = "open", timestamp
                 episode.reported_peak, episode.reported = episode.peak_score, time
                 return events + [self._event("opened", episode, cause)]
         elif episode.phase == "pending":  # not anomalous for long enough: no episode
             del self.episodes[machine]
             return events
-        elif score < self.config.clear_ratio * threshold:
+        elif score < config.clear_ratio * threshold:
             if episode.clear_since is None:
-                episode.clear_since, episode.clear_at = time, timestamp
-            if time - episode.clear_since >= self.config.clear_seconds:
+                episode.clear_since, episode.clear_at, episode.clear_count = time, timestamp, 0
+            episode.clear_count += 1
+            if (
+                time - episode.clear_since >= config.clear_seconds
+                and episode.clear_count >= config.clear_windows
+            ):
                 since, at = episode.clear_since, episode.clear_at or timestamp
                 return events + self._end(episode, "cleared", since, at, cause)
         else:  # between clear_ratio x threshold and the threshold: not clear yet
             episode.clear_since = episode.clear_at = None
+            episode.clear_count = 0
         if (
             episode.phase == "open"
             and episode.peak_score > episode.reported_peak
-            and time - episode.reported >= self.config.update_seconds
+            and time - episode.reported >= config.update_seconds
         ):
             episode.reported_peak, episode.reported = episode.peak_score, time
             events.append(self._event("updated", episode, cause))
         return events
+
+    def rebase(self, machine: str) -> bool:
+        """Take the machine's recent score level as its normal at once (an operator's
+        `new-normal`); False when it has no baseline (adaptation off, or never scored)."""
+        baseline = self.baselines.get(machine)
+        if baseline is None:
+            return False
+        baseline.rebase(self.config.adapt_max)
+        self._adapted.add(machine)
+        self._due.add(machine)
+        return True
 
     def close_muted(self, is_muted: Callable[[str], bool], cause: Cause) -> list[dict[str, Any]]:
         """Close the episodes of machines muted since their last window; `cause` is at hand.
@@ -276,8 +415,25 @@ class Tracker:
             events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
 
+    def due(self, to: float) -> bool:
+        """Whether moving the clock on to `to` may close an episode for silence."""
+        return to > self.clock and to >= self._next_scan
+
+    def idle(self, to: float, cause: Cause) -> list[dict[str, Any]]:
+        """The partition's clock moves on to `to` without a window (the worker's idle rule):
+        the episodes of machines silent since close. Nothing changes unless one is due."""
+        if not self.due(to):
+            return []
+        return self._advance(to, cause)
+
     def open_count(self) -> int:
         return sum(1 for e in self.episodes.values() if e.phase == "open")
+
+    def take_resets(self) -> list[tuple[str, float, float]]:
+        """(machine, its newest window time, the older one that came) of each reset since the
+        last call."""
+        resets, self.resets = self.resets, []
+        return resets
 
     def take_late(self) -> int:
         """Late windows since the last call."""
@@ -290,26 +446,114 @@ class Tracker:
         """The batch changes the machine's episode (the store saves it, and undoes it)."""
         self._touched.add(machine)
 
-    def _schedule(self, last: float) -> None:
-        silent = self.config.silent_seconds
-        if silent > 0:
-            self._next_scan = min(self._next_scan, last + silent)
+    def _baseline(self, machine: str, time: float, typical: float) -> Baseline:
+        """The machine's baseline (the batch changes it: the store keeps it, and undoes it)."""
+        self._adapted.add(machine)
+        baseline = self.baselines.get(machine)
+        if baseline is None:
+            baseline = self.baselines[machine] = Baseline(typical, time)
+        return baseline
 
-    def _close_silent(self, cause: Cause) -> list[dict[str, Any]]:
-        """Episodes of machines that sent nothing for silent_seconds of the partition's time."""
+    def _settle(
+        self, episode: Episode, baseline: Baseline, time: float, raw: float, threshold: float
+    ) -> float:
+        """The settle rule on an open episode's window; returns its adapted score, re-based
+        when the machine has run steadily for settle_seconds and the cap allows its level."""
+        score = raw / baseline.factor
+        low, high = min(episode.band_low, raw), max(episode.band_high, raw)
+        if episode.band_since is None or high > SETTLE_BAND * low:
+            episode.band_since, episode.band_low, episode.band_high = time, raw, raw
+            episode.band_count = 1
+            return score
+        episode.band_low, episode.band_high = low, high
+        episode.band_count += 1
+        config = self.config
+        if (
+            time - episode.band_since < config.settle_seconds
+            or episode.band_count < config.clear_windows
+        ):
+            return score
+        level = 0.5 * (math.log(max(low, 1e-6)) + math.log(max(high, 1e-6)))
+        factor = min(config.adapt_max, max(1.0, math.exp(level) / (MARGIN * baseline.typical)))
+        if high / factor >= config.clear_ratio * threshold:
+            return score  # too far from normal to be learned: it stays open
+        baseline.recent = level
+        baseline.rebase(config.adapt_max)
+        self._due.add(episode.machine_id)
+        episode.band_since = None
+        return raw / baseline.factor
+
+    def _silence(self, episode: Episode) -> float:
+        """How long the machine may send nothing: seconds, and windows of its interval."""
         silent = self.config.silent_seconds
         if silent <= 0:
+            return math.inf
+        if episode.step is not None:
+            return max(silent, self.config.silent_windows * episode.step)
+        return silent
+
+    def _schedule(self, episode: Episode) -> None:
+        self._next_scan = min(self._next_scan, episode.heard + self._silence(episode))
+
+    def _close_silent(self, cause: Cause) -> list[dict[str, Any]]:
+        """Episodes of machines that sent nothing for their silence of the partition's time."""
+        if self.config.silent_seconds <= 0:
             self._next_scan = math.inf
             return []
         events: list[dict[str, Any]] = []
-        quiet = sorted(m for m, e in self.episodes.items() if cause.time - e.last >= silent)
+        now = self.clock
+        quiet = sorted(m for m, e in self.episodes.items() if now - e.heard >= self._silence(e))
         for machine in quiet:
             self._touch(machine)
             episode = self.episodes[machine]
             events += self._end(episode, "silent", episode.last, episode.last_at, cause)
-        lasts = [e.last for e in self.episodes.values()]
-        self._next_scan = min(lasts) + silent if lasts else math.inf
+        ends = [e.heard + self._silence(e) for e in self.episodes.values()]
+        self._next_scan = min(ends) if ends else math.inf
         return events
+
+    def _advance(self, to: float, cause: Cause) -> list[dict[str, Any]]:
+        """The partition's clock moves on: silent machines close, quiet ones are forgotten (each
+        time it enters a new span of `reset_seconds`: a function of the clock alone, so a
+        redone batch prunes where its first attempt did)."""
+        crossed = to // self.reset_seconds > self.clock // self.reset_seconds
+        self.clock = to
+        events = self._close_silent(cause) if to >= self._next_scan else []
+        if crossed:
+            self._prune(self.max_machines)
+        return events
+
+    def _horizon(self, interval: float | None) -> float:
+        """How far back a machine's window may lie and still be late, not a reset: every rule's
+        span, in seconds and in windows of the model's sampling interval."""
+        if not interval or interval <= 0:
+            return self.reset_seconds
+        config = self.config
+        windows = max(config.open_windows, config.clear_windows, config.silent_windows)
+        return max(self.reset_seconds, windows * interval)
+
+    def _reset(self, machine: str, newest: float, cause: Cause) -> list[dict[str, Any]]:
+        """The machine's clock went back: its episode ends at its last window; it starts afresh."""
+        self.resets.append((machine, newest, cause.time))
+        self._observed.add(machine)
+        del self.seen[machine]
+        episode = self.episodes.get(machine)
+        if episode is None:
+            return []
+        self._touch(machine)
+        return self._end(episode, "reset", episode.last, episode.last_at, cause)
+
+    def _prune(self, keep: int) -> None:
+        """Forget the newest window times of machines quiet for `reset_seconds` of the
+        partition's time, then the oldest beyond `keep`; never a machine with an episode."""
+        horizon = self.clock - self.reset_seconds
+        episodes, seen = self.episodes, self.seen
+        quiet = [m for m, t in seen.items() if t < horizon and m not in episodes]
+        if len(seen) - len(quiet) > keep:
+            rest = sorted((t, m) for m, t in seen.items() if t >= horizon and m not in episodes)
+            quiet += [m for _, m in rest[: len(seen) - len(quiet) - keep]]
+        for machine in quiet:
+            del seen[machine]
+        self._observed.update(quiet)
 
     def _end(
         self, episode: Episode, reason: CloseReason, ended: float, ended_at: str, cause: Cause
@@ -413,11 +657,14 @@ def recording_episodes(
     config: EpisodeConfig,
     detectors: Sequence[str] | None = None,
     top_channels: int = 3,
+    interval: float | None = None,
+    typical: float | None = None,
 ) -> list[EpisodeRow]:
     """The episodes the worker would publish for one machine's windows, in order.
 
     `timestamps` are the windows' end times in RFC 3339 (as the worker's decoder writes them);
-    `scores` (B,) and `channel_share` (B, C) as `Scorer.score` gives them.
+    `scores` (B,) and `channel_share` (B, C) as `Scorer.score` gives them; `interval` and
+    `typical` as the worker passes them (Scorer.interval, Scorer.typical).
     """
     tracker = Tracker(config, top_channels)
     rows: dict[str, EpisodeRow] = {}
@@ -432,6 +679,8 @@ def recording_episodes(
             shares_of(channels, channel_share[j]),
             detector,
             {"row": int(row)},
+            interval=interval,
+            typical=typical,
         )
         for event in events:
             if event["kind"] == "opened":

@@ -145,6 +145,8 @@ def replay_spans(
         scores.channel_share[finite],
         scorer.channels,
         config,
+        interval=scorer.interval,
+        typical=scorer.typical,
     )
     spans = []
     for row in rows:

@@ -21,6 +21,7 @@ import torch
 
 from model import artifact as artifact_io
 from model.artifact import Artifact
+from model.baseline import typical_score
 from model.detectors import Batch
 from model.errors import DataError
 from model.preprocessing import model_input
@@ -84,6 +85,10 @@ class Scorer:
         self.detector_names = tuple(d.name for d in artifact.detectors)
         self.references = np.array([artifact.references[n] for n in self.detector_names])
         self.needs_network = any(d.needs_network for d in artifact.detectors)
+        # What the episode rules need of the model: its sampling interval (None in files from
+        # before it was stored) and the typical score of its normal windows (the baselines' unit).
+        self.interval = artifact.sampling_interval
+        self.typical = typical_score(artifact.score_quantiles)
 
     @classmethod
     def load(cls, path: str | Path) -> Scorer:

@@ -299,3 +299,14 @@ def test_a_negative_offset_is_a_usage_error_before_any_broker_is_asked(capsys, c
     with pytest.raises(SystemExit) as stopped:
         main([*command, flag, "-1"])
     assert stopped.value.code == 2 and "must be an offset, 0 or more" in capsys.readouterr().err
+
+
+def test_simulate_plant_writes_weeks_with_a_labelled_fault(tmp_path, capsys):
+    from model.recording import read_recording
+
+    out = tmp_path / "plant.csv"
+    assert main(["simulate", "--plant", "stuck_flow", "--days", "10", "--out", str(out)]) == 0
+    assert "stuck_flow labelled rows 13680-14039" in capsys.readouterr().out
+    recording = read_recording(out, label_column="anomaly")
+    assert len(recording) == 14400 and recording.interval() == 60.0
+    assert int(recording.labels.sum()) == 360

@@ -12,8 +12,9 @@ from model.episodes import Episode, EpisodeConfig, Tracker, episode_id
 T0 = 1_700_000_000.0
 THRESHOLD = 2.0
 CONFIG = EpisodeConfig(
-    open_seconds=0, clear_seconds=10, clear_ratio=1.0, update_seconds=30, silent_seconds=100
-)
+    open_seconds=0, clear_seconds=10, clear_ratio=1.0, update_seconds=30, silent_seconds=100,
+    open_windows=1, clear_windows=1, silent_windows=1,
+)  # fmt: skip
 
 
 def stamp(t: float) -> str:
@@ -222,3 +223,19 @@ def test_silent_seconds_0_never_closes_for_silence(silent):
     feed(0, 3.0, "m1")
     assert feed(10**6, 1.0, "m2") == []
     assert "m1" in feed.tracker.episodes
+
+
+def test_the_newest_window_times_are_bounded_and_pruned_by_data_time():
+    """A gateway that puts a sequence number in machine_id: one new machine per window."""
+    feed = Feed()
+    feed.tracker.max_machines = 100
+    for t in range(1000):
+        feed(t * 0.01, 1.0, machine=f"m{t}")  # ten seconds of data time: only the bound helps
+    assert len(feed.tracker.seen) <= 100
+    (opened,) = feed(10, 3.0, machine="open")
+    for t in range(1000):
+        feed(10 + t * 0.01, 1.0, machine=f"n{t}")
+    assert "open" in feed.tracker.seen  # a machine with an episode is never forgotten
+    (closed,) = feed(30 + 2 * feed.tracker.reset_seconds, 1.0, machine="late-comer")
+    assert closed["close_reason"] == "silent"  # then "open" is one more quiet machine
+    assert set(feed.tracker.seen) == {"late-comer"}  # pruned by data time

@@ -47,8 +47,10 @@ EPISODE_ENV = {  # FAULTWATCH_EPISODE_*: 1 window a second
     "episode_clear_ratio": 1.0,
     "episode_update_seconds": 30,
     "episode_silent_seconds": 600,
+    "episode_open_windows": 1,
+    "episode_clear_windows": 1,
 }
-CONFIG = EpisodeConfig(0, 5, 1.0, 30, 600)
+CONFIG = EpisodeConfig(0, 5, 1.0, 30, 600, open_windows=1, clear_windows=1)
 T0 = 1_700_000_000
 
 

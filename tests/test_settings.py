@@ -250,3 +250,10 @@ def test_confluent_without_its_library_says_what_to_install(monkeypatch):
         "FAULTWATCH_KAFKA_CLIENT: confluent needs the confluent-kafka package: "
         "pip install 'faultwatch[rdkafka]'"
     )
+
+
+def test_the_start_line_says_what_the_input_is(monkeypatch):
+    assert "input_format=windows" in settings_io.load().summary()
+    monkeypatch.setenv("FAULTWATCH_INPUT_FORMAT", "tags")
+    line = settings_io.load().summary()
+    assert "input_format=tags grace=5s fill_limit=5 max_future=120s" in line

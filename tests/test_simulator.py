@@ -26,3 +26,18 @@ def test_written_csv_reads_back_as_a_recording(tmp_path):
     recording = read_recording(write_csv(run, tmp_path / "run.csv"))
     assert recording.channels == CHANNELS
     assert np.allclose(recording.values, run.values, rtol=1e-5)
+
+
+def test_the_plant_labels_its_fault_only_and_keeps_its_nuisances_unlabelled():
+    from model.simulator import simulate_plant
+
+    normal = simulate_plant(14, seed=3)
+    assert normal.run.labels.sum() == 0 and normal.fault is None
+    assert np.isnan(normal.run.values).any()  # the maintenance stop and dropouts: no readings
+    assert "maintenance stop and restart" in normal.nuisances
+    worn = simulate_plant(14, seed=3, scenario="bearing_wear")
+    a, b = worn.fault
+    assert worn.run.labels[a:b].all() and worn.run.labels.sum() == b - a
+    same = np.isfinite(normal.run.values[:a]) & np.isfinite(worn.run.values[:a])
+    assert np.array_equal(normal.run.values[:a][same], worn.run.values[:a][same])
+    assert worn.run.values[b - 1, 0] > normal.run.values[b - 1, 0] + 0.005  # vibration crept up

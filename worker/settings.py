@@ -160,8 +160,9 @@ class Settings(BaseSettings):
     input_max_future_seconds: float = Field(
         120.0,
         gt=0,
-        description="samples, tags: a reading further ahead of its machine's latest reading "
-        "(a jumping clock) is a dead letter (`future`)",
+        description="a window stamped further ahead of the wall clock, or (samples, tags) a "
+        "reading further ahead of its machine's latest reading (a jumping clock), is a dead "
+        "letter (`future`)",
     )
 
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
@@ -185,6 +186,39 @@ class Settings(BaseSettings):
     )
     episode_silent_seconds: float = Field(
         600.0, ge=0, description="a machine silent this long closes its episode (0: never)"
+    )
+    # Each rule in windows as well (one per sample): they decide on slowly sampled machines
+    # (docs/concepts-drift-and-recovery.md).
+    episode_open_windows: int = Field(
+        EpisodeConfig.open_windows, ge=1, description="... and for at least this many windows"
+    )
+    episode_clear_windows: int = Field(
+        EpisodeConfig.clear_windows,
+        ge=1,
+        description="... closes after at least this many windows below (and settles after them)",
+    )
+    episode_silent_windows: int = Field(
+        EpisodeConfig.silent_windows,
+        ge=1,
+        description="... and silent at least this many of the model's sampling intervals",
+    )
+    episode_settle_seconds: float = Field(
+        EpisodeConfig.settle_seconds,
+        ge=0,
+        description="an open episode steady (within x1.5) this long takes that level as the "
+        "machine's normal, then clears: quick recovery (short) or no steady fault learned "
+        "(long; 0: never)",
+    )
+    adapt_seconds: float = Field(
+        EpisodeConfig.adapt_seconds,
+        ge=0,
+        description="time constant of each machine's baseline, its normal score level, "
+        "learned outside episodes (0: no adaptation)",
+    )
+    adapt_max_factor: float = Field(
+        EpisodeConfig.adapt_max,
+        ge=1,
+        description="the most a machine's baseline may divide its scores by",
     )
 
     # Operations
@@ -364,6 +398,12 @@ class Settings(BaseSettings):
             clear_ratio=self.episode_clear_ratio,
             update_seconds=self.episode_update_seconds,
             silent_seconds=self.episode_silent_seconds,
+            open_windows=self.episode_open_windows,
+            clear_windows=self.episode_clear_windows,
+            silent_windows=self.episode_silent_windows,
+            settle_seconds=self.episode_settle_seconds,
+            adapt_seconds=self.adapt_seconds,
+            adapt_max=self.adapt_max_factor,
         )
 
     def secret_values(self) -> list[str]:
@@ -380,8 +420,14 @@ class Settings(BaseSettings):
             f"security={self.security_protocol} "
             f"input={self.input_topic} events={self.events_topic} scores={scores} "
             f"dlq={self.dlq_topic} group={self.group_id}{instance} model={self.model_path} "
-            f"event_mode={self.events} model_reload={self.model_reload_seconds:g}s"
+            f"event_mode={self.events} model_reload={self.model_reload_seconds:g}s "
+            f"input_format={self.input_format}"
         )
+        if self.input_format != "windows":
+            line += (
+                f" grace={self.input_grace_seconds:g}s fill_limit={self.input_fill_limit} "
+                f"max_future={self.input_max_future_seconds:g}s"
+            )
         if self.shadow_model_path:
             line += f" shadow_model={self.shadow_model_path} shadow={self.shadow_topic}"
         if self.events == "episodes":
