@@ -3,7 +3,7 @@
 Writes the state records of N machines with open episodes (8 channels each, as the worker
 writes them) into one partition of a state topic on the embedded broker, then restores it as
 a worker does on assignment (a fresh group-less consumer, read to the high watermark, JSON,
-latest record per key), three times, and prints the times.
+the newest committed record per key), three times, and prints the times.
 
     .venv/bin/python benchmarks/restore.py                  # 10,000 machines
     .venv/bin/python benchmarks/restore.py --machines 100000

@@ -59,7 +59,7 @@ from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
 from worker.consumer import consumer_options, fetch_options  # noqa: E402
 from worker.control import MuteTable  # noqa: E402
-from worker.inputs.assembler import Machine, Rules  # noqa: E402
+from worker.inputs.assembler import Grid, Machine, Rules  # noqa: E402
 from worker.inputs.family import AssemblyFamily  # noqa: E402
 from worker.inputs.stage import ReadingStage  # noqa: E402
 from worker.pipeline import Episodes, Pipeline, Topics  # noqa: E402
@@ -289,21 +289,18 @@ def assembly_memory_mb(machines: int, window: int) -> float:
     grace's open buckets, last values), as the worker holds it between batches."""
     channels = list(CHANNELS)
     step, grace = 1_000_000, 5
-    template = Machine.from_dict(
-        {
-            "grid": [channels, window, step],
-            "latest": 1_700_000_000 * step,
-            "closed": 1_699_999_994,
-            "ahead": None,
-            "open": {
-                str(1_699_999_995 + i): [[1.0 + i] * len(channels), [0] * len(channels)]
-                for i in range(grace + 1)
-            },
-            "last_value": [1.0] * len(channels),
-            "last_bucket": [1_699_999_994] * len(channels),
-            "rows": [[1.0 + r] * len(channels) for r in range(window - 1)],
-            "last_window": 1_699_999_994,
-        }
+    template = Machine(
+        Grid(tuple(channels), window, step),
+        latest=1_700_000_000 * step,
+        closed=1_699_999_994,
+        open={
+            1_699_999_995 + i: ([1.0 + i] * len(channels), [0] * len(channels))
+            for i in range(grace + 1)
+        },
+        last_value=[1.0] * len(channels),
+        last_bucket=[1_699_999_994] * len(channels),
+        rows=np.arange((window - 1) * len(channels), dtype=np.float64).reshape(window - 1, -1),
+        last_window=1_699_999_994,
     )
     doc = template.to_dict()
     gc.collect()

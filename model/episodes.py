@@ -10,10 +10,10 @@ closes the episode after `clear_deep_seconds` and `clear_windows` windows; a str
 between the clear line and the threshold does not restart it. While open, an `updated`
 follows at most every `update_seconds`, only when the peak rose. A machine whose partition's
 clock (its newest window time) runs max(`silent_seconds`, `silent_windows` x the machine's
-sampling interval) past the machine's last window closes `silent`; a muted machine's episode
-closes `muted` and none opens. The window counts make every rule hold at any sampling rate:
-30 seconds is 30 windows of 1-second data but less than one of 5-minute data, where the
-count decides.
+sampling interval) past where it stood when the machine's last window came closes `silent`;
+a muted machine's episode closes `muted` and none opens. The window counts make every rule
+hold at any sampling rate: 30 seconds is 30 windows of 1-second data but less than one of
+5-minute data, where the count decides.
 
 Drift and recovery (model/baseline.py): each machine's scores are divided by its baseline's
 factor, which follows the machine's normal score level slowly (`adapt_seconds`), never inside
@@ -25,7 +25,11 @@ recovery (short) and not learning a steady fault as normal (long; 0: never).
 
 Time is the windows' own timestamps: the same windows in the same order give the same events,
 at any replay speed. A window older than its machine's newest one (late, out of order) is
-scored but changes nothing here: the episode already moved past it.
+scored but changes nothing here: the episode already moved past it. A window older by more
+than the tracker's horizon (the longest rule, in seconds and in windows of the model's
+sampling interval, at least RESET_FLOOR) is the
+machine's clock set back: its episode closes `reset` and the machine starts afresh. The worker
+may move a partition's clock on without windows (`idle`: an idle partition, by processing time).
 
 One `Tracker` holds the machines of one input partition (the worker) or one recording
 (`faultwatch score --episodes`); the same code serves both, with no Kafka.
@@ -45,8 +49,11 @@ import numpy as np
 from model.baseline import MARGIN, Baseline
 
 Kind = Literal["opened", "updated", "closed"]
-CloseReason = Literal["cleared", "silent", "muted"]
-CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted")
+CloseReason = Literal["cleared", "silent", "muted", "reset"]
+CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted", "reset")
+RESET_FLOOR = 300.0  # seconds: a machine's clock set back by more than this (and than every
+# rule's span) is a reset, not a late window
+MAX_MACHINES = 100_000  # newest window times remembered per tracker; then the oldest go
 DIGITS = 6  # significant digits of event floats: a re-scored window gives the same bytes
 
 
@@ -98,7 +105,7 @@ class Episode:
         "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
         "reported_peak", "reported", "clear_since", "clear_at", "versions", "peak_ratios",
         "step", "clear_count", "band_since", "band_low", "band_high", "band_count",
-        "deep_since", "deep_at", "deep_count", "deep_sum",
+        "deep_since", "deep_at", "deep_count", "deep_sum", "heard",
     )  # fmt: skip
 
     def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
@@ -125,6 +132,7 @@ class Episode:
         self.deep_at: str | None = None
         self.deep_count = 0
         self.deep_sum = 0.0  # sum of log(score / threshold) over the deep stretch
+        self.heard = time  # the partition's clock when its machine's last window came
 
     def copy(self) -> Episode:
         twin = Episode.__new__(Episode)
@@ -155,6 +163,7 @@ class Episode:
         episode.peak_ratios = dict(data.get("peak_ratios", {}))
         for name, value in LATER_DEFAULTS.items():
             setattr(episode, name, data.get(name, value))
+        episode.heard = data.get("heard", episode.last)
         episode.peak_score = _infinite(data["peak_score"])
         episode.reported_peak = _infinite(data["reported_peak"])
         episode.weights = dict(data["weights"])
@@ -194,7 +203,8 @@ LATER_DEFAULTS: dict[str, Any] = {
     "deep_count": 0,
     "deep_sum": 0.0,
 }
-LATER_FIELDS = ("versions", "peak_ratios", *LATER_DEFAULTS)
+# `heard` too: saved without it, an episode was last heard at its last window
+LATER_FIELDS = ("versions", "peak_ratios", "heard", *LATER_DEFAULTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +228,17 @@ class Tracker:
         self.seen: dict[str, float] = {}  # every machine's newest window time
         self.clock = -math.inf  # the newest window time of any machine
         self.late = 0  # windows older than their machine's newest, since the last take_late
+        self.resets: list[tuple[str, float, float]] = []  # (machine, newest, then), since taken
+        # A machine's clock set back further than every rule looks is a reset; machines quiet
+        # that long are forgotten (their next window starts afresh, as after a reset).
+        self.reset_seconds = max(
+            RESET_FLOOR,
+            config.open_seconds,
+            config.clear_seconds,
+            config.update_seconds,
+            config.silent_seconds,
+        )
+        self.max_machines = MAX_MACHINES
         self._next_scan = math.inf
         self._touched: set[str] = set()  # machines whose episode the batch may have changed
         self._observed: set[str] = set()  # machines whose newest window time the batch moved
@@ -306,16 +327,18 @@ class Tracker:
         the model's typical normal score (None: no baseline adaptation for this window).
         """
         seen = self.seen.get(machine)
+        events: list[dict[str, Any]] = []
         if seen is not None and time < seen:
-            self.late += 1  # out of order: the machine's episode has moved past it
-            return []
+            if seen - time <= self._horizon(interval):
+                self.late += 1  # out of order: the machine's episode has moved past it
+                return []
+            events += self._reset(machine, seen, Cause(time, timestamp, threshold, source))
+        elif seen is None and len(self.seen) >= self.max_machines:
+            self._prune(self.max_machines // 2)
         self._observed.add(machine)
         self.seen[machine] = time
-        events: list[dict[str, Any]] = []
         if time > self.clock:
-            self.clock = time
-            if time >= self._next_scan:
-                events += self._close_silent(Cause(time, timestamp, threshold, source))
+            events += self._advance(time, Cause(time, timestamp, threshold, source))
         config = self.config
         raw, baseline, step = score, None, 0.0
         if typical is not None and config.adapt_seconds > 0:
@@ -339,6 +362,7 @@ class Tracker:
             episode.step = interval
         elif seen is not None and time > seen:
             episode.step = time - seen
+        episode.heard = self.clock
         if episode.windows == 0:
             self._schedule(episode)
         episode.last, episode.last_at, episode.score = time, timestamp, raw
@@ -415,8 +439,25 @@ class Tracker:
             events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
 
+    def due(self, to: float) -> bool:
+        """Whether moving the clock on to `to` may close an episode for silence."""
+        return to > self.clock and to >= self._next_scan
+
+    def idle(self, to: float, cause: Cause) -> list[dict[str, Any]]:
+        """The partition's clock moves on to `to` without a window (the worker's idle rule):
+        the episodes of machines silent since close. Nothing changes unless one is due."""
+        if not self.due(to):
+            return []
+        return self._advance(to, cause)
+
     def open_count(self) -> int:
         return sum(1 for e in self.episodes.values() if e.phase == "open")
+
+    def take_resets(self) -> list[tuple[str, float, float]]:
+        """(machine, its newest window time, the older one that came) of each reset since the
+        last call."""
+        resets, self.resets = self.resets, []
+        return resets
 
     def take_late(self) -> int:
         """Late windows since the last call."""
@@ -499,7 +540,7 @@ class Tracker:
         return silent
 
     def _schedule(self, episode: Episode) -> None:
-        self._next_scan = min(self._next_scan, episode.last + self._silence(episode))
+        self._next_scan = min(self._next_scan, episode.heard + self._silence(episode))
 
     def _close_silent(self, cause: Cause) -> list[dict[str, Any]]:
         """Episodes of machines that sent nothing for their silence of the partition's time."""
@@ -507,16 +548,59 @@ class Tracker:
             self._next_scan = math.inf
             return []
         events: list[dict[str, Any]] = []
-        quiet = sorted(
-            m for m, e in self.episodes.items() if cause.time - e.last >= self._silence(e)
-        )
+        now = self.clock
+        quiet = sorted(m for m, e in self.episodes.items() if now - e.heard >= self._silence(e))
         for machine in quiet:
             self._touch(machine)
             episode = self.episodes[machine]
             events += self._end(episode, "silent", episode.last, episode.last_at, cause)
-        ends = [e.last + self._silence(e) for e in self.episodes.values()]
+        ends = [e.heard + self._silence(e) for e in self.episodes.values()]
         self._next_scan = min(ends) if ends else math.inf
         return events
+
+    def _advance(self, to: float, cause: Cause) -> list[dict[str, Any]]:
+        """The partition's clock moves on: silent machines close, quiet ones are forgotten (each
+        time it enters a new span of `reset_seconds`: a function of the clock alone, so a
+        redone batch prunes where its first attempt did)."""
+        crossed = to // self.reset_seconds > self.clock // self.reset_seconds
+        self.clock = to
+        events = self._close_silent(cause) if to >= self._next_scan else []
+        if crossed:
+            self._prune(self.max_machines)
+        return events
+
+    def _horizon(self, interval: float | None) -> float:
+        """How far back a machine's window may lie and still be late, not a reset: every rule's
+        span, in seconds and in windows of the model's sampling interval."""
+        if not interval or interval <= 0:
+            return self.reset_seconds
+        config = self.config
+        windows = max(config.open_windows, config.clear_windows, config.silent_windows)
+        return max(self.reset_seconds, windows * interval)
+
+    def _reset(self, machine: str, newest: float, cause: Cause) -> list[dict[str, Any]]:
+        """The machine's clock went back: its episode ends at its last window; it starts afresh."""
+        self.resets.append((machine, newest, cause.time))
+        self._observed.add(machine)
+        del self.seen[machine]
+        episode = self.episodes.get(machine)
+        if episode is None:
+            return []
+        self._touch(machine)
+        return self._end(episode, "reset", episode.last, episode.last_at, cause)
+
+    def _prune(self, keep: int) -> None:
+        """Forget the newest window times of machines quiet for `reset_seconds` of the
+        partition's time, then the oldest beyond `keep`; never a machine with an episode."""
+        horizon = self.clock - self.reset_seconds
+        episodes, seen = self.episodes, self.seen
+        quiet = [m for m, t in seen.items() if t < horizon and m not in episodes]
+        if len(seen) - len(quiet) > keep:
+            rest = sorted((t, m) for m, t in seen.items() if t >= horizon and m not in episodes)
+            quiet += [m for _, m in rest[: len(seen) - len(quiet) - keep]]
+        for machine in quiet:
+            del seen[machine]
+        self._observed.update(quiet)
 
     def _end(
         self, episode: Episode, reason: CloseReason, ended: float, ended_at: str, cause: Cause

@@ -225,6 +225,22 @@ def test_silent_seconds_0_never_closes_for_silence(silent):
     assert "m1" in feed.tracker.episodes
 
 
+def test_the_newest_window_times_are_bounded_and_pruned_by_data_time():
+    """A gateway that puts a sequence number in machine_id: one new machine per window."""
+    feed = Feed()
+    feed.tracker.max_machines = 100
+    for t in range(1000):
+        feed(t * 0.01, 1.0, machine=f"m{t}")  # ten seconds of data time: only the bound helps
+    assert len(feed.tracker.seen) <= 100
+    (opened,) = feed(10, 3.0, machine="open")
+    for t in range(1000):
+        feed(10 + t * 0.01, 1.0, machine=f"n{t}")
+    assert "open" in feed.tracker.seen  # a machine with an episode is never forgotten
+    (closed,) = feed(30 + 2 * feed.tracker.reset_seconds, 1.0, machine="late-comer")
+    assert closed["close_reason"] == "silent"  # then "open" is one more quiet machine
+    assert set(feed.tracker.seen) == {"late-comer"}  # pruned by data time
+
+
 DEEP = replace(CONFIG, clear_seconds=600, clear_ratio=0.8, clear_windows=10, clear_deep_seconds=150)
 
 

@@ -197,25 +197,42 @@ def scored(port: int) -> float:
     return metric_total(metric_samples(body), "faultwatch_windows_scored_total")
 
 
-def test_sigkill_loses_no_window_and_scores_none_twice_differently(
-    bootstrap, make_topic, tiny_model_path, tmp_path
-):
-    machines, steps = 4, 600
+def sample_fleet(folder: Path, machines: int, steps: int) -> list[tuple[bytes, bytes, None]]:
+    """Every pump's k-th sample, then every pump's k+1-th, keyed by machine id."""
     streams = []
     for m in range(machines):
-        path = pump_csv(tmp_path / f"pump-{m}.csv", rows=steps, seed=m)
+        path = pump_csv(folder / f"pump-{m}.csv", rows=steps, seed=m)
         streams.append(reading_records(f"pump-{m}", read_recording(path), "samples"))
-    records = [
+    return [
         (f"pump-{m}".encode(), streams[m][k][1], None)
         for k in range(steps)
         for m in range(machines)
     ]
+
+
+def one_pass(records: list, placed: list[tuple[int, int]], partitions: int) -> set:
+    """(machine, window time) of one uninterrupted pass over each partition."""
+    grid = Grid.of(["flow", "pressure", "current", "temperature"], 10, 1.0)
+    decoder = ReadingDecoder("samples", [grid.channels], 1_000_000)
+    expected = set()
+    order = sorted(range(len(records)), key=lambda j: placed[j])
+    for p in range(partitions):
+        decoded = decoder.decode_batch([records[j][1] for j in order if placed[j][0] == p])
+        out = Assembler(RULES).assemble(decoded.readings, [grid], decoded.readings.slots)
+        expected |= {(b.machine, t) for b in out.built for t in b.timestamps()}
+    return expected
+
+
+def test_sigkill_loses_no_window_and_scores_none_twice_differently(
+    bootstrap, make_topic, tiny_model_path, tmp_path
+):
+    records = sample_fleet(tmp_path, machines=4, steps=600)
     names = topics(make_topic, partitions=2)
     placed = produce(bootstrap, names["input_topic"], records)
     env = env_for(bootstrap, tiny_model_path, names, "samples", max_poll_records=50)
     group = env["FAULTWATCH_GROUP_ID"]
     progress = 0
-    for round_ in range(2):
+    for round_ in range(1):  # one kill mid-stream; the final run carries on
         port = free_port()
         env["FAULTWATCH_METRICS_PORT"] = str(port)
         worker = start_worker(env, tmp_path / f"killed-{round_}.log")
@@ -231,13 +248,45 @@ def test_sigkill_loses_no_window_and_scores_none_twice_differently(
     assert final.process.returncode == 0, final.stderr
     assert "assembly restored partition=" in final.stderr
     got = scores_of(bootstrap, names["scores_topic"])  # asserts: never two scores for one window
-    # Exactly the windows of one uninterrupted pass over each partition.
-    expected = set()
-    grid = Grid.of(read_recording(tmp_path / "pump-0.csv").channels, 10, 1.0)
-    for p in range(2):
-        order = sorted(range(len(records)), key=lambda j: placed[j])
-        part = [records[j][1] for j in order if placed[j][0] == p]
-        decoded = ReadingDecoder("samples", [grid.channels], 1_000_000).decode_batch(part)
-        out = Assembler(RULES).assemble(decoded.readings, [grid], decoded.readings.slots)
-        expected |= {(b.machine, t) for b in out.built for t in b.timestamps()}
-    assert set(got) == expected
+    assert set(got) == one_pass(records, placed, 2)
+
+
+def test_a_rebalance_hands_the_assembly_over(bootstrap, make_topic, tiny_model_path, tmp_path):
+    records = sample_fleet(tmp_path, machines=6, steps=300)
+    half = len(records) // 2
+    names = topics(make_topic, partitions=4)
+    env = env_for(bootstrap, tiny_model_path, names, "samples", max_poll_records=50)
+    group = env["FAULTWATCH_GROUP_ID"]
+    ports = {"a": free_port(), "b": free_port()}
+
+    def start(name: str):
+        return start_worker(
+            env | {"FAULTWATCH_METRICS_PORT": str(ports[name])}, tmp_path / f"{name}.log"
+        )
+
+    def held(name: str) -> int:
+        status, body = http_get(ports[name], "/metrics")
+        if status != 200 or http_get(ports[name], "/readyz")[0] != 200:
+            return -1
+        return int(metric_samples(body).get(("faultwatch_assigned_partitions", ()), 0))
+
+    def all_committed(count: int) -> bool:
+        return (
+            sum(o or 0 for o in committed(bootstrap, group, names["input_topic"], 4).values())
+            == count
+        )
+
+    placed = produce(bootstrap, names["input_topic"], records[:half])
+    workers = {"a": start("a")}
+    try:
+        wait_for(lambda: all_committed(half), 90, "a to finish the first part", interval=0.5)
+        workers["b"] = start("b")  # a rebalance: b takes over machines a has buckets open for
+        wait_for(lambda: held("a") >= 1 and held("b") >= 1, 90, "a and b sharing partitions")
+        placed += produce(bootstrap, names["input_topic"], records[half:])
+        wait_for(lambda: all_committed(len(records)), 90, "everything", interval=0.5)
+    finally:
+        codes = {name: worker.terminate() for name, worker in workers.items()}
+    assert codes == {"a": 0, "b": 0}, {name: w.stderr for name, w in workers.items()}
+    assert "assembly restored partition=" in workers["b"].stderr
+    got = scores_of(bootstrap, names["scores_topic"])  # asserts: never two scores for one window
+    assert set(got) == one_pass(records, placed, 4)

@@ -195,3 +195,19 @@ def test_the_worker_refuses_to_assemble_with_a_model_without_interval(tiny_model
     assert worker.process.returncode == 1
     lines = [line for line in worker.stderr.splitlines() if "stopped" in line]
     assert len(lines) == 1 and "old.fwm stores no sampling interval" in lines[0], worker.stderr
+
+
+def test_an_unusable_assembly_state_is_counted_and_dropped_never_a_crash():
+    from worker.inputs.assembler import Grid, Machine
+    from worker.state import Store
+
+    good = Machine(Grid(tuple(CHANNELS), 10, MICROS), latest=5, closed=3).to_dict()
+    store = Store()
+    store.load("assembly", "pump-1", good)
+    store.load("assembly", "pump-2", good | {"rows": "not base64!"})
+    store.load("assembly", "pump-3", {"grid": "?"})
+    store.load("assembly_clock", "", 5)
+    family = AssemblyFamily(RULES)
+    assert family.restored(0, store) == 2
+    assert set(family.assemblers[0].machines) == {"pump-1"}
+    assert store.get("assembly", "pump-2") is None and store.changed() == {}

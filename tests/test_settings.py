@@ -192,3 +192,10 @@ def test_model_reload_and_shadow_settings(monkeypatch):
     monkeypatch.setenv("FAULTWATCH_MODEL_RELOAD_SECONDS", "-1")
     with pytest.raises(SettingsError, match="FAULTWATCH_MODEL_RELOAD_SECONDS"):
         settings_io.load()
+
+
+def test_the_start_line_says_what_the_input_is(monkeypatch):
+    assert "input_format=windows" in settings_io.load().summary()
+    monkeypatch.setenv("FAULTWATCH_INPUT_FORMAT", "tags")
+    line = settings_io.load().summary()
+    assert "input_format=tags grace=5s fill_limit=5 max_future=120s" in line

@@ -134,3 +134,12 @@ def test_muted_machines_counts_machines_seen_here_not_mutes():
     assert table.muted_machines() == 0
     table.checker()("pump-2")
     assert table.muted_machines() == 1 and set(table._seen) == {"pump-2"}
+
+
+def test_the_mute_cache_is_bounded_whatever_the_machine_ids():
+    table = MuteTable(clock=lambda: NOW, max_cached=100)
+    table.apply(b"press-*", mute("press-*"))
+    muted = table.checker()
+    assert all(muted(f"press-{i}") for i in range(1000))
+    assert not any(muted(f"pump-{i}") for i in range(1000))
+    assert len(table._cache) <= 100

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500  # how quickly a stop request or the idle timer is noticed
 COMMIT_TIMEOUT_MS = 30_000
 MAX_BACKOFF = 30.0  # seconds between retries of a failed batch, at most
+IDLE_RETRY = 5.0  # seconds before an idle step whose publish failed is tried again
 
 Polled = dict[TopicPartition, list[Any]]  # kafka-python's poll(): partition -> ConsumerRecords
 
@@ -134,6 +135,7 @@ class Loop:
         self._first_join = True  # until assigned, or until a slow first join is logged
         self._retry: str | None = None  # why the last batch failed, while retrying
         self._redo = False  # a batch was sought back, uncommitted: it comes again, as it was
+        self._next_idle = clock()  # the next idle step, at the earliest
         self._failures = 0
         self._last_activity = clock()
         self._next_refresh = clock()
@@ -160,6 +162,8 @@ class Loop:
                 if polled:
                     self._last_activity = self.clock()
                     self._handle(polled)
+                if not self._redo:
+                    self._idle_step()
                 self._check_timers(started)
         finally:
             gc.unfreeze()
@@ -231,6 +235,27 @@ class Loop:
             log.info("batch retry succeeded after=%d failures", self._failures)
             self._retry, self._failures = None, 0
             self._update_readiness()
+
+    def _idle_step(self) -> None:
+        """Idle partitions' clocks move on by processing time: publish the silent closes."""
+        if self.clock() < self._next_idle or self._assigned is None:
+            return
+        # Partitions assigned with nothing to read are restored too: their silence counts.
+        self.pipeline.restore(self._resume_points({}))
+        paused = {tp.partition for tp in self._paused}  # stuck, not quiet: no silence there
+        outputs, counts = self.pipeline.idle(skip=paused)
+        if not outputs:
+            return
+        try:
+            self.publisher.publish(outputs)
+        except BatchError as exc:
+            if not exc.retriable:
+                raise
+            self.pipeline.idle_failed()
+            self._next_idle = self.clock() + IDLE_RETRY
+            log.warning("idle partitions' silent closes not published, retrying error=%s", exc)
+            return
+        self.metrics.episodes_committed(counts)
 
     def _resume_points(self, polled: Polled) -> dict[int, int]:
         """Where each assigned partition without restored state resumes (episodes only)."""

@@ -15,7 +15,9 @@
 #                 the window may sit in another partition than its machine's episode state)
 #   late          (samples, tags) a reading for a bucket its machine has closed; header
 #                 faultwatch.error.late_seconds (worker/inputs/assembler.py)
-#   future        (samples, tags) a reading too far ahead of its machine's latest time
+#   future        stamped more than FAULTWATCH_INPUT_MAX_FUTURE_SECONDS ahead of the wall clock
+#                 (windows: the pipeline checks, worker/clocks.py) or, samples and tags, a
+#                 reading that far ahead of its machine's latest time (the assembler's)
 #
 # Fields the contract does not name are ignored, so producers may add their own.
 

@@ -170,6 +170,12 @@ class Metrics:
             "Mutes in force (a machine id or a pattern each), from the control topic.",
             registry=registry,
         )
+        self.clock_resets = Counter(
+            "faultwatch_clock_resets",
+            "Machines whose clock went back further than the episode rules look: their "
+            "episode closed `reset` and they started afresh (one log line each).",
+            registry=registry,
+        )
         # Samples and tags (FAULTWATCH_INPUT_FORMAT): the assembly of windows, in readings.
         self.readings_received = Counter(
             "faultwatch_readings_received",
@@ -318,6 +324,7 @@ class Metrics:
         for seconds in counts.durations:
             self.episode_duration.observe(seconds)
         self.late_windows.inc(counts.late)
+        self.clock_resets.inc(counts.resets)
 
     def readings_committed(self, counts: ReadingCounts | None) -> None:
         """Count a batch's readings once its offsets are committed."""

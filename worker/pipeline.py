@@ -16,12 +16,14 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
+from worker.clocks import WallClock
 from worker.control import MuteTable
 from worker.inputs.family import AssemblyFamily
 from worker.inputs.stage import ReadingCounts, ReadingStage
@@ -57,6 +59,7 @@ class EpisodeCounts:
     closed: Counter[str] = field(default_factory=Counter)  # by close reason
     durations: list[float] = field(default_factory=list)  # seconds, of the closed ones
     late: int = 0  # windows older than their machine's newest
+    resets: int = 0  # machines whose clock went back further than the episode rules look
     open_now: int = 0  # open episodes in this worker's partitions after the batch
 
 
@@ -130,9 +133,11 @@ class Pipeline:
         *,
         max_record_bytes: int = 1_000_000,
         shadow: Shadow | None = None,
+        clock: WallClock | None = None,
         readings: ReadingStage | None = None,
     ):
         self.topics = topics
+        self.clock = clock or WallClock()
         self.top_channels = top_channels
         self.max_record_bytes = max_record_bytes
         self.episodes = episodes  # None: one event per anomalous window
@@ -142,6 +147,7 @@ class Pipeline:
             raise ValueError("samples and tags need the episode stage: their state is its store")
         # partition -> (first offset, checker, version) of its last batch: a redo reuses them
         self._mute_snapshots: dict[int, tuple[int, Callable[[str], bool], int]] = {}
+        self._idle: list[int] = []  # the partitions of the last idle step
         self.serve(models if isinstance(models, Routes) else Routes.single(models))
 
     def serve(self, models: Routes) -> None:
@@ -166,6 +172,7 @@ class Pipeline:
             decoded, counts = self.readings.decode(records)
         else:
             decoded = _keyed(self.decoder.decode_batch([r.value for r in records]), records)
+            decoded = decoded.drop(self.clock.future(decoded))  # never into a clock or the state
         scored = self._score(decoded)
         finite = np.isfinite(scored.score)  # (V,) 1e300 is a number, yet overflows the model
         invalid = decoded.invalid + [
@@ -241,6 +248,36 @@ class Pipeline:
             return
         result.outputs.extend(outputs)
         result.shadow = counts
+
+    def idle(self, skip: Iterable[int] = ()) -> tuple[list[Output], EpisodeCounts | None]:
+        """Partitions without input, their clocks moved on by processing time (worker/clocks.py):
+        the silent closes that brings, and their state records. Publish, never commit. `skip`:
+        partitions that are not quiet but stuck (paused)."""
+        if self.episodes is None:
+            return [], None
+        state = self.episodes.state
+        skipped = set(skip)
+        due = {p: to for p, to in state.idle_clocks().items() if p not in skipped}
+        if not due:
+            return [], None
+        outputs: list[Output] = []
+        counts = EpisodeCounts()
+        self._idle = sorted(due)
+        for p, to in sorted(due.items()):
+            tracker = state.begin_idle(p)
+            through = state.partitions[p].through
+            source = {"topic": state.input_topic, "partition": p, "offset": through}
+            events = tracker.idle(to, Cause(to, _stamp_of(to), 0.0, source))
+            self._publish_events(events, outputs, counts)
+            for key, value in state.finish_idle(p):
+                outputs.append(Output(self.topics.state, key, value, partition=p))
+        counts.open_now = state.open_count()
+        return outputs, counts
+
+    def idle_failed(self) -> None:
+        """The last idle step's outputs were not published: undo it (the next one redoes it)."""
+        if self.episodes is not None:
+            self.episodes.state.undo_idle(self._idle)
 
     def unrestored(self, partitions: Iterable[int]) -> set[int]:
         """The partitions whose episode state is not in hand yet (none in `windows` mode)."""
@@ -335,19 +372,12 @@ class Pipeline:
             if p not in rescan:  # undone with the batch, like the episodes it closed
                 state.partitions[p].store.put(MUTES, "version", mutes[p][1])
         counts = EpisodeCounts()
-        for event in events:
-            self._stamp(event)
-            key = event["machine_id"].encode()
-            outputs.append(Output(self.topics.events, key, json_bytes(event)))
-            if event["kind"] == "opened":
-                counts.opened += 1
-            elif event["kind"] == "closed":
-                counts.closed[event["close_reason"]] += 1
-                counts.durations.append(event["duration_seconds"])
+        self._publish_events(events, outputs, counts)
         for p, (_, last) in spans.items():
             for key, value in state.finish(p, last + 1):
                 outputs.append(Output(self.topics.state, key, value, partition=p))
             counts.late += trackers[p].take_late()
+            counts.resets += _log_resets(p, trackers[p].take_resets())
         counts.open_now = state.open_count()
         return counts
 
@@ -373,6 +403,19 @@ class Pipeline:
             seen = self.episodes.state.partitions[p].store.get(MUTES, "version", 0)
             found[p] = (saved[1], saved[2], seen)
         return found
+
+    def _publish_events(
+        self, events: list[dict], outputs: list[Output], counts: EpisodeCounts
+    ) -> None:
+        for event in events:
+            self._stamp(event)
+            key = event["machine_id"].encode()
+            outputs.append(Output(self.topics.events, key, json_bytes(event)))
+            if event["kind"] == "opened":
+                counts.opened += 1
+            elif event["kind"] == "closed":
+                counts.closed[event["close_reason"]] += 1
+                counts.durations.append(event["duration_seconds"])
 
     def _stamp(self, event: dict) -> None:
         """The model of the event's machine: its version, and its threshold (a silent close is
@@ -454,6 +497,24 @@ DEFAULT_DETECTOR = "autoencoder"
 def _ratios_of(scores: Scores, j: int) -> Ratios:
     """Window j's ratios, computed only if it becomes an episode's peak."""
     return lambda: scores.detector_ratios(j)
+
+
+def _log_resets(partition: int, resets: list[tuple[str, float, float]]) -> int:
+    for machine, newest, then in resets:
+        log.warning(
+            "machine clock went back, episode state reset machine=%r partition=%d newest=%s "
+            "window=%s back_seconds=%.0f",
+            machine[:100],
+            partition,
+            _stamp_of(newest),
+            _stamp_of(then),
+            newest - then,
+        )
+    return len(resets)
+
+
+def _stamp_of(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _keyed(decoded: Decoded, records: Sequence[Record]) -> Decoded:

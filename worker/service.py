@@ -28,6 +28,7 @@ from prometheus_client import (
 from model.errors import FaultwatchError
 from model.scoring import Scorer
 from worker import settings as settings_io
+from worker.clocks import WallClock
 from worker.consumer import COMMIT_TIMEOUT_MS, POLL_TIMEOUT_MS, Loop, consumer_options
 from worker.control import ControlReader, MuteTable
 from worker.errors import BrokerError, SettingsError, WorkerError
@@ -300,6 +301,7 @@ def pipeline_for(
         episodes,
         max_record_bytes=settings.max_record_bytes,
         shadow=Shadow(shadow, settings.shadow_topic) if shadow is not None else None,
+        clock=WallClock(settings.input_max_future_seconds),
         readings=readings,
     )
 
@@ -340,6 +342,7 @@ def episode_stage(
         settings.group_id,
         changelog,
         settings.top_channels,
+        clock=WallClock(settings.input_max_future_seconds),
         families=(assembly,) if assembly is not None else (),
     )
     try:

@@ -153,8 +153,9 @@ class Settings(BaseSettings):
     input_max_future_seconds: float = Field(
         120.0,
         gt=0,
-        description="samples, tags: a reading further ahead of its machine's latest reading "
-        "(a jumping clock) is a dead letter (`future`)",
+        description="a window stamped further ahead of the wall clock, or (samples, tags) a "
+        "reading further ahead of its machine's latest reading (a jumping clock), is a dead "
+        "letter (`future`)",
     )
 
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
@@ -383,8 +384,14 @@ class Settings(BaseSettings):
             f"bootstrap={self.bootstrap_servers} security={self.security_protocol} "
             f"input={self.input_topic} events={self.events_topic} scores={scores} "
             f"dlq={self.dlq_topic} group={self.group_id}{instance} model={self.model_path} "
-            f"event_mode={self.events} model_reload={self.model_reload_seconds:g}s"
+            f"event_mode={self.events} model_reload={self.model_reload_seconds:g}s "
+            f"input_format={self.input_format}"
         )
+        if self.input_format != "windows":
+            line += (
+                f" grace={self.input_grace_seconds:g}s fill_limit={self.input_fill_limit} "
+                f"max_future={self.input_max_future_seconds:g}s"
+            )
         if self.shadow_model_path:
             line += f" shadow_model={self.shadow_model_path} shadow={self.shadow_topic}"
         if self.events == "episodes":

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 NOT_MUTED = -1.0  # cached "no mute names this machine"
 SEEN_SECONDS = 3600.0  # a machine counts as this worker's for an hour after its last window
 PRUNE_SECONDS = 60.0  # how often the machines gone quiet are forgotten
+MAX_CACHED = 100_000  # machine ids cached per version at most (as the routing cache): a
+# gateway that puts a sequence number in machine_id makes a new one per record
 
 Checker = Callable[[str], bool]
 
@@ -47,8 +49,10 @@ class MuteTable:
         self,
         clock: Callable[[], float] = time.time,
         skipped: Callable[[str], None] | None = None,
+        max_cached: int = MAX_CACHED,
     ) -> None:
         self.clock = clock
+        self.max_cached = max_cached
         self._mutes: dict[bytes, Mute] = {}
         self._labels: dict[str, Label] = {}
         self._lock = threading.Lock()
@@ -120,7 +124,7 @@ class MuteTable:
             cache = self._cache
             if now >= self._next_prune:
                 self._prune(now)
-        seen = self._seen
+        seen, bound = self._seen, self.max_cached
         if not mutes:
 
             def never(machine: str) -> bool:
@@ -134,6 +138,8 @@ class MuteTable:
             if machine in cache:
                 until = cache[machine]
             else:
+                if len(cache) >= bound:  # then start over: bounded whatever the ids
+                    cache.clear()
                 until = cache[machine] = _until(machine, mutes)
             return until != NOT_MUTED and (until is None or now < until)
 

@@ -46,6 +46,7 @@ class Owned:
     store: Store
     start: int  # first input offset of the last batch
     through: int  # the offset after it
+    begun: bool = False  # the store's undo holds a batch that began at `start`
 
 
 class State:
@@ -76,7 +77,7 @@ class State:
         self.redone = set()
         for partition, first in starts.items():
             owned = self.partitions.get(partition)
-            if owned is not None and owned.start == first:
+            if owned is not None and owned.begun and owned.start == first:
                 self._rollback(partition, owned)  # the last batch again: it was not committed
                 self.redone.add(partition)
             elif owned is not None and first >= owned.through:
@@ -89,6 +90,7 @@ class State:
         for partition, first in starts.items():
             owned = self.partitions[partition]
             owned.start = owned.through = first
+            owned.begun = True
             found[partition] = owned.store
         return found
 

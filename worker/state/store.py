@@ -53,7 +53,8 @@ class Store:
     def __init__(self, memory_only: Iterable[str] = ()) -> None:
         self.memory_only = frozenset(memory_only)  # families never written to the changelog
         self._families: dict[str, dict[str, Any]] = {}
-        self._before: dict[Key, Any] = {}  # first value of each key the batch put (or MISSING)
+        # family -> key -> its value before the batch first put it (MISSING: absent)
+        self._before: dict[str, dict[str, Any]] = {}
 
     def get(self, family: str, key: str, default: Any = None) -> Any:
         return self._families.get(family, {}).get(key, default)
@@ -67,13 +68,19 @@ class Store:
 
     def put(self, family: str, key: str, value: Any) -> None:
         """Set a value (None: delete the key); undone by `rollback` until the next `begin`."""
-        values = self._families.setdefault(family, {})
-        if (family, key) not in self._before:
-            self._before[(family, key)] = values.get(key, MISSING)
-        if value is None:
-            values.pop(key, None)
-        else:
-            values[key] = value
+        self.update(family, ((key, value),))
+
+    def update(self, family: str, values: Iterable[tuple[str, Any]]) -> None:
+        """`put` for many keys of one family (None: delete)."""
+        data = self._families.setdefault(family, {})
+        before = self._before.setdefault(family, {})
+        for key, value in values:
+            if key not in before:
+                before[key] = data.get(key, MISSING)
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
 
     def load(self, family: str, key: str, value: Any) -> None:
         """A value as restored: not a change of the batch (no undo, no changelog record)."""
@@ -86,13 +93,15 @@ class Store:
 
     def rollback(self) -> list[Key]:
         """The batch since `begin` never happened; returns the keys it had changed."""
-        for (family, key), value in self._before.items():
-            values = self._families.setdefault(family, {})
-            if value is MISSING:
-                values.pop(key, None)
-            else:
-                values[key] = value
-        undone = list(self._before)
+        undone = []
+        for family, before in self._before.items():
+            data = self._families.setdefault(family, {})
+            for key, value in before.items():
+                if value is MISSING:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+                undone.append((family, key))
         self._before = {}
         return undone
 
@@ -100,11 +109,13 @@ class Store:
         """(family, key) -> (value before the batch, value now; None: absent), of the logged
         families, for each key the batch put with a different value."""
         found = {}
-        for (family, key), before in self._before.items():
+        for family, before in self._before.items():
             if family in self.memory_only:
                 continue
-            before = None if before is MISSING else before
-            now = self._families.get(family, {}).get(key)
-            if before != now:
-                found[(family, key)] = (before, now)
+            data = self._families.get(family, {})
+            for key, value in before.items():
+                old = None if value is MISSING else value
+                now = data.get(key)
+                if old != now:
+                    found[(family, key)] = (old, now)
         return found
