@@ -239,7 +239,12 @@ def _add_episode_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "retrain", help="candidates from labelled history; --promote only the better ones"
     )
-    p.add_argument("--from-topic", required=True, metavar="TOPIC", help="the input windows")
+    p.add_argument(
+        "--from-topic",
+        required=True,
+        metavar="TOPIC",
+        help="the input topic: windows, samples or tags",
+    )
     p.add_argument("--models", required=True, type=Path, metavar="DIR", help="model directory")
     p.add_argument("--since", default="14d", help="history to learn from (default 14d)")
     p.add_argument(

@@ -3,7 +3,8 @@ put in service only when it is better, and the way back.
 
 Per model file of the models directory: a candidate is trained as the live one was (its
 architecture, detectors, window and machine patterns) on the windows of its machines since
-`--since`, leaving out confirmed faults, open and unlabelled episodes and muted periods, and
+`--since` (windows, or samples and tags assembled on the live model's grid as its workers
+do), leaving out confirmed faults, open and unlabelled episodes and muted periods, and
 keeping the episodes labelled `false-alarm` or `new-normal` as normal. Both models then
 replay those machines' windows with the worker's episode rules (model/retraining.py). The
 report goes to `.retrain/report.json` in the directory (names starting with `.` are not
@@ -28,7 +29,16 @@ from cli.episodes import _check_topics, _settings
 from cli.labels import history
 from cli.progress import Progress
 from cli.replay import TopicRange, moment
-from cli.topic_windows import Collected, Window, collect, exclude, mute_spans, read_topic, rebuild
+from cli.topic_windows import (
+    Collected,
+    Window,
+    assembly_rules,
+    collect,
+    exclude,
+    mute_spans,
+    read_topic,
+    rebuild,
+)
 from model import artifact as artifact_io
 from model import promotion
 from model.artifact import Artifact
@@ -61,7 +71,9 @@ def retrain_command(args: argparse.Namespace) -> int:
     since = moment(args.since, "--since")
     with Progress(None, f"reading {args.from_topic}", "record", enabled=not args.quiet) as bar:
         span = TopicRange(since=since, until=datetime.now(UTC))
-        found = collect(read_topic(settings, args.from_topic, span, bar.update), ["*"])
+        records = read_topic(settings, args.from_topic, span, bar.update)
+        # samples and tags: each machine's windows assembled on its live model's grid
+        found = collect(records, ["*"], assembly_rules(settings), routes)
     control = list(read_topic(settings, settings.control_topic, TopicRange()))
     episodes = history(read_topic(settings, settings.events_topic, TopicRange()), control)
     mutes = mute_spans(iter(control))

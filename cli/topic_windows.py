@@ -47,7 +47,9 @@ from worker.control import Mute, Unmute, parse
 from worker.errors import BrokerError
 from worker.inputs.assembler import MICROS, Assembler, Grid, Rules
 from worker.inputs.readings import ReadingDecoder, Sample, Tag
+from worker.inputs.stage import grid_of
 from worker.messages import WindowMessage
+from worker.routing import Routes
 from worker.settings import Settings
 
 READING_DECODERS = {"samples": msgspec.json.Decoder(Sample), "tags": msgspec.json.Decoder(Tag)}
@@ -89,12 +91,7 @@ def topic_recordings(
         moment(args.until, "--until") or datetime.now(UTC),
     )
     with Progress(None, f"reading {args.from_topic}", "record", enabled=not args.quiet) as bar:
-        rules = Rules.of(
-            settings.input_grace_seconds,
-            settings.input_fill_limit,
-            settings.input_max_future_seconds,
-            settings.episode_silent_seconds,
-        )
+        rules = assembly_rules(settings)
         found = collect(read_topic(settings, args.from_topic, span, bar.update), patterns, rules)
     if not found.machines:
         raise DataError(f"no windows to train on in {args.from_topic} ({_why(found)})")
@@ -246,13 +243,27 @@ def _check_ends(consumer: KafkaConsumer, waiting: list[TopicPartition]) -> None:
         )
 
 
+def assembly_rules(settings: Settings) -> Rules:
+    """The assembly rules the workers run with (FAULTWATCH_INPUT_*, EPISODE_SILENT_SECONDS)."""
+    return Rules.of(
+        settings.input_grace_seconds,
+        settings.input_fill_limit,
+        settings.input_max_future_seconds,
+        settings.episode_silent_seconds,
+    )
+
+
 def collect(
-    records: Iterator[Any], patterns: Sequence[str], rules: Rules | None = None
+    records: Iterator[Any],
+    patterns: Sequence[str],
+    rules: Rules | None = None,
+    models: Routes | None = None,
 ) -> Collected:
     """Contract windows by machine (those the patterns name); other records counted by why.
 
     Samples and tags are assembled into windows as the worker would (worker/inputs/), with
-    `rules` (default: the settings' defaults)."""
+    `rules` (default: the settings' defaults): on `models`' grids, the windows each machine's
+    model scores (retrain), or without models, rows on the readings' own grid (train)."""
     found = Collected()
     readings: list[Any] = []
     for record in records:
@@ -275,14 +286,21 @@ def collect(
             found.channels[tuple(message.channels)] += 1
         found.machines.setdefault(machine, []).append(Window(end, record.timestamp / 1000, values))
     if readings:
-        _assemble(readings, patterns, rules or Rules(), found)
+        _assemble(readings, patterns, rules or Rules(), found, models)
     return found
 
 
-def _assemble(records: list[Any], patterns: Sequence[str], rules: Rules, found: Collected) -> None:
+def _assemble(
+    records: list[Any],
+    patterns: Sequence[str],
+    rules: Rules,
+    found: Collected,
+    models: Routes | None = None,
+) -> None:
     """Samples or tags (whichever the topic holds more of) through the worker's assembler, one
-    per partition, on the grid of the readings' own median step; their closed rows come back
-    as windows of two rows each, which `rebuild` joins into recordings."""
+    per partition: on the grids of `models` (each machine's model's windows), or else on the
+    grid of the readings' own median step, their closed rows as windows of two rows each,
+    which `rebuild` joins into recordings."""
     forms: dict[str, list[tuple[Any, Any]]] = {"samples": [], "tags": []}
     for record in records:
         for form, decoder in READING_DECODERS.items():
@@ -301,17 +319,16 @@ def _assemble(records: list[Any], patterns: Sequence[str], rules: Rules, found: 
     if not chosen:
         return
     found.form = form
-    channels: dict[str, None] = {}  # samples: in first-seen order, as a CSV's columns
-    for _, message in chosen:
-        for name in message.values if form == "samples" else (message.channel,):
-            channels.setdefault(name, None)
-    names = list(channels) if form == "samples" else sorted(channels)  # tags have no order
-    grid = Grid.of(names, 2, _median_step(chosen), "the readings")
+    if models is None:
+        grids, route = [_rows_grid(form, chosen)], _one_grid
+    else:
+        grids = [grid_of(served.scorer, served.name) for served in models.models]
+        route = models.router()
 
     def wanted(machine: str) -> int | None:
-        return 0 if any(fnmatch.fnmatchcase(machine, p) for p in patterns) else None
+        return route(machine) if any(fnmatch.fnmatchcase(machine, p) for p in patterns) else None
 
-    decoder = ReadingDecoder(form, [grid.channels], 2**31, route=wanted)
+    decoder = ReadingDecoder(form, [grid.channels for grid in grids], 2**31, route=wanted)
     by_partition: dict[int, list[Any]] = {}
     for record, _ in chosen:
         by_partition.setdefault(record.partition, []).append(record)
@@ -323,15 +340,29 @@ def _assemble(records: list[Any], patterns: Sequence[str], rules: Rules, found: 
             for _, why in decoded.invalid:
                 other = why.reason == "no_model"
                 found.skipped["of other machines" if other else f"{form}: {why.reason}"] += 1
-            out = assembler.assemble(decoded.readings, [grid], decoded.readings.slots)
+            out = assembler.assemble(decoded.readings, grids, decoded.readings.slots)
             for why in out.refused.values():
                 found.skipped[f"{form}: {why.reason}"] += 1
             for built in out.built:
-                found.channels[grid.channels] += len(built.buckets)
+                found.channels[grids[built.slot].channels] += len(built.buckets)
                 ends = ((built.buckets * built.step) / MICROS).tolist()
                 windows = found.machines.setdefault(built.machine, [])
                 for end, i, values in zip(ends, built.records.tolist(), built.windows, strict=True):
                     windows.append(Window(end, chunk[i].timestamp / 1000, values))
+
+
+def _one_grid(machine: str) -> int:
+    return 0
+
+
+def _rows_grid(form: str, chosen: list[tuple[Any, Any]]) -> Grid:
+    """Rows of every channel the readings name, on their median step (train's grid)."""
+    channels: dict[str, None] = {}  # samples: in first-seen order, as a CSV's columns
+    for _, message in chosen:
+        for name in message.values if form == "samples" else (message.channel,):
+            channels.setdefault(name, None)
+    names = list(channels) if form == "samples" else sorted(channels)  # tags have no order
+    return Grid.of(names, 2, _median_step(chosen), "the readings")
 
 
 def _median_step(messages: list[tuple[Any, Any]]) -> float:

@@ -49,11 +49,16 @@ import numpy as np
 from model.baseline import MARGIN, Baseline
 
 Kind = Literal["opened", "updated", "closed"]
-CloseReason = Literal["cleared", "silent", "muted", "reset"]
-CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted", "reset")
+CloseReason = Literal["cleared", "silent", "muted", "reset", "dismissed", "new_normal"]
+CLOSE_REASONS: tuple[CloseReason, ...] = (
+    "cleared", "silent", "muted", "reset", "dismissed", "new_normal",
+)  # fmt: skip
 RESET_FLOOR = 300.0  # seconds: a machine's clock set back by more than this (and than every
 # rule's span) is a reset, not a late window
 MAX_MACHINES = 100_000  # newest window times remembered per tracker; then the oldest go
+# An operator's label (the control topic) -> the close it causes in an open episode; `fault`
+# confirms the episode, which stays open and carries the label.
+LABEL_CLOSES: dict[str, CloseReason] = {"false-alarm": "dismissed", "new-normal": "new_normal"}
 DIGITS = 6  # significant digits of event floats: a re-scored window gives the same bytes
 
 
@@ -105,7 +110,7 @@ class Episode:
         "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
         "reported_peak", "reported", "clear_since", "clear_at", "versions", "peak_ratios",
         "step", "clear_count", "band_since", "band_low", "band_high", "band_count",
-        "deep_since", "deep_at", "deep_count", "deep_sum", "heard",
+        "deep_since", "deep_at", "deep_count", "deep_sum", "heard", "label",
     )  # fmt: skip
 
     def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
@@ -133,6 +138,7 @@ class Episode:
         self.deep_count = 0
         self.deep_sum = 0.0  # sum of log(score / threshold) over the deep stretch
         self.heard = time  # the partition's clock when its machine's last window came
+        self.label: str | None = None  # an operator's: false-alarm, fault or new-normal
 
     def copy(self) -> Episode:
         twin = Episode.__new__(Episode)
@@ -202,6 +208,7 @@ LATER_DEFAULTS: dict[str, Any] = {
     "deep_at": None,
     "deep_count": 0,
     "deep_sum": 0.0,
+    "label": None,
 }
 # `heard` too: saved without it, an episode was last heard at its last window
 LATER_FIELDS = ("versions", "peak_ratios", "heard", *LATER_DEFAULTS)
@@ -439,6 +446,35 @@ class Tracker:
             events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
 
+    def apply_labels(
+        self, label_of: Callable[[str], str | None], cause: Cause
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Operators' labels on the open episodes: `false-alarm` closes one `dismissed`,
+        `new-normal` closes it `new_normal` and re-bases the machine's normal (`rebase`); either
+        way the machine opens no new episode before it has cleared. `fault` confirms it (it
+        stays open, its events carry the label). Returns the events and the
+        (machine, label) applied. Each episode ends at its own machine's last window."""
+        events: list[dict[str, Any]] = []
+        applied: list[tuple[str, str]] = []
+        for machine in sorted(self.episodes):
+            episode = self.episodes[machine]
+            label = label_of(episode.id) if episode.phase == "open" else None
+            if label is None or label == episode.label:
+                continue
+            self._touch(machine)
+            episode.label = label
+            applied.append((machine, label))
+            reason = LABEL_CLOSES.get(label)
+            if reason is not None:
+                events += self._end(episode, reason, episode.last, episode.last_at, cause)
+                # Held, unpublished, until the machine clears by the usual rule: a condition
+                # the operator just dismissed must not open the next episode a window later.
+                episode.phase = "labelled"
+                self.episodes[machine] = episode
+            if label == "new-normal":
+                self.rebase(machine)  # the drift adaptation's re-base, at once
+        return events, applied
+
     def due(self, to: float) -> bool:
         """Whether moving the clock on to `to` may close an episode for silence."""
         return to > self.clock and to >= self._next_scan
@@ -635,6 +671,7 @@ class Tracker:
             "detector": episode.detector,
             "detectors": _rounded(episode.peak_ratios),
             "model_versions": list(episode.versions),
+            "label": episode.label,
             "close_reason": None,
             "source": cause.source,
         }

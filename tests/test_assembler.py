@@ -207,19 +207,22 @@ def test_state_is_plain_json_and_a_restore_carries_on_identically():
     np.testing.assert_array_equal(np.concatenate([part[1], rest[1]]), whole[1])
 
 
-def test_a_rolled_back_batch_redone_gives_the_same_windows():
+@pytest.mark.parametrize("first, last", [(30, 60), (30, 31)])  # a batch of one record too
+def test_a_rolled_back_batch_redone_gives_the_same_windows(first, last):
     rec = recording(with_gaps(80))
     values = [v for _, v in reading_records("m", rec, "samples")]
     decoder = ReadingDecoder("samples", [GRID.channels], 1_000_000)
     assembler = Assembler(RULES)
-    assembler.assemble(*_args(decoder, values[:30]))
+    assembler.assemble(*_args(decoder, values[:first]))
     assembler.begin()
-    once = assembler.assemble(*_args(decoder, values[30:60]))
+    once = assembler.assemble(*_args(decoder, values[first:last]))
     changed = assembler.changed()
     assert set(changed) == {"m"} and changed["m"][0] != changed["m"][1]
     assembler.rollback()
-    again = assembler.assemble(*_args(decoder, values[30:60]))
+    again = assembler.assemble(*_args(decoder, values[first:last]))
     assert [b.buckets.tolist() for b in once.built] == [b.buckets.tolist() for b in again.built]
+    # the same record closes each bucket: the same source, the same event ids
+    assert [b.records.tolist() for b in once.built] == [b.records.tolist() for b in again.built]
     np.testing.assert_array_equal(once.built[0].windows, again.built[0].windows)
 
 
@@ -260,3 +263,63 @@ def test_a_saved_state_is_not_changed_by_later_readings():
     frozen = json.dumps(saved)
     assemble(assembler, values[20:], "samples")
     assert json.dumps(saved) == frozen
+
+
+def test_readings_that_only_fill_an_open_bucket_are_a_change_of_the_batch():
+    rec = recording(normal_values(40))
+    values = [v for _, v in reading_records("m", rec, "tags")]  # one tag per channel and second
+    decoder = ReadingDecoder("tags", [GRID.channels], 1_000_000)
+    assembler = Assembler(RULES)
+    assembler.assemble(*_args(decoder, values[:41]))  # the first tag of second 10 closes
+    before = assembler.machines["m"].to_dict()
+    assembler.begin()
+    assembler.assemble(*_args(decoder, values[41:43]))  # two more channels of second 10
+    before_batch, now = assembler.changed()["m"]
+    assert before_batch == before and now != before
+
+
+def test_on_an_hourly_grid_a_machine_read_every_20_minutes_is_not_silent():
+    hour = 3600
+    rules = Rules(
+        grace=60 * MICROS, fill_limit=3, max_future=2 * hour * MICROS, silent=600 * MICROS
+    )
+    grid = Grid(("a",), 2, hour * MICROS)
+    decoder = ReadingDecoder("tags", [grid.channels], 10_000)
+    tag = '{{"machine_id":"{m}","channel":"a","timestamp":{t},"value":{v}}}'
+    values = []
+    for k in range(18):  # six hours, the two machines 10 minutes apart (more than `silent`)
+        values.append(tag.format(m="early", t=k * 1200, v=k).encode())
+        values.append(tag.format(m="later", t=k * 1200 + 600, v=k).encode())
+    decoded = decoder.decode_batch(values)
+    out = Assembler(rules).assemble(decoded.readings, [grid], decoded.readings.slots)
+    assert out.refused == {}  # none late: their hour's bucket was still theirs
+    assert {b.machine: b.buckets.tolist() for b in out.built} == {
+        "early": [1, 2, 3, 4],
+        "later": [1, 2, 3, 4],
+    }
+    # each bucket holds its last reading: 40 minutes past the hour, the third of three
+    early = next(b for b in out.built if b.machine == "early")
+    assert early.windows[:, -1, 0].tolist() == [5.0, 8.0, 11.0, 14.0]
+
+
+def test_machines_quiet_for_an_hour_are_forgotten_as_the_partition_s_clock_moves_on():
+    decoder = ReadingDecoder("samples", [GRID.channels], 1_000_000)
+    values = dict.fromkeys(GRID.channels, 1.0)
+
+    def samples(machine, times):
+        docs = [{"machine_id": machine, "timestamp": t, "values": values} for t in times]
+        return [json.dumps(d).encode() for d in docs]
+
+    once = [s for n in range(100) for s in samples(f"seq-{n}", [10.0])]  # an id per record
+    assembler = Assembler(RULES)
+    assembler.assemble(*_args(decoder, once + samples("busy", range(21))))
+    assembler.begin()
+    assembler.assemble(*_args(decoder, samples("busy", range(3500, 3590))))
+    assert len(assembler.machines) == 101  # closed as silent, not yet quiet for an hour
+    assembler.begin()
+    assembler.assemble(*_args(decoder, samples("busy", range(3590, 3700))))
+    assert set(assembler.machines) == {"busy"}
+    changed = assembler.changed()
+    assert changed["seq-7"][0] is not None and changed["seq-7"][1] is None  # deleted in the store
+    back = assembler.assemble(*_args(decoder, samples("seq-7", [3700.5])))
+    assert back.refused == {} and "seq-7" in assembler.machines  # afresh, not late

@@ -30,12 +30,16 @@ RULES = Rules(grace=2 * MICROS, fill_limit=3, max_future=60 * MICROS, silent=60 
 T0 = 1_700_000_000
 
 
-def make(scorer: Scorer, log: Changelog, form: str = "windows") -> Pipeline:
+def make(
+    scorer: Scorer, log: Changelog, form: str = "windows", wall: float | None = None
+) -> Pipeline:
+    """`wall`: the readings stage's wall clock, fixed (None: the real one)."""
     assembly = AssemblyFamily(RULES) if form != "windows" else None
     families = (assembly,) if assembly is not None else ()
     state = EpisodeState(CONFIG, "input", "group", log, families=families)
     episodes = Episodes(state, MuteTable(), assembly)
-    stage = ReadingStage(form, assembly, 10_000) if assembly is not None else None
+    clock = {"clock": lambda: wall} if wall is not None else {}
+    stage = ReadingStage(form, assembly, 10_000, **clock) if assembly is not None else None
     topics = Topics("events", "dlq", "scores", "state")
     return Pipeline(scorer, topics, 2, episodes, max_record_bytes=10_000, readings=stage)
 
@@ -130,6 +134,27 @@ def test_late_and_future_readings_are_dead_letters_with_their_bytes(tiny_scorer)
     assert [o.value for o in result.outputs if o.topic == "dlq"] == [late.value, values[20]]
     assert result.readings.late == result.readings.future == len(CHANNELS)
     assert result.dead_letters == {"late": 1, "future": 1}
+
+
+def test_readings_ahead_of_the_wall_clock_are_future_and_close_no_episode(tiny_scorer):
+    # pump-2's gateway runs an hour ahead: its readings agree with each other, so only the wall
+    # clock can tell; taken, its windows would move the partition's clock and close pump-1's
+    # open episode `silent`.
+    mine = records_of(pump(), "samples", 10)[:56]  # pump-1's episode is open at T0 + 55
+    ahead = []
+    for r in records_of(pump(), "samples", 10)[:30]:
+        sample = json.loads(r.value)
+        sample["machine_id"], sample["timestamp"] = "pump-2", T0 + 3600 + r.offset
+        ahead.append(json.dumps(sample).encode())
+    values = [r.value for r in mine] + ahead
+    batch = [Record(offset, value, key=None) for offset, value in enumerate(values)]
+    result = make(tiny_scorer, Changelog(), "samples", wall=T0 + 60).process(batch)
+    dead = _dead(result.outputs)
+    assert [offset for offset, _, _ in dead] == list(range(56, 86))
+    assert {reason for _, reason, _ in dead} == {"future"}
+    assert "ahead of the wall clock" in dead[0][2]["faultwatch.error.message"]
+    kinds = [e[0] for e in episodes(result.outputs)]
+    assert kinds[0] == "opened" and "closed" not in kinds  # nothing closed it `silent`
 
 
 def test_a_redone_batch_gives_the_same_bytes_and_a_restore_carries_on(tiny_scorer):

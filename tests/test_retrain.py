@@ -31,9 +31,10 @@ def at(row: int) -> str:
 
 
 @pytest.fixture
-def plant(bootstrap, make_topic, monkeypatch, tmp_path, tiny_model_path) -> dict:
-    """pump-1's history: windows with three nuisances and a fault, each an episode the live
-    model (the tiny one, which never saw the nuisance) opened; a models directory holding it."""
+def plant(bootstrap, make_topic, monkeypatch, tmp_path, tiny_model_path, request) -> dict:
+    """pump-1's history: windows (or, as the fixture's parameter, samples) with three
+    nuisances and a fault, each an episode the live model (the tiny one, which never saw the
+    nuisance) opened; a models directory holding it."""
     topics = {name: make_topic(name) for name in ("windows", "events", "control")}
     for name, value in (
         ("BOOTSTRAP_SERVERS", bootstrap),
@@ -47,11 +48,14 @@ def plant(bootstrap, make_topic, monkeypatch, tmp_path, tiny_model_path) -> dict
     for a, b in NUISANCES:
         rows[a:b, 3] += 1.5
     rows[FAULT[0] : FAULT[1], 0] += 25.0
-    windows = [
-        (b"pump-1", _window(end, rows[end - WINDOW + 1 : end + 1]), None)
-        for end in range(WINDOW - 1, ROWS)
-    ]
-    produce(bootstrap, topics["windows"], windows)
+    if getattr(request, "param", "windows") == "samples":
+        records = [(b"pump-1", _sample(row, rows[row]), None) for row in range(ROWS)]
+    else:
+        records = [
+            (b"pump-1", _window(end, rows[end - WINDOW + 1 : end + 1]), None)
+            for end in range(WINDOW - 1, ROWS)
+        ]
+    produce(bootstrap, topics["windows"], records)
     events = []
     for n, (a, b) in enumerate([*NUISANCES, FAULT]):
         episode = {"machine_id": "pump-1", "episode_id": f"ep-{n}", "started_at": at(a)}
@@ -74,6 +78,13 @@ def plant(bootstrap, make_topic, monkeypatch, tmp_path, tiny_model_path) -> dict
 def _window(end: int, values: np.ndarray) -> bytes:
     document = {"machine_id": "pump-1", "timestamp": at(end), "channels": CHANNELS}
     return json.dumps(document | {"values": values.tolist()}).encode()
+
+
+def _sample(row: int, values: np.ndarray) -> bytes:
+    document = {"machine_id": "pump-1", "timestamp": at(row)}
+    return json.dumps(
+        document | {"values": dict(zip(CHANNELS, values.tolist(), strict=True))}
+    ).encode()
 
 
 def label(*labels: str) -> None:
@@ -117,6 +128,17 @@ def test_a_better_candidate_is_promoted_and_a_rollback_puts_the_live_one_back(pl
     metrics = read_metrics(plant["models"] / WORKDIR / METRICS)
     assert metrics["faultwatch_retrain_rollbacks_total"] == 1
     assert metrics["faultwatch_retrain_runs_total"] == 1
+
+
+@pytest.mark.parametrize("plant", ["samples"], indirect=True)
+def test_samples_are_assembled_on_the_live_model_s_grid_as_its_workers_do(plant, capsys):
+    label("false-alarm", "false-alarm", "false-alarm", "false-alarm", "false-alarm", "fault")
+    report = retrain(plant, "--promote")
+    (entry,) = report["models"]
+    assert entry["decision"] == "promoted", capsys.readouterr().out
+    # every window but the last ones, still open within the grace (5 s), as a worker has them
+    assert ROWS - WINDOW + 1 - 6 <= entry["windows"] < ROWS - WINDOW + 1
+    assert entry["evaluation"]["candidate"]["caught"] == ["ep-5"]
 
 
 def test_a_candidate_that_would_miss_a_confirmed_fault_is_refused_and_nothing_changes(

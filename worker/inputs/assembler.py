@@ -18,7 +18,10 @@ a partition because the key is the machine id), like the episode Tracker.
 - A run of empty buckets longer than fill_limit restarts the machine's rows: nothing could
   fill them, so every window over them would be skipped; the silence costs no work.
 - A machine whose latest reading is `silent` behind the partition's clock has its open
-  buckets closed, so its last windows are scored (and its episode can close `silent`).
+  buckets closed, so its last windows are scored (and its episode can close `silent`); never
+  before the partition's clock passes the end of the machine's latest bucket by the grace, as
+  its own watermark would (on an hourly grid, a machine read every 20 minutes is not silent).
+- A machine with nothing open, quiet for an hour (QUIET) of the partition's time, is forgotten.
 
 Everything is integer microseconds, so bucket edges are exact. The state of a machine is
 plain JSON (`Machine.to_dict`); a batch can be undone (`begin`, `rollback`, `changed`).
@@ -48,6 +51,11 @@ log = logging.getLogger(__name__)
 MICROS = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BEFORE = -(2**62)  # a cell's reading time before any reading
+BEYOND = 2**62  # no wall-clock bound
+# A machine quiet this long (and longer than its fill limit's buckets), with nothing open, is
+# forgotten, checked each time the partition's clock enters a new span of it: memory and state
+# stay bounded by the machines heard lately, whatever the ids (a sequence number per record).
+QUIET = 3600 * MICROS
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,7 @@ class Refusal:
 
     reason: str
     seconds: float
+    ahead_of: str = "the machine's latest reading"  # a `future` one's reference
 
 
 @dataclass
@@ -222,7 +231,8 @@ class Assembler:
         self.rules = rules
         self.machines: dict[str, Machine] = {}
         self.clock: int | None = None  # the partition's newest reading time
-        self._heap: list[tuple[int, str]] = []  # (latest, machine) of machines with open buckets
+        # (when silent, machine) of machines with open buckets: see `_silent_at`
+        self._heap: list[tuple[int, str]] = []
         self.open_count = 0  # open buckets of all machines, kept as they open and close
         self.begin()
 
@@ -283,16 +293,23 @@ class Assembler:
     # --- readings
 
     def assemble(
-        self, readings: Readings, grids: Sequence[Grid], slots: Sequence[int]
+        self,
+        readings: Readings,
+        grids: Sequence[Grid],
+        slots: Sequence[int],
+        now: int | None = None,
     ) -> Assembled:
         """A batch's readings, in batch order. `slots[m]` is the model of readings.machines[m],
-        `grids[slot]` its grid; a machine whose grid changed restarts its assembly."""
+        `grids[slot]` its grid; a machine whose grid changed restarts its assembly. `now`: the
+        wall clock (microseconds; None: unbounded): a reading more than max_future past it is
+        `future` whatever its machine's time, so no clock here or in the episodes holds it."""
         counts = Counts()
         names = readings.machines
         states: list[Machine | None] = [None] * len(names)  # made at a machine's first reading
         pending: dict[str, list[_Segment]] = {}
         refused: dict[int, Refusal] = {}
         rules, clock = self.rules, self.clock
+        started = clock
         # One pass per record: a sample's readings share its machine and time (checked once),
         # a tag is a record of one reading.
         record = readings.record
@@ -307,7 +324,12 @@ class Assembler:
             readings.time[starts].tolist(),
             strict=True,
         )
+        limit = BEYOND if now is None else now + rules.max_future
         for a, b, r, m, t in heads:
+            if t > limit:
+                refused.setdefault(r, Refusal("future", (t - now) / MICROS, "the wall clock"))
+                counts.future += b - a
+                continue
             state, name = states[m], names[m]
             if state is None:
                 state = states[m] = self._machine(name, grids[slots[m]], counts)
@@ -342,14 +364,14 @@ class Assembler:
             counts.readings += b - a
             if state.latest is None or t > state.latest:
                 state.latest = t
-                heapq.heappush(self._heap, (t, name))
+                heapq.heappush(self._heap, (self._silent_at(state), name))
                 through = (t - rules.grace) // step - 1
                 first = state.closed + 1 if state.closed is not None else min(state.open)
                 if through >= first:
                     self._close(name, state, through, r, pending)
             if clock is None or t > clock:
                 clock = t
-                if rules.silent and self._heap and self._heap[0][0] + rules.silent <= clock:
+                if rules.silent and self._heap and self._heap[0][0] <= clock:
                     self._close_silent(clock, r, pending)
         self.clock = clock
         if len(self._heap) > 2 * len(self.machines) + 1024:
@@ -360,14 +382,17 @@ class Assembler:
             state = self.machines[name]
             slot = slot_of.get(name, -1)
             built += self._windows(name, slot, state, segments, counts)
+        if started is not None and clock is not None and clock // QUIET > started // QUIET:
+            self._forget_quiet(clock)
         return Assembled(built, refused, counts)
 
     def _machine(self, name: str, grid: Grid, counts: Counts) -> Machine:
-        """The machine's state, new or restarted when its model's grid changed."""
+        """The machine's state, new or restarted when its model's grid changed; kept as it was
+        before the batch (at its first reading in it) for `changed` and `rollback`."""
+        self._touch(name)
         state = self.machines.get(name)
         if state is not None and state.grid == grid:
             return state
-        self._touch(name)
         if state is not None:
             counts.restarts += 1
             self.open_count -= len(state.open)
@@ -421,12 +446,12 @@ class Assembler:
         state.closed = through
 
     def _close_silent(self, clock: int, record: int, pending: dict[str, list[_Segment]]) -> None:
-        """Close the open buckets of machines silent for `silent` of the partition's time."""
+        """Close the open buckets of machines silent by the partition's time."""
         heap = self._heap
-        while heap and heap[0][0] + self.rules.silent <= clock:
-            latest, name = heapq.heappop(heap)
+        while heap and heap[0][0] <= clock:
+            due, name = heapq.heappop(heap)
             state = self.machines.get(name)
-            if state is None or state.latest != latest or not state.open:
+            if state is None or not state.open or self._silent_at(state) != due:
                 continue  # a stale entry: the machine spoke since, or has nothing open
             self._close(name, state, max(state.open), record, pending)
 
@@ -470,9 +495,37 @@ class Assembler:
         state.rows = np.array(state.rows)  # a copy: not a view into a batch's array
         return built
 
+    def _silent_at(self, state: Machine) -> int:
+        """The partition time at which the machine is silent: `silent` after its latest
+        reading, and not before the end of that reading's bucket plus the grace (its own
+        watermark's rule; it decides on grids coarser than `silent`)."""
+        latest, step = state.latest or 0, state.grid.step
+        return max(latest + self.rules.silent, (latest // step + 1) * step + self.rules.grace)
+
+    def _forget_quiet(self, clock: int) -> None:
+        """Forget the machines with nothing open that have been quiet for QUIET (and for their
+        fill limit's buckets: after that, their next reading starts their rows afresh anyway)."""
+        rules = self.rules
+        quiet = [
+            name
+            for name, m in self.machines.items()
+            if not m.open
+            and m.latest is not None
+            and clock - m.latest >= max(QUIET, (rules.fill_limit + 1) * m.grid.step + rules.grace)
+        ]
+        for name in quiet:
+            self._touch(name)
+            del self.machines[name]
+        if quiet:
+            log.info("assembly forgot machines=%d quiet for an hour or more", len(quiet))
+
     def _rebuild_heap(self) -> None:
         self.open_count = sum(len(m.open) for m in self.machines.values())
-        self._heap = [(m.latest, n) for n, m in self.machines.items() if m.open and m.latest]
+        self._heap = [
+            (self._silent_at(m), n)
+            for n, m in self.machines.items()
+            if m.open and m.latest is not None
+        ]
         heapq.heapify(self._heap)
 
 

@@ -12,6 +12,7 @@ state must have been begun for the batch (the pipeline does it before calling `d
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from model.scoring import Scorer
-from worker.inputs.assembler import Built, Counts, Grid, Refusal, bucket_time
+from worker.inputs.assembler import MICROS, Built, Counts, Grid, Refusal, bucket_time
 from worker.inputs.family import AssemblyFamily
 from worker.inputs.readings import Format, ReadingDecoder
 from worker.messages import Decoded, Group, Invalid, Origin
@@ -70,10 +71,17 @@ def interval_loader(load: Callable[[Path], Scorer] = Scorer.load) -> Callable[[P
 class ReadingStage:
     """Decoder and assemblers of a worker reading samples or tags."""
 
-    def __init__(self, form: Format, family: AssemblyFamily, max_record_bytes: int) -> None:
+    def __init__(
+        self,
+        form: Format,
+        family: AssemblyFamily,
+        max_record_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.form = form
         self.family = family
         self.max_record_bytes = max_record_bytes
+        self.clock = clock  # the wall clock: readings past it by max_future are `future`
 
     def serve(self, models: Routes) -> None:
         """Assemble for these models from the next batch on (a machine whose grid changes
@@ -92,9 +100,11 @@ class ReadingStage:
         partitions = partition_of[readings.record]  # (R,)
         built: list[Built] = []
         refused: dict[int, Refusal] = {}
+        now = round(self.clock() * MICROS)
         for p in sorted(set(partitions.tolist())):
             assembler = self.family.assemblers[p]
-            out = assembler.assemble(readings.take(partitions == p), self.grids, readings.slots)
+            mine = readings.take(partitions == p)
+            out = assembler.assemble(mine, self.grids, readings.slots, now)
             built += out.built
             refused.update(out.refused)
             counts.add(out.counts)
@@ -137,8 +147,7 @@ def _refusal(why: Refusal, grace: float) -> Invalid:
         header = ("faultwatch.error.late_seconds", f"{why.seconds:g}".encode())
         return Invalid("late", message, (header,))
     message = (
-        f"{why.seconds:g} s ahead of the machine's latest reading "
-        "(more than FAULTWATCH_INPUT_MAX_FUTURE_SECONDS)"
+        f"{why.seconds:g} s ahead of {why.ahead_of} (more than FAULTWATCH_INPUT_MAX_FUTURE_SECONDS)"
     )
     return Invalid("future", message)
 
