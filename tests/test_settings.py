@@ -144,6 +144,12 @@ def test_episode_settings_and_event_mode():
     assert (config.update_seconds, config.silent_seconds) == (60, 600)
 
 
+def test_the_deep_clear_time_reaches_the_episode_rules(monkeypatch):
+    assert settings_io.load().episode_config().clear_deep_seconds == 150
+    monkeypatch.setenv("FAULTWATCH_EPISODE_CLEAR_DEEP_SECONDS", "0")
+    assert settings_io.load().episode_config().clear_deep_seconds == 0
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

@@ -209,6 +209,13 @@ class Settings(BaseSettings):
         "machine's normal, then clears: quick recovery (short) or no steady fault learned "
         "(long; 0: never)",
     )
+    episode_clear_deep_seconds: float = Field(
+        EpisodeConfig.clear_deep_seconds,
+        ge=0,
+        description="an open episode whose scores have stayed at or below the threshold this "
+        "long (and clear windows), at a geometric mean under half the threshold, closes: "
+        "quick recovery once well inside normal (0: only the clear rule)",
+    )
     adapt_seconds: float = Field(
         EpisodeConfig.adapt_seconds,
         ge=0,
@@ -402,6 +409,7 @@ class Settings(BaseSettings):
             clear_windows=self.episode_clear_windows,
             silent_windows=self.episode_silent_windows,
             settle_seconds=self.episode_settle_seconds,
+            clear_deep_seconds=self.episode_clear_deep_seconds,
             adapt_seconds=self.adapt_seconds,
             adapt_max=self.adapt_max_factor,
         )
