@@ -29,7 +29,7 @@ from model.scoring import Scores
 from worker import settings as settings_io
 from worker.control import PATTERN_CHARACTERS, ControlReader, Mute, MuteTable
 from worker.errors import BrokerError
-from worker.publisher import producer_options
+from worker.kafka.kafka_python import producer_options
 from worker.settings import Settings
 from worker.state import ChangelogReader, restore
 from worker.state.changelog import EPISODE

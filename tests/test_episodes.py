@@ -275,3 +275,49 @@ def test_the_newest_window_times_are_bounded_and_pruned_by_data_time():
     (closed,) = feed(30 + 2 * feed.tracker.reset_seconds, 1.0, machine="late-comer")
     assert closed["close_reason"] == "silent"  # then "open" is one more quiet machine
     assert set(feed.tracker.seen) == {"late-comer"}  # pruned by data time
+
+
+DEEP = replace(CONFIG, clear_seconds=600, clear_ratio=0.8, clear_windows=10, clear_deep_seconds=150)
+
+
+def test_scores_back_well_inside_normal_close_after_the_deep_clear_time():
+    feed = Feed(DEEP)
+    feed(0, 9.0)
+    for t in range(1, 151):  # under half the threshold, a stray 1.7 among them
+        assert feed(t, 1.7 if t == 60 else 0.6) == []
+    (closed,) = feed(151, 0.6)
+    assert closed["close_reason"] == "cleared" and closed["ended_at"] == stamp(T0 + 1)
+
+
+def test_scores_just_under_the_clear_line_need_the_whole_clear_time():
+    feed = Feed(DEEP)
+    feed(0, 9.0)
+    for t in range(1, 601):  # below 0.8 x threshold, above half of it: not deep
+        assert feed(t, 1.4) == []
+    (closed,) = feed(601, 1.4)
+    assert closed["ended_at"] == stamp(T0 + 1)
+
+
+def test_a_window_above_the_threshold_restarts_the_deep_clear():
+    feed = Feed(DEEP)
+    feed(0, 9.0)
+    for t in range(1, 100):
+        feed(t, 0.5)
+    feed(100, 3.0)
+    assert [feed(t, 0.5) for t in range(101, 251)] == [[]] * 150
+    (closed,) = feed(251, 0.5)
+    assert closed["ended_at"] == stamp(T0 + 101)
+
+
+def test_the_deep_clear_needs_its_windows_on_slow_data_and_survives_a_restore():
+    slow = replace(DEEP, clear_seconds=3000, clear_windows=4, silent_seconds=0)
+    feed = Feed(slow)
+    feed(0, 9.0)
+    feed(300, 0.5)
+    feed(600, 0.5)  # 300 s past the deep clear time, 2 of 4 windows
+    saved = [json.loads(json.dumps(e.to_dict())) for e in feed.tracker.episodes.values()]
+    other = Feed(slow)
+    other.tracker.restore([Episode.from_dict(d) for d in saved], feed.tracker.clock)
+    assert other(900, 0.5) == []
+    (closed,) = other(1200, 0.5)
+    assert closed["ended_at"] == stamp(T0 + 300)

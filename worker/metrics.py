@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from model.episodes import CLOSE_REASONS
 from worker.control.records import LABELS
 from worker.control.records import SKIP_REASONS as CONTROL_SKIP_REASONS
-from worker.messages import REASONS
+from worker.inputs.windows import REASONS
 from worker.state.changelog import SKIP_REASONS as STATE_SKIP_REASONS
 
 # Scores are squared errors in standardised units: log-spaced, 0.001 to 1000.

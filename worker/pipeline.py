@@ -27,7 +27,7 @@ from worker.clocks import WallClock
 from worker.control import Label, MuteTable
 from worker.inputs.family import AssemblyFamily
 from worker.inputs.stage import ReadingCounts, ReadingStage
-from worker.messages import Decoded, Decoder, Invalid, Origin
+from worker.inputs.windows import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
 from worker.state import EpisodeState
