@@ -49,6 +49,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/labels.py
 
 bench-throughput: install
 	$(BIN)/python benchmarks/throughput.py

@@ -167,7 +167,8 @@ def episode_lines(row: Row, files: list[Path], tep: Path) -> str:
         [
             f"episodes of {row.entry.name} at open {config.open_seconds:g} s and "
             f"{config.open_windows} windows, clear {config.clear_seconds:g} s and "
-            f"{config.clear_windows} windows below {config.clear_ratio:g} x threshold, settle "
+            f"{config.clear_windows} windows below {config.clear_ratio:g} x threshold (deep "
+            f"clear {config.clear_deep_seconds:g} s under half of it), settle "
             f"{config.settle_seconds:g} s, baseline time constant {config.adapt_seconds:g} s:",
             f"  SKAB valve1   {episodes.describe(episodes.summarise(skab), 1.0)}",
             f"  TEP (18 faults, normal-test) "

@@ -1,9 +1,10 @@
 """Throughput and latency of the worker on the embedded broker, beside the limits it works under.
 
-One run, on one broker, with one model and one set of records, measures:
-  1. raw consume: kafka-python reading the input topic without decoding (the transport's limit),
+One run, on one broker, with one model and one set of records, measures for each Kafka client
+(FAULTWATCH_KAFKA_CLIENT: kafka-python, confluent), runs of the two taking turns:
+  1. raw consume: the client reading the input topic without decoding (the transport's limit),
      and reading it while decoding each poll (no scoring): what one process can reach at most
-     with these two libraries, since both hold the interpreter lock;
+     with that client, since the decoder holds the interpreter lock;
   2. in-process: decoding, scoring and the whole batch logic on the same records (compute limit);
   3. the worker, end to end: windows/s from the input topic to committed offsets, between 10 %
      and 90 % of a backlog (offsets read from the group by an admin client, as a lag
@@ -21,8 +22,8 @@ Records follow the message contract: 8 simulated pump channels, the model's defa
 values with 6 significant digits (as `faultwatch replay` sends a CSV's cells).
 Numbers are noisy on a shared machine: compare only figures from the same run.
 
-    .venv/bin/python benchmarks/throughput.py                  # about 1.5 minutes on 2 cores
-    .venv/bin/python benchmarks/throughput.py --records 10000 --latency-seconds 5
+    .venv/bin/python benchmarks/throughput.py                  # about 4 minutes on 2 cores
+    .venv/bin/python benchmarks/throughput.py --records 10000 --latency-seconds 5 --skip-two
 """
 
 from __future__ import annotations
@@ -57,20 +58,23 @@ from model import artifact as artifact_io  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.simulator import CHANNELS, simulate  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
-from worker.consumer import consumer_options, fetch_options  # noqa: E402
 from worker.control import MuteTable  # noqa: E402
 from worker.inputs.assembler import Grid, Machine, Rules  # noqa: E402
 from worker.inputs.family import AssemblyFamily  # noqa: E402
 from worker.inputs.stage import ReadingStage  # noqa: E402
+from worker.kafka import confluent  # noqa: E402
+from worker.kafka.kafka_python import (  # noqa: E402
+    consumer_options,
+    fetch_options,
+    producer_options,
+)
 from worker.pipeline import Episodes, Pipeline, Topics  # noqa: E402
-from worker.publisher import producer_options  # noqa: E402
 from worker.service import pipeline_for  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.state import EpisodeState  # noqa: E402
 
 MACHINES = 8
-# DESIGN.md, one run on this kind of machine with 125 x 8 windows (9.4 KB records).
-REFERENCES = [("hand-written kafka-python loop", 1_000.0), ("idiomatic Quix Streams app", 2_000.0)]
+CLIENTS = ("kafka-python", "confluent")  # FAULTWATCH_KAFKA_CLIENT
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,37 @@ def raw_consume(
     return Run(progress.rate(), 1e6 / cpu.rate())
 
 
+def raw_consume_confluent(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    settings: Settings,
+    work: Callable[[list[bytes]], object] | None = None,
+) -> Run:
+    """The same with confluent-kafka: librdkafka fetches on its own threads, counted too."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import TopicPartition as Assigned
+
+    options = {"bootstrap.servers": bootstrap, "group.id": "bench-raw"}
+    consumer = Consumer(options | {"enable.auto.commit": False} | confluent.fetch_options(settings))
+    found = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([Assigned(topic, p, OFFSET_BEGINNING) for p in sorted(found)])
+    progress, cpu = Progress(count), Progress(count)
+    seen = 0
+    while seen < count:
+        messages = consumer.consume(settings.max_poll_records, 1.0)
+        if work is not None and messages:
+            work([m.value() for m in messages if m.error() is None])
+        seen += sum(1 for m in messages if m.error() is None)
+        progress.add(time.perf_counter(), seen)
+        cpu.add(time.process_time(), seen)
+    consumer.close()
+    return Run(progress.rate(), 1e6 / cpu.rate())
+
+
+RAW_CONSUME = {"kafka-python": raw_consume, "confluent": raw_consume_confluent}
+
+
 # ---------------------------------------------------------------- 2. in-process limits
 
 
@@ -223,12 +258,13 @@ def in_process(
     pipeline.process(batches[0])  # warm-up
 
     def rate(work: Callable[[int], object]) -> float:
+        """Windows per CPU second (torch runs on this thread): what neighbours take is not ours."""
         best = math.inf
         for _ in range(repeat):
-            started = time.perf_counter()
+            started = time.process_time()
             for i in range(len(batches)):
                 work(i)
-            best = min(best, time.perf_counter() - started)
+            best = min(best, time.process_time() - started)
         return len(records) / best
 
     decode = rate(lambda i: pipeline.decoder.decode_batch(values[i]))
@@ -241,9 +277,9 @@ def in_process(
         fixed_state.forget([0])
         for i in range(len(batches)):
             for k, logic in enumerate((pipeline, episodes, fixed)):
-                started = time.perf_counter()
+                started = time.process_time()
                 logic.process(batches[i])
-                spent[k] += time.perf_counter() - started
+                spent[k] += time.process_time() - started
     process, with_episodes, without_baselines = (repeat * len(records) / t for t in spent)
     return decode, score, process, with_episodes, without_baselines
 
@@ -473,7 +509,7 @@ def latency(
     bootstrap: str,
     send_to: str,
     read_from: str,
-    key_of: Callable[[object], Key],
+    key_of: Callable[[int, int, bytes], Key],
     records: list[tuple[bytes, bytes]],
     rate: float,
     seconds: float,
@@ -489,7 +525,9 @@ def latency(
     stop = threading.Event()
     reader = threading.Thread(target=_read, args=(bootstrap, read_from, key_of, arrived, stop))
     reader.start()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    # The load generator runs on librdkafka: at the rates a faster worker gets, kafka-python's
+    # producer and reader in one process would queue the records themselves on 2 cores.
+    producer = _LoadProducer(bootstrap)
     try:
         warm = 200  # the group join and first batches
         _send(producer, send_to, records[:warm], {})
@@ -547,41 +585,93 @@ def run_relay(bootstrap: str, source: str, target: str) -> None:
             consumer.commit()
 
 
-def _send(producer: KafkaProducer, topic: str, records: list, sent: dict[Key, float]) -> None:
-    for key, value in records:
+def run_relay_confluent(bootstrap: str, source: str, target: str) -> None:
+    """The same relay with confluent-kafka and the worker's librdkafka options."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import TopicPartition as Assigned
+
+    settings = Settings(session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    options = {"bootstrap.servers": bootstrap}
+    consumer = Consumer(
+        options | confluent.consumer_options(settings) | {"group.id": "bench-relay-confluent"}
+    )
+    producer = Producer(options | confluent.producer_options(settings.max_request_bytes))
+    consumer.subscribe([source])
+    while True:
+        messages = [m for m in consumer.consume(settings.max_poll_records, 0.5) if not m.error()]
+        for m in messages:
+            origin = {"partition": m.partition(), "offset": m.offset()}
+            producer.produce(target, json.dumps({"source": origin}).encode(), m.key())
+        if messages:
+            producer.flush()
+            ends = {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
+            offsets = [Assigned(topic, p, offset) for (topic, p), offset in ends.items()]
+            consumer.commit(offsets=offsets, asynchronous=False)
+
+
+RELAY = {"kafka-python": run_relay, "confluent": run_relay_confluent}
+
+
+class _LoadProducer:
+    """A librdkafka producer sending at once (linger 1 ms), each record's send time kept."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from confluent_kafka import Producer
+
+        self.client = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+
+    def send(self, topic: str, key: bytes, value: bytes, sent: dict[Key, float]) -> None:
         at = time.time()
-        producer.send(topic, key=key, value=value).add_callback(
-            lambda meta, at=at: sent.__setitem__((meta.partition, meta.offset), at)
-        )
+
+        def delivered(error: object, message: object, at: float = at) -> None:
+            if error is None:
+                sent[message.partition(), message.offset()] = at  # type: ignore[attr-defined]
+
+        self.client.produce(topic, value, key, on_delivery=delivered)
+        self.client.poll(0)
+
+    def flush(self, timeout: float) -> None:
+        self.client.flush(timeout)
+
+    def close(self) -> None:
+        self.client.flush(10)
+
+
+def _send(producer: _LoadProducer, topic: str, records: list, sent: dict[Key, float]) -> None:
+    for key, value in records:
+        producer.send(topic, key, value, sent)
 
 
 def _read(
     bootstrap: str,
     topic: str,
-    key_of: Callable[[object], Key],
+    key_of: Callable[[int, int, bytes], Key],
     arrived: dict[Key, float],
     stop: threading.Event,
 ) -> None:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import TopicPartition as Assigned
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-reader", "fetch.wait.max.ms": 10}
     )
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
+    found = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([Assigned(topic, p, OFFSET_BEGINNING) for p in sorted(found)])
     while not stop.is_set():
-        for batch in consumer.poll(timeout_ms=50).values():
-            now = time.time()
-            for record in batch:
-                arrived[key_of(record)] = now
-    consumer.close(autocommit=False)
+        messages = consumer.consume(1000, 0.05)
+        now = time.time()
+        for m in messages:
+            if m.error() is None:
+                arrived[key_of(m.partition(), m.offset(), m.value())] = now
+    consumer.close()
 
 
-def itself(record) -> Key:
-    return record.partition, record.offset
+def itself(partition: int, offset: int, value: bytes) -> Key:
+    return partition, offset
 
 
-def source_of(record) -> Key:
-    source = json.loads(record.value)["source"]
+def source_of(partition: int, offset: int, value: bytes) -> Key:
+    source = json.loads(value)["source"]
     return source["partition"], source["offset"]
 
 
@@ -626,6 +716,7 @@ def main() -> int:
     say(f"making {args.records} records")
     records = make_records(args.records, args.window)
     r = Results(record_bytes=float(np.mean([len(v) for _, v in records[:1000]])))
+    r.clients = {client: ClientResults() for client in CLIENTS}
     # As the worker after its start-up: the collector no longer walks the records and torch's
     # objects on each full pass, which would bill this process's decoding for them.
     gc.freeze()
@@ -633,23 +724,24 @@ def main() -> int:
         bootstrap = broker.bootstrap
         topics = {
             "input": "bench.windows",
-            "latency": "bench.latency",
             "plain": "bench.plain",
             "events": "bench.events",
-            "scores": "bench.scores",
             "dlq": "bench.dead-letters",
-            "relay-in": "bench.relay-in",
-            "relay-out": "bench.relay-out",
-            "state": "bench.state",
-            "state-0": "bench.state-0",
-            "state-1": "bench.state-1",
-            "latency-state": "bench.latency-state",
             "control": "bench.control",
         }
+        for client in CLIENTS:  # each client's latency runs on topics of its own
+            topics |= {
+                f"latency-{client}": f"bench.latency-{client}",
+                f"latency-state-{client}": f"bench.latency-state-{client}",
+                f"scores-{client}": f"bench.scores-{client}",
+                f"relay-in-{client}": f"bench.relay-in-{client}",
+                f"relay-out-{client}": f"bench.relay-out-{client}",
+            }
         partitions = {t: 1 for t in topics.values()}
-        read_by_groups = ("input", "latency", "plain", "relay-in", "latency-state")
-        read_by_groups += ("state", "state-0", "state-1")
+        read_by_groups = [n for n in topics if n.startswith(("input", "latency", "relay-in"))]
         partitions |= {topics[name]: args.partitions for name in read_by_groups}
+        state_topics = [f"bench.state-{n}" for n in range(2 * len(CLIENTS) + 1)]
+        partitions |= {t: args.partitions for t in state_topics}
         create_topics(bootstrap, partitions)
         inputs = [TopicPartition(topics["input"], p) for p in range(args.partitions)]
         out = {
@@ -663,103 +755,134 @@ def main() -> int:
             return 0
         say("producing the backlog")
         r.produce = produce(bootstrap, topics["input"], records, args.partitions)
-        say("1. raw consume")
-        r.raw = raw_consume(bootstrap, topics["input"], len(records), settings)
-        say("1. consume and decode, no scoring")
         decoder = pipeline_for(scorer, settings).decoder
-        r.consume_decode = raw_consume(
-            bootstrap, topics["input"], len(records), settings, decoder.decode_batch
-        )
+        for attempt in range(2):  # in turns, each client's least disturbed run kept
+            for client in CLIENTS:
+                say(f"1. raw consume, {client} ({attempt + 1} of 2)")
+                c = r.clients[client]
+                run = RAW_CONSUME[client](bootstrap, topics["input"], len(records), settings)
+                c.raw = max(c.raw, run, key=lambda run: run.rate)
+                say(f"1. consume and decode, no scoring, {client} ({attempt + 1} of 2)")
+                run = RAW_CONSUME[client](
+                    bootstrap, topics["input"], len(records), settings, decoder.decode_batch
+                )
+                c.consume_decode = max(c.consume_decode, run, key=lambda run: run.rate)
         say("2. in-process decode and score")
         r.decode, r.score, r.compute, r.compute_episodes, r.compute_fixed = in_process(
             scorer, records[:10_000], settings
         )
-        state = {"state_topic": topics["state"]}
-        # Each mode twice, in turns, keeping each one's least disturbed run: on a shared
-        # machine one run of each can differ by more than the episode stage costs.
-        windows_runs, episodes_runs = [], []
+        states = iter(state_topics)
+        # Each client and mode twice, in turns, keeping each one's least disturbed run: on a
+        # shared machine one run of each can differ by more than the episode stage costs.
         for attempt in range(2):
-            say(f"3. one worker, end to end, events=windows ({attempt + 1} of 2)")
-            env = worker_env(
-                bootstrap,
-                model,
-                f"bench-windows-{attempt}",
-                input_topic=topics["input"],
-                events="windows",
-                **out,
-            )
-            windows_runs.append(end_to_end(bootstrap, env, inputs, len(records), 1, logs))
-            say(f"3. one worker, end to end, episodes ({attempt + 1} of 2)")
-            env = worker_env(
-                bootstrap,
-                model,
-                f"bench-one-{attempt}",
-                input_topic=topics["input"],
-                state_topic=f"{topics['state']}-{attempt}",
-                **out,
-            )
-            episodes_runs.append(end_to_end(bootstrap, env, inputs, len(records), 1, logs))
-        r.one_windows = max(windows_runs, key=lambda run: run.rate)
-        r.one = max(episodes_runs, key=lambda run: run.rate)
+            for client in CLIENTS:
+                c = r.clients[client]
+                if attempt == 0:
+                    say(f"3. one worker, end to end, {client}, events=windows")
+                    env = worker_env(
+                        bootstrap,
+                        model,
+                        f"bench-windows-{client}",
+                        input_topic=topics["input"],
+                        events="windows",
+                        kafka_client=client,
+                        **out,
+                    )
+                    c.one_windows = end_to_end(bootstrap, env, inputs, len(records), 1, logs)
+                say(f"3. one worker, end to end, {client}, episodes ({attempt + 1} of 2)")
+                env = worker_env(
+                    bootstrap,
+                    model,
+                    f"bench-one-{client}-{attempt}",
+                    input_topic=topics["input"],
+                    state_topic=next(states),
+                    kafka_client=client,
+                    **out,
+                )
+                run = end_to_end(bootstrap, env, inputs, len(records), 1, logs)
+                c.one = max(c.one, run, key=lambda run: run.rate)
         if not args.skip_two:
-            say("6. two workers in one group")
+            say("6. two workers in one group (kafka-python)")
+            state = next(states)
             env = worker_env(
-                bootstrap, model, "bench-two", input_topic=topics["input"], **out, **state
+                bootstrap, model, "bench-two", input_topic=topics["input"], state_topic=state, **out
             )
             r.two = end_to_end(bootstrap, env, inputs, len(records), 2, logs)
-        r.latency_rate = rate = args.load * r.one.rate
         seconds = args.latency_seconds
+        rate = args.load * r.clients["kafka-python"].one.rate
         say(f"4. the broker's own latency at {rate:.0f} records/s for {seconds:g} s")
         r.broker_latency = latency(
             bootstrap, topics["plain"], topics["plain"], itself, records, rate, seconds
         )
-        say(f"4. a relay's latency (the worker's Kafka path, no work) at {rate:.0f} records/s")
-        relay = multiprocessing.get_context("spawn").Process(
-            target=run_relay, args=(bootstrap, topics["relay-in"], topics["relay-out"])
-        )
-        relay.start()
-        try:
-            r.relay_latency = latency(
-                bootstrap,
-                topics["relay-in"],
-                topics["relay-out"],
-                source_of,
-                records,
-                rate,
-                seconds,
+        for client in CLIENTS:
+            c = r.clients[client]
+            c.latency_rate = rate = args.load * c.one.rate
+            say(f"4. a relay's latency, {client} (no work) at {rate:.0f} records/s")
+            relay = multiprocessing.get_context("spawn").Process(
+                target=RELAY[client],
+                args=(bootstrap, topics[f"relay-in-{client}"], topics[f"relay-out-{client}"]),
             )
-        finally:
-            relay.terminate()
-            relay.join()
-        say(f"4. the worker's latency at {rate:.0f} windows/s for {seconds:g} s")
-        env = worker_env(
-            bootstrap,
-            model,
-            "bench-latency",
-            input_topic=topics["latency"],
-            scores_topic=topics["scores"],
-            state_topic=topics["latency-state"],
-            **out,
-        )
-        workers = Workers(env, 1, logs, "bench-latency")
-        try:
-            r.latency = latency(
+            relay.start()
+            try:
+                c.relay_latency = latency(
+                    bootstrap,
+                    topics[f"relay-in-{client}"],
+                    topics[f"relay-out-{client}"],
+                    source_of,
+                    records,
+                    rate,
+                    seconds,
+                )
+            finally:
+                relay.terminate()
+                relay.join()
+            say(f"4. the worker's latency, {client}, at {rate:.0f} windows/s for {seconds:g} s")
+            env = worker_env(
                 bootstrap,
-                topics["latency"],
-                topics["scores"],
-                source_of,
-                records,
-                rate,
-                seconds,
-                workers,
+                model,
+                f"bench-latency-{client}",
+                input_topic=topics[f"latency-{client}"],
+                scores_topic=topics[f"scores-{client}"],
+                state_topic=topics[f"latency-state-{client}"],
+                kafka_client=client,
+                **out,
             )
-        finally:
-            workers.stop()
+            workers = Workers(env, 1, logs, f"bench-latency-{client}")
+            try:
+                c.latency = latency(
+                    bootstrap,
+                    topics[f"latency-{client}"],
+                    topics[f"scores-{client}"],
+                    source_of,
+                    records,
+                    rate,
+                    seconds,
+                    workers,
+                )
+            finally:
+                workers.stop()
         if args.readings:
             readings_section(r, bootstrap, scorer, model, args, settings, out, logs)
     print_table(r, args, settings)
     say(f"worker logs in {logs}")
     return 0
+
+
+def _no_run() -> Run:
+    return Run(0.0, 0.0)
+
+
+@dataclass
+class ClientResults:
+    """What one Kafka client gave, for the windows input format."""
+
+    raw: Run = field(default_factory=_no_run)
+    consume_decode: Run = field(default_factory=_no_run)
+    one: Run = field(default_factory=_no_run)  # episodes (the default)
+    one_windows: Run = field(default_factory=_no_run)  # events=windows
+    latency_rate: float = 0.0
+    relay_latency: Latency | None = None  # records through a relay doing no work
+    latency: Latency | None = None  # windows through the worker, score records back
 
 
 @dataclass
@@ -828,132 +951,166 @@ def readings_runs(
 class Results:
     record_bytes: float
     produce: float = 0.0  # records/s
-    raw: Run = field(default_factory=lambda: Run(0.0, 0.0))
-    consume_decode: Run = field(default_factory=lambda: Run(0.0, 0.0))
+    clients: dict[str, ClientResults] = field(default_factory=dict)
     decode: float = 0.0  # windows/s in process
     score: float = 0.0
     compute: float = 0.0
     compute_episodes: float = 0.0
     compute_fixed: float = 0.0  # episodes without baseline adaptation
-    one: Run = field(default_factory=lambda: Run(0.0, 0.0))
-    one_windows: Run = field(default_factory=lambda: Run(0.0, 0.0))
     two: Run | None = None
-    latency_rate: float = 0.0
     broker_latency: Latency | None = None  # records through the broker alone
-    relay_latency: Latency | None = None  # records through a relay doing no work
-    latency: Latency | None = None  # windows through the worker, score records back
     readings: dict[str, ReadingsRun] = field(default_factory=dict)  # 7. samples, tags
     state_mb: float = 0.0  # 7. RSS of --state-machines machines' assembly state
 
 
+def client_rows(r: Results, args: argparse.Namespace) -> list[tuple[str, ...]]:
+    """The windows rows: one column pair per client (samples and tags rows follow the same)."""
+    rows: list[tuple[str, ...]] = []
+    cs = [r.clients[client] for client in CLIENTS]
+
+    def row(label: str, cell: Callable[[ClientResults], tuple[str, str]]) -> None:
+        rows.append((label, *(text for c in cs for text in cell(c))))
+
+    row("1. raw consume (transport limit)", lambda c: (_rate(c.raw, "rec"), _cpu(c.raw)))
+    row(
+        "1. consume + decode, no scoring",
+        lambda c: (_rate(c.consume_decode), f"{_cpu(c.consume_decode)}, "
+                   f"{c.consume_decode.rate / c.raw.rate:.2f} x raw"),
+    )  # fmt: skip
+    row(
+        "3. worker, 1 process, events=windows",
+        lambda c: (_rate(c.one_windows), f"{_cpu(c.one_windows)}, "
+                   f"{c.one_windows.rate / c.raw.rate:.2f} x raw"),
+    )  # fmt: skip
+    row(
+        "3. worker, 1 process (episodes)",
+        lambda c: (_rate(c.one), f"{_cpu(c.one)}, {c.one.rate / c.raw.rate:.2f} x raw"),
+    )
+    row(
+        "4. produce-to-relayed, no work",
+        lambda c: (_ms(c.relay_latency), f"at {c.latency_rate:,.0f}/s: the floor"),
+    )
+    row(
+        f"4. produce-to-score, {args.load:.0%} load",
+        lambda c: (
+            _ms(c.latency),
+            f"p99 {_p99(c.latency) / _p99(c.relay_latency):.2f} x the floor's",
+        ),
+    )
+    row("5. peak RSS of the worker", lambda c: (f"{max(c.one.peak_rss_mb or [0]):.0f} MB", ""))
+    return rows
+
+
 def print_table(r: Results, args: argparse.Namespace, settings: Settings) -> None:
-    raw, one, compute = r.raw.rate, r.one.rate, r.compute
+    kp, cf = r.clients["kafka-python"], r.clients["confluent"]
     kb = r.record_bytes / 1024
-    rows = [
-        ("", "rate", "CPU/record", ""),
-        ("records", f"{args.records:,} x {kb:.1f} KB", "", f"window {args.window} x 8 channels"),
-        ("producer (linger 20 ms, 1 MiB batches)", f"{r.produce:,.0f} rec/s", "", ""),
-        (
-            "1. raw consume, kafka-python",
-            f"{raw:,.0f} rec/s",
-            f"{r.raw.cpu_us:.0f} us",
-            "transport limit",
-        ),
-        (
-            "1. consume + decode, no scoring",
-            f"{r.consume_decode.rate:,.0f} win/s",
-            f"{r.consume_decode.cpu_us:.0f} us",
-            f"{r.consume_decode.rate / raw:.2f} x raw consume: a ceiling for one process",
-        ),
-        (
-            "2. decode (Decoder.decode_batch)",
-            f"{r.decode:,.0f} win/s",
-            f"{1e6 / r.decode:.0f} us",
-            "",
-        ),
-        ("2. score (Scorer.score)", f"{r.score:,.0f} win/s", f"{1e6 / r.score:.0f} us", ""),
+    print()
+    print(
+        f"faultwatch throughput: {os.cpu_count()} cores, torch threads {settings.torch_threads}, "
+        f"max_poll_records {settings.max_poll_records}, {args.partitions} input partitions, "
+        f"{args.records:,} records x {kb:.1f} KB (window {args.window} x 8 channels)"
+    )
+    head = ("windows (FAULTWATCH_INPUT_FORMAT=windows)", *(x for c in CLIENTS for x in (c, "")))
+    _print([head, *client_rows(r, args)])
+    # Samples and tags (FAULTWATCH_INPUT_FORMAT=samples|tags): with the default client for now;
+    # client_rows on records of each format would give them both clients' columns.
+    if r.readings:
+        _print(
+            [("samples and tags (kafka-python)", "rate", "CPU/record", ""), *readings_rows(r, args)]
+        )
+    shared = [
+        ("in process, either client", "rate", "CPU/window", ""),
+        ("producer (kafka-python, linger 20 ms)", f"{r.produce:,.0f} rec/s", "", ""),
+        ("2. decode (Decoder.decode_batch)", _rate_of(r.decode), f"{1e6 / r.decode:.1f} us", ""),
+        ("2. score (Scorer.score)", _rate_of(r.score), f"{1e6 / r.score:.1f} us", ""),
         (
             "2. decode + score + outputs",
-            f"{compute:,.0f} win/s",
-            f"{1e6 / compute:.0f} us",
+            _rate_of(r.compute),
+            f"{1e6 / r.compute:.1f} us",
             "compute limit (Pipeline.process), events=windows",
         ),
         (
             "2. decode + score + episodes + state",
-            f"{r.compute_episodes:,.0f} win/s",
-            f"{1e6 / r.compute_episodes:.0f} us",
-            f"episodes (default): rate {r.compute_episodes / compute - 1:+.1%} "
-            "(the episode stage's cost)",
+            _rate_of(r.compute_episodes),
+            f"{1e6 / r.compute_episodes:.1f} us",
+            f"the episode stage: rate {r.compute_episodes / r.compute - 1:+.1%}",
         ),
         (
             "2. the same, baselines not adapting",
-            f"{r.compute_fixed:,.0f} win/s",
-            f"{1e6 / r.compute_fixed:.0f} us",
+            _rate_of(r.compute_fixed),
+            f"{1e6 / r.compute_fixed:.1f} us",
             f"FAULTWATCH_ADAPT_SECONDS=0: the baselines cost "
             f"{r.compute_fixed / r.compute_episodes - 1:+.1%} of the rate",
         ),
-        (
-            "3. worker, 1 process, events=windows",
-            f"{r.one_windows.rate:,.0f} win/s",
-            f"{r.one_windows.cpu_us:.0f} us",
-            f"{r.one_windows.rate / raw:.2f} x raw consume",
-        ),
-        (
-            "3. worker, 1 process (episodes)",
-            f"{one:,.0f} win/s",
-            f"{r.one.cpu_us:.0f} us",
-            f"{one / raw:.2f} x raw consume, {one / r.compute_episodes:.2f} x compute limit; "
-            f"vs events=windows: rate {one / r.one_windows.rate - 1:+.1%}, "
-            f"CPU/record {r.one.cpu_us / r.one_windows.cpu_us - 1:+.1%}",
-        ),
+        ("4. produce-to-consume, broker alone", _ms(r.broker_latency), "", "one hop"),
     ]
     if r.two is not None:
-        note = f"{r.two.rate / one:.2f} x one"
-        if r.two.assignments > 2:
-            note += f" ({r.two.assignments} assignments: a rebalance ran mid-backlog)"
-        rows.append(
+        shared.append(
             (
                 "6. worker, 2 processes, 1 group",
-                f"{r.two.rate:,.0f} win/s",
-                f"{r.two.cpu_us:.0f} us",
-                note,
+                _rate(r.two),
+                _cpu(r.two),
+                f"kafka-python, {r.two.rate / kp.one.rate:.2f} x one"
+                + (f" ({r.two.assignments} assignments)" if r.two.assignments > 2 else ""),
             )
         )
-    worker_ms, broker_ms = r.latency.percentiles_ms(), r.broker_latency.percentiles_ms()
-    relay_ms = r.relay_latency.percentiles_ms()
-    rows += [
+    _print(shared)
+    aims = [
+        ("aims, from this run", "ratio", "aim", ""),
         (
-            "4. produce-to-consume, broker alone",
-            "p50 {:.0f} ms, p99 {:.0f} ms".format(*broker_ms),
-            "",
-            f"same rate and length, one hop (the worker's path: two), max {broker_ms[2]:.0f} ms",
+            "worker (kafka-python) / raw kafka-python",
+            f"{kp.one.rate / kp.raw.rate:.2f}",
+            ">= 0.6",
+            _met(kp.one.rate / kp.raw.rate >= 0.6),
         ),
         (
-            "4. produce-to-relayed, no work",
-            "p50 {:.0f} ms, p99 {:.0f} ms".format(*relay_ms),
-            "",
-            f"poll, send, flush, commit: the worker's Kafka path, max {relay_ms[2]:.0f} ms",
+            "worker (confluent) / worker (kafka-python)",
+            f"{cf.one.rate / kp.one.rate:.2f}",
+            ">= 2",
+            _met(cf.one.rate / kp.one.rate >= 2),
         ),
-        (
-            f"4. produce-to-score latency, {args.load:.0%} load",
-            "p50 {:.0f} ms, p99 {:.0f} ms".format(*worker_ms),
-            "",
-            f"{r.latency_rate:,.0f} win/s, scores on, max {worker_ms[2]:.0f} ms; worker "
-            f"{r.latency.worker_cpu:.2f} cores, load generator {r.latency.load_cpu:.2f} cores",
-        ),
-        ("5. peak RSS of the worker", f"{max(r.one.peak_rss_mb):.0f} MB", "", "VmHWM, backlog run"),
     ]
-    rows += [
+    for name, c in (("kafka-python", kp), ("confluent", cf)):
+        ratio = _p99(c.latency) / _p99(c.relay_latency)
+        aims.append((f"p99 produce-to-score / relay p99, {name}", f"{ratio:.2f}", "<= 1.5",
+                     _met(ratio <= 1.5)))  # fmt: skip
+    _print(aims)
+    _print(breakdown(r))
+
+
+def breakdown(r: Results) -> list[tuple[str, ...]]:
+    """Where a window's CPU goes in each worker (episodes): the client's read, the decode,
+    the model, the batch logic (outputs, episodes, state), and the rest (producing the
+    outputs, committing, the loop), by difference with the worker's CPU per window."""
+    rows = [("CPU per window, worker (episodes)", *CLIENTS)]
+    parts = {
+        "client: consume (raw consume's CPU)": lambda c: c.raw.cpu_us,
+        "decode": lambda c: 1e6 / r.decode,
+        "score": lambda c: 1e6 / r.score,
+        "episodes, outputs, state": lambda c: (
+            1e6 / r.compute_episodes
+            - 1e6 / r.compute
+            + 1e6 / r.compute
+            - 1e6 / r.decode
+            - 1e6 / r.score
+        ),
+    }
+    known = {client: 0.0 for client in CLIENTS}
+    for label, part in parts.items():
+        cells = []
+        for client in CLIENTS:
+            us = part(r.clients[client])
+            known[client] += us
+            cells.append(f"{us:.1f} us")
+        rows.append((label, *cells))
+    rows.append(
         (
-            f"reference: {name}",
-            f"~{rate:,.0f} win/s",
-            "",
-            f"worker {one / rate:.1f} x (theirs: 125 x 8)",
+            "the rest: produce, flush, commit, loop",
+            *(f"{r.clients[c].one.cpu_us - known[c]:.1f} us" for c in CLIENTS),
         )
-        for name, rate in REFERENCES
-    ]
-    rows += readings_rows(r, args)
-    print_rows(rows, args, settings)
+    )
+    rows.append(("worker, measured", *(f"{r.clients[c].one.cpu_us:.1f} us" for c in CLIENTS)))
+    return rows
 
 
 def readings_rows(r: Results, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
@@ -1002,10 +1159,40 @@ def print_rows(
         f"faultwatch throughput: {os.cpu_count()} cores, torch threads {settings.torch_threads}, "
         f"max_poll_records {settings.max_poll_records}, {args.partitions} input partitions"
     )
-    width = [max(len(row[i]) for row in rows) for i in range(4)]
+    _print([("samples and tags (kafka-python)", "rate", "CPU/record", ""), *rows])
+
+
+def _print(rows: list[tuple[str, ...]]) -> None:
+    width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, width, strict=True)).rstrip())
     print()
+
+
+def _rate(run: Run, unit: str = "win") -> str:
+    return f"{run.rate:,.0f} {unit}/s"
+
+
+def _rate_of(rate: float) -> str:
+    return f"{rate:,.0f} win/s"
+
+
+def _cpu(run: Run) -> str:
+    return f"{run.cpu_us:.1f} us CPU"
+
+
+def _ms(latency: Latency | None) -> str:
+    if latency is None:
+        return "-"
+    return "p50 {:.0f} ms, p99 {:.0f} ms".format(*latency.percentiles_ms())
+
+
+def _p99(latency: Latency | None) -> float:
+    return latency.percentiles_ms()[1] if latency is not None else math.nan
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "missed"
 
 
 def say(text: str) -> None:

@@ -29,7 +29,7 @@ from model.scoring import Scores
 from worker import settings as settings_io
 from worker.control import PATTERN_CHARACTERS, ControlReader, Mute, MuteTable
 from worker.errors import BrokerError
-from worker.publisher import producer_options
+from worker.kafka.kafka_python import producer_options
 from worker.settings import Settings
 from worker.state import ChangelogReader, restore
 from worker.state.changelog import EPISODE
@@ -260,6 +260,7 @@ def _summary(e: Episode) -> dict[str, Any]:
         "score": e.score,
         "detector": e.detector,
         "top_channels": e.top_channels(3),
+        "label": e.label,  # `fault` once an operator confirmed it (faultwatch label)
     }
 
 
@@ -268,17 +269,20 @@ def _print_episodes(episodes: list[Episode]) -> None:
         print("open episodes: none")
         return
     print(f"open episodes: {len(episodes)}")
-    rows = [("MACHINE", "STARTED", "LAST WINDOW", "WINDOWS", "PEAK", "NOW", "CHANNELS")]
+    header = "EPISODE MACHINE STARTED LAST_WINDOW WINDOWS PEAK NOW LABEL CHANNELS"
+    rows = [tuple(h.replace("_", " ") for h in header.split())]  # the id: `faultwatch label`
     for e in episodes:
         channels = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in e.top_channels(3))
         rows.append(
             (
+                e.id,
                 _printable(e.machine_id),
                 e.started_at,
                 e.last_at,
                 str(e.windows),
                 f"{e.peak_score:.3g}",
                 f"{e.score:.3g}",
+                e.label or "-",
                 _printable(channels),
             )
         )

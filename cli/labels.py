@@ -22,7 +22,8 @@ from cli.replay import TopicRange
 from cli.topic_windows import read_topic
 from model.errors import FaultwatchError
 from model.recording import format_time, to_rfc3339
-from model.retraining import LABELS, HistoryEpisode
+from model.retraining import HistoryEpisode
+from worker.control import Label, parse
 from worker.settings import Settings
 
 
@@ -64,16 +65,6 @@ def find_episode(settings: Settings, episode: str) -> str:
     )
 
 
-def parse_label(value: bytes | None) -> dict[str, Any] | None:
-    """A control record's label, or None when the record is something else (a mute)."""
-    document = _json(value)
-    if not document or document.get("kind") != "label":
-        return None
-    if document.get("label") not in LABELS or not isinstance(document.get("episode_id"), str):
-        return None
-    return document
-
-
 def history(events: Iterable[Any], control: Iterable[Any]) -> list[HistoryEpisode]:
     """The episodes of the events topic, each with the last label the control topic gives it."""
     spans: dict[str, list[Any]] = {}  # id -> [machine, start, end]
@@ -90,16 +81,23 @@ def history(events: Iterable[Any], control: Iterable[Any]) -> list[HistoryEpisod
                 span[2] = _seconds(event["ended_at"])
         except (KeyError, TypeError, ValueError):
             continue  # not an episode event of faultwatch's
-    labels: dict[str, dict[str, Any]] = {}
+    labels: dict[str, Label] = {}
     for record in control:
-        label = parse_label(record.value)
-        if label is not None:
-            labels[label["episode_id"]] = label  # the last one stands
+        parsed = parse(record.key, record.value)  # the workers' one parser
+        if isinstance(parsed, Label):
+            labels[parsed.episode_id] = parsed  # the last one stands
     found = []
     for episode, (machine, start, end) in spans.items():
-        label = labels.get(episode, {})
+        label = labels.get(episode)
         found.append(
-            HistoryEpisode(episode, machine, start, end, label.get("label"), label.get("code"))
+            HistoryEpisode(
+                episode,
+                machine,
+                start,
+                end,
+                None if label is None else label.label,
+                None if label is None else label.code,
+            )
         )
     return sorted(found, key=lambda e: (e.machine_id, e.start))
 

@@ -31,7 +31,7 @@ from model.recording import Recording, format_time, parse_time
 from model.training import TrainConfig
 from worker import settings as settings_io
 from worker.errors import BrokerError, PublishError
-from worker.publisher import producer_options
+from worker.kafka.kafka_python import producer_options
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ from worker.errors import BrokerError
 from worker.inputs.assembler import MICROS, Assembler, Grid, Rules
 from worker.inputs.readings import ReadingDecoder, Sample, Tag
 from worker.inputs.stage import grid_of
-from worker.messages import WindowMessage
+from worker.inputs.windows import WindowMessage
 from worker.routing import Routes
 from worker.settings import Settings
 

@@ -4,13 +4,16 @@ Per machine: normal -> pending -> open -> normal. The first anomalous window (sc
 the threshold) starts a pending episode; it opens once the windows have stayed anomalous for
 `open_seconds` and `open_windows` windows, and closes once the scores have stayed below
 `clear_ratio` x threshold for `clear_seconds` and `clear_windows` windows (hysteresis: scores
-between the two hold it open). While open, an `updated` follows at most every
-`update_seconds`, only when the peak rose. A machine whose partition's clock (its newest
-window time) runs max(`silent_seconds`, `silent_windows` x the machine's sampling interval)
-past where it stood when the machine's last window came closes `silent`; a muted machine's
-episode closes `muted` and none opens. The window counts make every rule hold at any sampling
-rate: 30 seconds is 30 windows of 1-second data but less than one of 5-minute data, where the
-count decides.
+between the two hold it open). Deep clear (hysteresis on depth as well as time): a stretch of
+windows at or below the threshold whose geometric mean is under DEEP_RATIO (half) x threshold
+closes the episode after `clear_deep_seconds` and `clear_windows` windows; a stray window
+between the clear line and the threshold does not restart it. While open, an `updated`
+follows at most every `update_seconds`, only when the peak rose. A machine whose partition's
+clock (its newest window time) runs max(`silent_seconds`, `silent_windows` x the machine's
+sampling interval) past where it stood when the machine's last window came closes `silent`;
+a muted machine's episode closes `muted` and none opens. The window counts make every rule
+hold at any sampling rate: 30 seconds is 30 windows of 1-second data but less than one of
+5-minute data, where the count decides.
 
 Drift and recovery (model/baseline.py): each machine's scores are divided by its baseline's
 factor, which follows the machine's normal score level slowly (`adapt_seconds`), never inside
@@ -46,11 +49,16 @@ import numpy as np
 from model.baseline import MARGIN, Baseline
 
 Kind = Literal["opened", "updated", "closed"]
-CloseReason = Literal["cleared", "silent", "muted", "reset"]
-CLOSE_REASONS: tuple[CloseReason, ...] = ("cleared", "silent", "muted", "reset")
+CloseReason = Literal["cleared", "silent", "muted", "reset", "dismissed", "new_normal"]
+CLOSE_REASONS: tuple[CloseReason, ...] = (
+    "cleared", "silent", "muted", "reset", "dismissed", "new_normal",
+)  # fmt: skip
 RESET_FLOOR = 300.0  # seconds: a machine's clock set back by more than this (and than every
 # rule's span) is a reset, not a late window
 MAX_MACHINES = 100_000  # newest window times remembered per tracker; then the oldest go
+# An operator's label (the control topic) -> the close it causes in an open episode; `fault`
+# confirms the episode, which stays open and carries the label.
+LABEL_CLOSES: dict[str, CloseReason] = {"false-alarm": "dismissed", "new-normal": "new_normal"}
 DIGITS = 6  # significant digits of event floats: a re-scored window gives the same bytes
 
 
@@ -71,9 +79,16 @@ class EpisodeConfig:
     settle_seconds: float = 7200.0  # steady this long in an open episode: re-based (0: never)
     adapt_seconds: float = 86400.0  # the baseline's time constant (0: no adaptation)
     adapt_max: float = 4.0  # the baseline divides scores by at most this
+    # Deep clear: a stretch at or below the threshold whose geometric mean is under
+    # DEEP_RATIO x threshold closes after this long (and clear_windows windows); 0: never.
+    clear_deep_seconds: float = 150.0
 
 
 SETTLE_BAND = 1.5  # scores within this ratio of each other count as steady
+# Deep clear: half the threshold, the detectors' own 99th percentile of held-out normal
+# windows at the default factor 2: a machine back inside its model's normal, not just under
+# the alarm line.
+DEEP_RATIO = 0.5
 
 
 def episode_id(machine_id: str, started_at: str) -> str:
@@ -95,7 +110,7 @@ class Episode:
         "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
         "reported_peak", "reported", "clear_since", "clear_at", "versions", "peak_ratios",
         "step", "clear_count", "band_since", "band_low", "band_high", "band_count",
-        "heard",
+        "deep_since", "deep_at", "deep_count", "deep_sum", "heard", "label",
     )  # fmt: skip
 
     def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
@@ -118,7 +133,12 @@ class Episode:
         self.band_since: float | None = None  # the settle rule's steady stretch
         self.band_low = self.band_high = 0.0
         self.band_count = 0
+        self.deep_since: float | None = None  # the deep clear's stretch of windows <= threshold
+        self.deep_at: str | None = None
+        self.deep_count = 0
+        self.deep_sum = 0.0  # sum of log(score / threshold) over the deep stretch
         self.heard = time  # the partition's clock when its machine's last window came
+        self.label: str | None = None  # an operator's: false-alarm, fault or new-normal
 
     def copy(self) -> Episode:
         twin = Episode.__new__(Episode)
@@ -184,6 +204,11 @@ LATER_DEFAULTS: dict[str, Any] = {
     "band_low": 0.0,
     "band_high": 0.0,
     "band_count": 0,
+    "deep_since": None,
+    "deep_at": None,
+    "deep_count": 0,
+    "deep_sum": 0.0,
+    "label": None,
 }
 # `heard` too: saved without it, an episode was last heard at its last window
 LATER_FIELDS = ("versions", "peak_ratios", "heard", *LATER_DEFAULTS)
@@ -358,7 +383,8 @@ class Tracker:
         if score > threshold:  # events report the model's own scores: `raw`
             episode.add(timestamp, raw, shares, detector, ratios)
             episode.clear_since = episode.clear_at = None
-            episode.clear_count = 0
+            episode.clear_count = episode.deep_count = 0
+            episode.deep_since = None
             if (
                 episode.phase == "pending"
                 and time - episode.started >= config.open_seconds
@@ -370,6 +396,11 @@ class Tracker:
         elif episode.phase == "pending":  # not anomalous for long enough: no episode
             del self.episodes[machine]
             return events
+        elif self._deep(episode, time, timestamp, score, threshold):
+            since = time if episode.deep_since is None else episode.deep_since
+            return events + self._end(
+                episode, "cleared", since, episode.deep_at or timestamp, cause
+            )
         elif score < config.clear_ratio * threshold:
             if episode.clear_since is None:
                 episode.clear_since, episode.clear_at, episode.clear_count = time, timestamp, 0
@@ -414,6 +445,35 @@ class Tracker:
             episode = self.episodes[machine]
             events += self._end(episode, "muted", episode.last, episode.last_at, cause)
         return events
+
+    def apply_labels(
+        self, label_of: Callable[[str], str | None], cause: Cause
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Operators' labels on the open episodes: `false-alarm` closes one `dismissed`,
+        `new-normal` closes it `new_normal` and re-bases the machine's normal (`rebase`); either
+        way the machine opens no new episode before it has cleared. `fault` confirms it (it
+        stays open, its events carry the label). Returns the events and the
+        (machine, label) applied. Each episode ends at its own machine's last window."""
+        events: list[dict[str, Any]] = []
+        applied: list[tuple[str, str]] = []
+        for machine in sorted(self.episodes):
+            episode = self.episodes[machine]
+            label = label_of(episode.id) if episode.phase == "open" else None
+            if label is None or label == episode.label:
+                continue
+            self._touch(machine)
+            episode.label = label
+            applied.append((machine, label))
+            reason = LABEL_CLOSES.get(label)
+            if reason is not None:
+                events += self._end(episode, reason, episode.last, episode.last_at, cause)
+                # Held, unpublished, until the machine clears by the usual rule: a condition
+                # the operator just dismissed must not open the next episode a window later.
+                episode.phase = "labelled"
+                self.episodes[machine] = episode
+            if label == "new-normal":
+                self.rebase(machine)  # the drift adaptation's re-base, at once
+        return events, applied
 
     def due(self, to: float) -> bool:
         """Whether moving the clock on to `to` may close an episode for silence."""
@@ -482,6 +542,29 @@ class Tracker:
         self._due.add(episode.machine_id)
         episode.band_since = None
         return raw / baseline.factor
+
+    def _deep(
+        self, episode: Episode, time: float, timestamp: str, score: float, threshold: float
+    ) -> bool:
+        """The deep clear on a window at or below the threshold of an open episode: True once
+        the stretch of such windows has lasted clear_deep_seconds and clear_windows windows
+        with its geometric mean below DEEP_RATIO x threshold. Hysteresis on depth: a machine
+        back well inside its normal closes in a quarter of the clear rule's time, and a
+        stray window between clear_ratio x threshold and the threshold (which restarts the
+        clear rule) does not restart it; one above the threshold does."""
+        seconds = self.config.clear_deep_seconds
+        if seconds <= 0:
+            return False
+        if episode.deep_since is None:
+            episode.deep_since, episode.deep_count, episode.deep_sum = time, 0, 0.0
+            episode.deep_at = timestamp
+        episode.deep_count += 1
+        episode.deep_sum += math.log(max(score, 1e-9) / threshold) if threshold > 0 else 0.0
+        return (
+            time - episode.deep_since >= seconds
+            and episode.deep_count >= self.config.clear_windows
+            and episode.deep_sum <= episode.deep_count * math.log(DEEP_RATIO)
+        )
 
     def _silence(self, episode: Episode) -> float:
         """How long the machine may send nothing: seconds, and windows of its interval."""
@@ -588,6 +671,7 @@ class Tracker:
             "detector": episode.detector,
             "detectors": _rounded(episode.peak_ratios),
             "model_versions": list(episode.versions),
+            "label": episode.label,
             "close_reason": None,
             "source": cause.source,
         }

@@ -53,7 +53,9 @@ class Standardizer:
         """Fit on (N, C) rows, ignoring NaN; constant channels get scale 1 (no divide by zero).
 
         With the raw training windows (B, W, C) and a config whose slow_share > 0, channels
-        whose mean within-window variance is below slow_share x their variance are marked slow.
+        whose mean within-window variance is below slow_share x their variance are marked slow,
+        unless that is every channel that moves (a one-channel stream, say): some channel's
+        level must stay in view.
         """
         with np.errstate(over="ignore", invalid="ignore"):  # 1e300: training refuses it
             return cls._fit(values, windows, config)
@@ -73,6 +75,10 @@ class Standardizer:
             smooth = denoise(np.asarray(windows, dtype=np.float64), config)
             spread = np.sqrt(np.var(smooth, axis=1).mean(axis=0))  # what the model will see
             slow &= spread > floor
+            if not (~slow & (std > floor)).any():
+                # Every moving channel slow: centring them all would leave the model no level
+                # to watch (a one-channel stream's level shift would score nothing): none is.
+                slow[:] = False
             scale = np.where(slow, spread, scale)
         return cls(mean.astype(np.float64), scale.astype(np.float64), slow)
 

@@ -45,6 +45,12 @@ def _docker_answers() -> bool:
         return False
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client_name(request: pytest.FixtureRequest) -> str:
+    """Each client library behind the seam (FAULTWATCH_KAFKA_CLIENT): a test runs with both."""
+    return request.param
+
+
 @pytest.fixture
 def make_topic(bootstrap: str) -> Callable[..., str]:
     """Create a uniquely named topic: make_topic("in", partitions=2) -> "in-1a2b3c4d"."""

@@ -202,3 +202,25 @@ def test_typical_score_is_the_geometric_mean_of_the_quantiles():
     assert typical_score([0.25, 1.0]) == pytest.approx(0.5)
     assert typical_score([]) == 1.0
     assert typical_score([float("nan"), 0.25, 1.0, float("inf")]) == pytest.approx(0.5)
+
+
+def test_a_new_normal_label_closes_the_episode_and_re_bases_the_machine_at_once():
+    from model.episodes import Cause
+
+    config = replace(RULES, settle_seconds=0, adapt_seconds=30 * 86400.0)
+    m = Machine(config, 60.0)
+    m.feed([0.5] * 5 + [3.0] * 30)  # after a repair the pump runs at a new level
+    (opened,) = m.events
+    cause = Cause(T0 + 35 * 60, "now", THRESHOLD, {"offset": 35})
+    labels = {opened["episode_id"]: "new-normal"}
+    (closed,), applied = m.tracker.apply_labels(labels.get, cause)
+    assert (closed["close_reason"], closed["label"], applied) == (
+        "new_normal",
+        "new-normal",
+        [("m", "new-normal")],
+    )
+    assert m.tracker.baselines["m"].factor > 3.0 / (0.8 * THRESHOLD)  # re-based, not slowly
+    assert m.feed([3.0] * 40) == []  # the new level is normal: no episode
+    assert "m" not in m.tracker.episodes  # the held episode cleared quietly
+    (fault,) = m.feed([3.0 * 4 * 2] * config.open_windows)  # a real fault on top still opens
+    assert fault["kind"] == "opened"

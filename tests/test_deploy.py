@@ -69,6 +69,7 @@ EXPORTED = {
     "faultwatch_score_drift",
     "faultwatch_shadow_windows_total",
     "faultwatch_shadow_failures_total",
+    "faultwatch_labels_total",
     "faultwatch_readings_received_total",
     "faultwatch_readings_late_total",
     "faultwatch_readings_future_total",
@@ -80,7 +81,16 @@ EXPORTED = {
     "faultwatch_readings_open_buckets",
     "faultwatch_readings_machines",
 }
-ALLOWED = EXPORTED | {"up"}  # `up` is Prometheus' own, per scrape target
+# The retrain job's series (cli/retrain.py writes them, worker/retraining.py serves them).
+RETRAIN = {
+    "faultwatch_retrain_runs_total",
+    "faultwatch_retrain_promotions_total",
+    "faultwatch_retrain_refusals_total",
+    "faultwatch_retrain_rollbacks_total",
+    "faultwatch_retrain_last_run_timestamp_seconds",
+    "faultwatch_retrain_last_promotion_timestamp_seconds",
+}
+ALLOWED = EXPORTED | RETRAIN | {"up"}  # `up` is Prometheus' own, per scrape target
 
 # Settings every deployment sets explicitly (DESIGN.md, Configuration).
 REQUIRED_SETTINGS = {
@@ -170,6 +180,14 @@ def test_allowed_metrics_are_what_the_worker_exports() -> None:
     assert EXPORTED <= exported, f"the worker does not export {sorted(EXPORTED - exported)}"
 
 
+def test_retrain_series_are_what_the_retrain_job_writes(tmp_path: Path) -> None:
+    from cli.retrain import read_metrics, write_metrics
+
+    path = tmp_path / "metrics.prom"
+    write_metrics(path, {"runs": 1}, last_run=1.0, promoted=True)
+    assert set(read_metrics(path)) == RETRAIN
+
+
 def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
     rules = []
     for n, expr in enumerate(dashboard_exprs()):
@@ -211,6 +229,8 @@ def test_every_panel_queries_prometheus() -> None:
     [
         ("throughput", r"rate\(faultwatch_windows_scored_total\["),
         ("anomalies", r"rate\(faultwatch_anomalies_total\["),
+        ("labels by kind", r"by \(label\) \(increase\(faultwatch_labels_total\["),
+        ("dismissed episodes", r'closed_total\{reason=~"dismissed\|new_normal"\}'),
         ("dead letters by reason", r"by \(reason\) \(rate\(faultwatch_dead_letters_total\["),
         ("score p50", r"histogram_quantile\(0\.5, sum by \(le\) \(rate\(faultwatch_score_bucket"),
         ("score p99", r"histogram_quantile\(0\.99, sum by \(le\) \(rate\(faultwatch_score_bucket"),

@@ -86,7 +86,7 @@ def test_every_metric_and_command_has_a_row() -> None:
 
 def test_the_messages_page_names_every_reason() -> None:
     from model.episodes import CLOSE_REASONS
-    from worker.messages import REASONS
+    from worker.inputs.windows import REASONS
 
     text = (DOCS / "reference-messages.md").read_text()
     for reason in (*REASONS, *CLOSE_REASONS):

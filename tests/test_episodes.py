@@ -225,6 +225,42 @@ def test_silent_seconds_0_never_closes_for_silence(silent):
     assert "m1" in feed.tracker.episodes
 
 
+def test_labels_dismiss_re_base_or_confirm_the_open_episodes():
+    from model.episodes import Cause
+
+    feed = Feed()
+    for machine in ("m1", "m2", "m3", "m4"):
+        feed(0, 3.0, machine)
+        feed(1, 3.0, machine)
+    feed(2, 3.0, "m5")  # pending: nobody has seen its id, no label can name it
+    feed.tracker.episodes["m5"].phase = "pending"
+    ids = {m: e.id for m, e in feed.tracker.episodes.items()}
+    labels = {ids["m1"]: "false-alarm", ids["m2"]: "new-normal", ids["m3"]: "fault"}
+    cause = Cause(T0 + 5, stamp(T0 + 5), THRESHOLD, {"topic": "in", "partition": 0, "offset": 9})
+    events, applied = feed.tracker.apply_labels(labels.get, cause)
+    assert [(e["machine_id"], e["close_reason"], e["label"]) for e in events] == [
+        ("m1", "dismissed", "false-alarm"),
+        ("m2", "new_normal", "new-normal"),
+    ]
+    assert events[0]["ended_at"] == stamp(T0 + 1)  # its own machine's last window
+    assert applied == [("m1", "false-alarm"), ("m2", "new-normal"), ("m3", "fault")]
+    assert feed.tracker.open_count() == 2  # m3 and m4
+    assert feed(6, 9.0, "m1") == []  # still anomalous: dismissed, no new episode
+    feed(7, 1.0, "m1")
+    assert feed(17, 1.0, "m1") == [] and "m1" not in feed.tracker.episodes  # cleared, quietly
+    (reopened,) = feed(18, 3.0, "m1")  # a new condition: a new episode
+    assert reopened["kind"] == "opened" and reopened["label"] is None
+    assert feed.tracker.episodes["m3"].label == "fault"
+    assert feed.tracker.apply_labels(labels.get, cause) == ([], [])  # again: nothing new
+    (updated,) = feed(40, 5.0, "m3")  # a confirmed episode's events carry its label
+    assert updated["label"] == "fault"
+    saved = Episode.from_dict(json.loads(json.dumps(feed.tracker.episodes["m3"].to_dict())))
+    assert saved.label == "fault"
+    labels[ids["m3"]] = "false-alarm"  # relabelled: the last label stands
+    (closed,), _ = feed.tracker.apply_labels(labels.get, cause)
+    assert closed["close_reason"] == "dismissed" and closed["label"] == "false-alarm"
+
+
 def test_the_newest_window_times_are_bounded_and_pruned_by_data_time():
     """A gateway that puts a sequence number in machine_id: one new machine per window."""
     feed = Feed()
@@ -239,3 +275,49 @@ def test_the_newest_window_times_are_bounded_and_pruned_by_data_time():
     (closed,) = feed(30 + 2 * feed.tracker.reset_seconds, 1.0, machine="late-comer")
     assert closed["close_reason"] == "silent"  # then "open" is one more quiet machine
     assert set(feed.tracker.seen) == {"late-comer"}  # pruned by data time
+
+
+DEEP = replace(CONFIG, clear_seconds=600, clear_ratio=0.8, clear_windows=10, clear_deep_seconds=150)
+
+
+def test_scores_back_well_inside_normal_close_after_the_deep_clear_time():
+    feed = Feed(DEEP)
+    feed(0, 9.0)
+    for t in range(1, 151):  # under half the threshold, a stray 1.7 among them
+        assert feed(t, 1.7 if t == 60 else 0.6) == []
+    (closed,) = feed(151, 0.6)
+    assert closed["close_reason"] == "cleared" and closed["ended_at"] == stamp(T0 + 1)
+
+
+def test_scores_just_under_the_clear_line_need_the_whole_clear_time():
+    feed = Feed(DEEP)
+    feed(0, 9.0)
+    for t in range(1, 601):  # below 0.8 x threshold, above half of it: not deep
+        assert feed(t, 1.4) == []
+    (closed,) = feed(601, 1.4)
+    assert closed["ended_at"] == stamp(T0 + 1)
+
+
+def test_a_window_above_the_threshold_restarts_the_deep_clear():
+    feed = Feed(DEEP)
+    feed(0, 9.0)
+    for t in range(1, 100):
+        feed(t, 0.5)
+    feed(100, 3.0)
+    assert [feed(t, 0.5) for t in range(101, 251)] == [[]] * 150
+    (closed,) = feed(251, 0.5)
+    assert closed["ended_at"] == stamp(T0 + 101)
+
+
+def test_the_deep_clear_needs_its_windows_on_slow_data_and_survives_a_restore():
+    slow = replace(DEEP, clear_seconds=3000, clear_windows=4, silent_seconds=0)
+    feed = Feed(slow)
+    feed(0, 9.0)
+    feed(300, 0.5)
+    feed(600, 0.5)  # 300 s past the deep clear time, 2 of 4 windows
+    saved = [json.loads(json.dumps(e.to_dict())) for e in feed.tracker.episodes.values()]
+    other = Feed(slow)
+    other.tracker.restore([Episode.from_dict(d) for d in saved], feed.tracker.clock)
+    assert other(900, 0.5) == []
+    (closed,) = other(1200, 0.5)
+    assert closed["ended_at"] == stamp(T0 + 300)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from model.scoring import Scorer
-from worker.messages import REASONS, Decoder
+from worker.inputs.windows import REASONS, Decoder
 from worker.pipeline import Pipeline, Topics, event_id
 
 CHANNELS = ["flow", "pressure", "current"]
@@ -202,7 +202,7 @@ def test_deep_nesting_is_invalid_json_without_exhausting_the_stack(value):
 PROBE = textwrap.dedent(
     """
     import json, sys, time
-    from worker.messages import Decoder
+    from worker.inputs.windows import Decoder
 
     HEAD = b'{"machine_id":"p","timestamp":1,"values":['
     HUGE = {  # up to 1 MB (the default FAULTWATCH_MAX_RECORD_BYTES), and one far over it

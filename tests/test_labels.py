@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cli.labels import history, parse_label
+from cli.labels import history
 from cli.main import main
 from cli.topic_windows import mute_spans
 from tests.helpers import produce, read_topic
@@ -94,11 +94,3 @@ class Stamped:
     key: bytes
     value: bytes
     timestamp: int
-
-
-def test_only_label_records_are_labels():
-    assert parse_label(json.dumps({"machine": "pump-7", "mute_until": None}).encode()) is None
-    assert parse_label(b"not json") is None
-    assert parse_label(json.dumps({"kind": "label", "label": "maybe"}).encode()) is None
-    label = {"kind": "label", "episode_id": "e", "label": "new-normal"}
-    assert parse_label(json.dumps(label).encode()) == label

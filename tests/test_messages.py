@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.messages import REASONS, Decoder, Invalid, Origin
+from worker.inputs.windows import REASONS, Decoder, Invalid, Origin
 
 CHANNELS = ["flow", "pressure", "current"]
 WINDOW = 4

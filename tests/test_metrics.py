@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from model.scoring import Scorer
 from tests.helpers import http_get, metric_samples
 from worker.health import Health, HealthServer
-from worker.messages import REASONS
+from worker.inputs.windows import REASONS
 from worker.metrics import Metrics
 from worker.pipeline import ModelBatch
 from worker.routing import Routes, Served

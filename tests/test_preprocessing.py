@@ -79,3 +79,24 @@ def test_median_of_five_holds_for_every_order_of_five_values():
     windows = np.repeat(orders[:, :, None], 2, axis=2)  # the middle row sees each order whole
     out = denoise(windows, PreprocessConfig(denoise="median", kernel=5))
     assert (out[:, 2] == 3.0).all()
+
+
+def _slow_of(values: np.ndarray) -> np.ndarray:
+    config = PreprocessConfig()
+    windows = sliding_windows(values, 20)
+    return Standardizer.fit(values, windows, config).slow
+
+
+def test_a_slow_channel_beside_a_moving_one_is_centred_per_window():
+    t = np.arange(600, dtype=float)
+    drift = 20.0 + t / 60  # warms slowly: little variance inside any window
+    noise = np.random.default_rng(0).normal(0, 1, 600)
+    assert _slow_of(np.column_stack([drift, noise])).tolist() == [True, False]
+
+
+def test_when_every_moving_channel_is_slow_none_is():
+    t = np.arange(600, dtype=float)
+    drift = 20.0 + t / 60
+    # alone (a one-channel stream), or beside a constant: its level stays in view
+    assert _slow_of(drift[:, None]).tolist() == [False]
+    assert _slow_of(np.column_stack([drift, np.full(600, 3.0)])).tolist() == [False, False]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.inputs.readings import ReadingDecoder
-from worker.messages import REASONS
+from worker.inputs.windows import REASONS
 
 CHANNELS = ["flow", "pressure"]
 

@@ -4,7 +4,8 @@
 # events. After each, every input offset ends as a score record or a dead letter; a kill may
 # repeat at most about one batch (FAULTWATCH_MAX_POLL_RECORDS), and events de-duplicate by
 # `event_id`. Brokers that are frozen or made strict are private to their test. Every wait
-# is bounded.
+# is bounded. The frozen-broker test runs with each client library (FAULTWATCH_KAFKA_CLIENT);
+# SIGKILL with librdkafka is tests/test_episodes_broker.py's (it checks the episodes too).
 
 from __future__ import annotations
 
@@ -257,7 +258,9 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
     Outputs(bootstrap, topics).check(offsets_of(records), duplicates=2 * BATCH)
 
 
-def test_a_frozen_broker_is_survived_without_a_restart(tiny_model_path, tmp_path):
+def test_a_frozen_broker_is_survived_without_a_restart(
+    tiny_model_path, tmp_path, kafka_client_name
+):
     scorer = Scorer.load(tiny_model_path)
     topics = {
         "input_topic": "windows",
@@ -279,6 +282,7 @@ def test_a_frozen_broker_is_survived_without_a_restart(tiny_model_path, tmp_path
             max_poll_records=BATCH,
             metrics_port=port,
             lag_interval=0.5,
+            kafka_client=kafka_client_name,
             **topics,
         )
         worker = start_worker(env, tmp_path / "worker.log")

@@ -64,7 +64,7 @@ def test_kafka_debug_lines_that_carry_the_password_are_redacted(clean_env, log_f
     try:
         raise ValueError(f"refused {config['sasl_plain_password']}")
     except ValueError:
-        logging.getLogger("worker.consumer").exception("a failure quoting it")
+        logging.getLogger("worker.kafka.loop").exception("a failure quoting it")
 
     text = stream.getvalue()
     lines = text.strip().splitlines()

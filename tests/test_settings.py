@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -143,6 +144,12 @@ def test_episode_settings_and_event_mode():
     assert (config.update_seconds, config.silent_seconds) == (60, 600)
 
 
+def test_the_deep_clear_time_reaches_the_episode_rules(monkeypatch):
+    assert settings_io.load().episode_config().clear_deep_seconds == 150
+    monkeypatch.setenv("FAULTWATCH_EPISODE_CLEAR_DEEP_SECONDS", "0")
+    assert settings_io.load().episode_config().clear_deep_seconds == 0
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -186,6 +193,69 @@ def test_model_reload_and_shadow_settings(monkeypatch):
     monkeypatch.setenv("FAULTWATCH_MODEL_RELOAD_SECONDS", "-1")
     with pytest.raises(SettingsError, match="FAULTWATCH_MODEL_RELOAD_SECONDS"):
         settings_io.load()
+
+
+def test_librdkafka_gets_the_same_security_under_its_own_names(monkeypatch, tmp_path):
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem"))
+    for path in (ca, cert, key):
+        path.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("FAULTWATCH_BOOTSTRAP_SERVERS", "kafka-1:9093,kafka-2:9093")
+    monkeypatch.setenv("FAULTWATCH_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("FAULTWATCH_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("FAULTWATCH_SASL_PLAIN_USERNAME", "faultwatch")
+    monkeypatch.setenv("FAULTWATCH_SASL_PLAIN_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("FAULTWATCH_SSL_CAFILE", str(ca))
+    monkeypatch.setenv("FAULTWATCH_SSL_CERTFILE", str(cert))
+    monkeypatch.setenv("FAULTWATCH_SSL_KEYFILE", str(key))
+    monkeypatch.setenv("FAULTWATCH_SSL_CHECK_HOSTNAME", "false")
+    assert settings_io.load().librdkafka_options() == {
+        "bootstrap.servers": "kafka-1:9093,kafka-2:9093",
+        "client.id": "faultwatch",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "faultwatch",
+        "sasl.password": "hunter2-secret",
+        "ssl.ca.location": str(ca),
+        "ssl.certificate.location": str(cert),
+        "ssl.key.location": str(key),
+        "ssl.endpoint.identification.algorithm": "none",
+    }
+
+
+def test_librdkafka_takes_the_sasl_options_it_is_given(monkeypatch):
+    from confluent_kafka import Producer
+
+    monkeypatch.setenv("FAULTWATCH_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("FAULTWATCH_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("FAULTWATCH_SASL_PLAIN_USERNAME", "faultwatch")
+    monkeypatch.setenv("FAULTWATCH_SASL_PLAIN_PASSWORD", "hunter2-secret")
+    Producer(settings_io.load().librdkafka_options()).flush(0)  # unknown names would raise
+
+
+def test_the_client_is_kafka_python_unless_told(monkeypatch):
+    assert settings_io.load().kafka_client == "kafka-python"
+    monkeypatch.setenv("FAULTWATCH_KAFKA_CLIENT", "confluent")
+    assert settings_io.load().kafka_client == "confluent"
+    assert "client=confluent" in settings_io.load().summary()
+
+
+def test_an_unknown_client_is_one_line_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("FAULTWATCH_KAFKA_CLIENT", "aiokafka")
+    with pytest.raises(SettingsError) as caught:
+        settings_io.load()
+    assert str(caught.value).startswith("FAULTWATCH_KAFKA_CLIENT: ")
+    assert "'kafka-python' or 'confluent'" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_confluent_without_its_library_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # as if not installed
+    monkeypatch.setenv("FAULTWATCH_KAFKA_CLIENT", "confluent")
+    with pytest.raises(SettingsError) as caught:
+        settings_io.load()
+    assert str(caught.value) == (
+        "FAULTWATCH_KAFKA_CLIENT: confluent needs the confluent-kafka package: "
+        "pip install 'faultwatch[rdkafka]'"
+    )
 
 
 def test_the_start_line_says_what_the_input_is(monkeypatch):

@@ -1,6 +1,6 @@
 """Compressed input, as plant producers send it (librdkafka, `compression.type=X`): every codec
 is consumed by the worker and the CLI's readers, and a codec the worker cannot decode pauses
-its partition instead of killing the worker (worker/consumer.py)."""
+its partition instead of killing the worker (worker/kafka/loop.py)."""
 
 from __future__ import annotations
 

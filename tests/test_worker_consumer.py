@@ -14,18 +14,20 @@ from contextlib import contextmanager
 
 import pytest
 from kafka import KafkaConsumer
-from kafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry
 
 from model.scoring import Scorer
 from tests.helpers import committed, produce, read_topic, synthetic_values, unique, wait_for
 from worker import service
 from worker import settings as settings_io
-from worker.consumer import Loop, consumer_options
 from worker.errors import PublishError
 from worker.health import Health
+from worker.kafka import client as kafka_client
+from worker.kafka.client import CommitRefused
+from worker.kafka.kafka_python import consumer_options
+from worker.kafka.loop import Loop
+from worker.kafka.publisher import Publisher
 from worker.metrics import Metrics
-from worker.publisher import Publisher
 from worker.routing import Routes
 
 DONE = {0: 20, 1: 20}  # the input's end offsets: 40 records over 2 partitions
@@ -63,24 +65,29 @@ class SlowPublisher(Publisher):
         return lost
 
 
-class RefusingConsumer(KafkaConsumer):
+class RefusingConsumer:
     """A real consumer whose first commit is refused as the group refuses it mid-rebalance."""
 
     # kafka-python then keeps this member's positions when the group gives it the same
-    # partitions back: what happens when the rebalance changed nothing for it.
+    # partitions back (what happens when the rebalance changed nothing for it); librdkafka
+    # has fetched past the batch already.
 
-    refusals = 1
+    def __init__(self, consumer) -> None:
+        self.consumer, self.refusals = consumer, 1
 
-    def commit(self, offsets=None, timeout_ms=None):
+    def commit(self, offsets) -> None:
         if self.refusals:
             self.refusals -= 1
-            raise CommitFailedError("the group rebalanced")
-        return super().commit(offsets, timeout_ms=timeout_ms)
+            raise CommitRefused("the group rebalanced")
+        self.consumer.commit(offsets)
+
+    def __getattr__(self, name: str):
+        return getattr(self.consumer, name)
 
 
 @pytest.fixture
-def setup(bootstrap, make_topic, tiny_model_path, monkeypatch):
-    """Settings, a scorer and 40 records on a 2-partition input topic."""
+def setup(bootstrap, make_topic, tiny_model_path, monkeypatch, kafka_client_name):
+    """Settings (of either client), a scorer and 40 records on a 2-partition input topic."""
     for name in [n for n in os.environ if n.startswith("FAULTWATCH_")]:
         monkeypatch.delenv(name)  # only the settings below
     scorer = Scorer.load(tiny_model_path)
@@ -96,6 +103,7 @@ def setup(bootstrap, make_topic, tiny_model_path, monkeypatch):
             "heartbeat_interval_ms": 1000,
             "metrics_port": 0,
             "max_poll_records": 500,
+            "kafka_client": kafka_client_name,
         }
     )
     values = synthetic_values(40, scorer.window)
@@ -119,6 +127,10 @@ class RecordingHealth(Health):
         self.said.append(reason)
 
 
+def same(consumer):
+    return consumer
+
+
 class EagerReload:
     """A model reload at the first chance after the first publish (which fails)."""
 
@@ -137,16 +149,14 @@ def running_loop(
     settings,
     scorer,
     publisher_of=Publisher,
-    consumer_class=KafkaConsumer,
+    consumer_of=same,
     models_of=None,
     **consumer_extra,
 ) -> Iterator[tuple[Loop, CollectorRegistry, Publisher, list[BaseException]]]:
     """The loop in a thread (with a RecordingHealth), stopped and closed on the way out."""
     registry = CollectorRegistry()
-    consumer = consumer_class(
-        **settings.kafka_options(), **consumer_options(settings), **consumer_extra
-    )
-    _, producer = service.connect(settings)
+    consumer = consumer_of(kafka_client.open_consumer(settings, **consumer_extra))
+    producer = kafka_client.open_producer(settings)
     publisher = publisher_of(producer)
     pipeline = service.pipeline_for(scorer, settings)
     models = models_of(pipeline, publisher) if models_of is not None else None
@@ -168,18 +178,14 @@ def running_loop(
     finally:
         loop.request_stop("test over")
         thread.join(timeout=30)
-        consumer.close(autocommit=False)
+        consumer.close()
         publisher.close()
     assert not thread.is_alive()
 
 
-def run_loop(
-    settings, scorer, publisher_of=Publisher, consumer_class=KafkaConsumer, models_of=None, **extra
-):
+def run_loop(settings, scorer, publisher_of=Publisher, consumer_of=same, models_of=None, **extra):
     """Run the loop until the group has committed every record (60 s at most)."""
-    with running_loop(
-        settings, scorer, publisher_of, consumer_class, models_of, **extra
-    ) as running:
+    with running_loop(settings, scorer, publisher_of, consumer_of, models_of, **extra) as running:
         loop, registry, publisher, failure = running
 
         def finished() -> bool:
@@ -242,8 +248,8 @@ def test_a_lasting_publish_failure_stops_the_loop_uncommitted(setup, bootstrap):
 
 def test_a_refused_commit_re_reads_the_batch_and_counts_it_once(setup, bootstrap, caplog):
     settings, scorer = setup
-    caplog.set_level(logging.WARNING, logger="worker.consumer")
-    loop, registry, _ = run_loop(settings, scorer, Publisher, consumer_class=RefusingConsumer)
+    caplog.set_level(logging.WARNING, logger="worker.kafka.loop")
+    loop, registry, _ = run_loop(settings, scorer, Publisher, consumer_of=RefusingConsumer)
     assert "commit refused" in caplog.text
     sources = published(bootstrap, settings)
     assert set(sources) == {(p, o) for p in (0, 1) for o in range(20)}
@@ -256,7 +262,8 @@ def test_a_rebalance_during_a_batch_re_reads_it_and_counts_it_once(setup, bootst
     # The first batch outlasts the poll interval: the client leaves the group, the group
     # rebalances without it, its commit is refused, and it joins again.
     settings, scorer = setup
-    caplog.set_level(logging.INFO, logger="worker.consumer")
+    settings = settings.model_copy(update={"session_timeout_ms": 3000})  # librdkafka: <= poll's
+    caplog.set_level(logging.INFO, logger="worker.kafka.loop")
     loop, registry, publisher = run_loop(
         settings, scorer, lambda p: SlowPublisher(p, seconds=6.0), max_poll_interval_ms=3000
     )

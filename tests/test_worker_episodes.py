@@ -232,6 +232,63 @@ def test_a_mute_close_ends_at_the_machine_s_own_last_window(scorer):
     assert closed["duration_seconds"] == 2.0 and result.episodes.durations == [2.0]
 
 
+def label_record(episode: dict, label: str) -> bytes:
+    return json.dumps(
+        {"kind": "label", "episode_id": episode["episode_id"], "machine_id": "pump-1",
+         "label": label, "code": None, "note": "", "by": "ana", "at": "2026-01-05T06:00:00Z"}
+    ).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("label", "reason"), [("false-alarm", "dismissed"), ("new-normal", "new_normal")]
+)
+def test_a_label_closes_the_open_episode_at_the_next_batch(scorer, label, reason):
+    records = stream(scorer)
+    table, log = MuteTable(), Changelog()
+    pipeline = make(scorer, log, table)
+    first = pipeline.process(records[:7])
+    (opened,) = events(first.outputs)
+    table.apply(b"pump-1", label_record(opened, label))
+    second = pipeline.process(records[7:9])
+    (closed,) = events(second.outputs)
+    assert (closed["close_reason"], closed["label"]) == (reason, label)
+    assert closed["episode_id"] == opened["episode_id"] and closed["source"]["offset"] == 7
+    assert second.episodes.closed == {reason: 1} and second.episodes.labels == {label: 1}
+    assert second.episodes.open_now == 0
+    assert not any(e["kind"] == "opened" for e in events(second.outputs))
+
+
+def test_a_confirmed_episode_stays_open_carries_its_label_and_survives_a_restore(scorer):
+    records = stream(scorer)
+    table, log = MuteTable(), Changelog()
+    pipeline = make(scorer, log, table)
+    (opened,) = events(run(pipeline, records, [7], log))
+    table.apply(b"pump-1", label_record(opened, "fault"))
+    second = pipeline.process(records[7:9])
+    log.write(second.outputs)
+    assert second.episodes.labels == {"fault": 1} and second.episodes.open_now == 1
+    # Another worker takes the partition over: the label comes back with the state, once.
+    other = make(scorer, log, table)
+    rest = other.process(records[9:])
+    (closed,) = events(rest.outputs)
+    assert (closed["close_reason"], closed["label"]) == ("cleared", "fault")
+    assert rest.episodes.labels == {}  # applied once, before the restore
+
+
+def test_a_retried_batch_applies_the_labels_its_first_attempt_saw(scorer):
+    records = stream(scorer)
+    table, log = MuteTable(), Changelog()
+    pipeline = make(scorer, log, table)
+    (opened,) = events(run(pipeline, records, [7], log))
+    first = pipeline.process(records[7:9])  # not published: it will be redone
+    table.apply(b"pump-1", label_record(opened, "false-alarm"))
+    redone = pipeline.process(records[7:9])
+    assert redone.outputs == first.outputs  # an exact replay: no label then
+    assert all(e["close_reason"] is None for e in events(redone.outputs))
+    later = pipeline.process(records[9:10])
+    assert [e["close_reason"] for e in events(later.outputs)] == ["dismissed"]
+
+
 def make_at(scorer: Scorer, log: Changelog, wall: list[float], max_future: float = 300.0):
     """A pipeline whose wall clock reads `wall[0]`."""
     clock = WallClock(max_future, now=lambda: wall[0])

@@ -7,8 +7,11 @@ from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
 from tests.helpers import read_topic
+from worker.kafka import client as kafka_client
+from worker.kafka.kafka_python import KeyPartitioner, PyProducer, producer_options
+from worker.kafka.publisher import Publisher
 from worker.pipeline import Output
-from worker.publisher import KeyPartitioner, Publisher, producer_options
+from worker.settings import Settings
 
 
 def java_partition(key: bytes, partitions: int) -> int:
@@ -16,9 +19,13 @@ def java_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def settings_for(bootstrap: str, client: str) -> Settings:
+    return Settings(bootstrap_servers=bootstrap, kafka_client=client, max_request_bytes=2**20)
+
+
 def publish(bootstrap: str, outputs: list[Output]) -> KeyPartitioner:
     options = producer_options(2**20)
-    publisher = Publisher(KafkaProducer(bootstrap_servers=bootstrap, **options))
+    publisher = Publisher(PyProducer(KafkaProducer(bootstrap_servers=bootstrap, **options)))
     try:
         publisher.publish(outputs)
     finally:
@@ -55,14 +62,14 @@ def test_records_without_a_key_still_spread_over_partitions(bootstrap, make_topi
 
 @pytest.mark.parametrize(("pause", "sent"), [(60.0, 0), (0.0, 1)], ids=["paused", "no-pause"])
 def test_a_shadow_topic_that_refuses_a_record_is_left_alone_for_a_while(
-    bootstrap, make_topic, caplog, pause, sent
+    bootstrap, make_topic, caplog, pause, sent, kafka_client_name
 ):
     # A shadow topic that cannot take records would otherwise cost every batch its first
     # send's wait (max_block_ms when the topic is unreachable): after one failure, a pause.
     live, shadow = make_topic("events"), make_topic("shadow")
     too_big = Output(shadow, b"pump-1", b"x" * (2**20 + 1), best_effort=True)  # refused at send
     shadow_record = Output(shadow, b"pump-1", b"{}", best_effort=True)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **producer_options(2**20))
+    producer = kafka_client.open_producer(settings_for(bootstrap, kafka_client_name))
     publisher = Publisher(producer, best_effort_pause=pause)
     try:
         assert publisher.publish([Output(live, b"pump-1", b"{}"), too_big, shadow_record]) == 2
@@ -73,3 +80,16 @@ def test_a_shadow_topic_that_refuses_a_record_is_left_alone_for_a_while(
     assert len(read_topic(bootstrap, live)) == 2  # every live record, whatever shadows did
     warnings = [r for r in caplog.records if "shadow record not sent" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_librdkafka_puts_each_key_where_kafka_python_does(bootstrap, make_topic):
+    # Mixed fleets and a switch of client keep every machine's events in one partition.
+    topic = make_topic("events", 5)
+    keys = [f"pump-{i}".encode() for i in range(40)]
+    publisher = Publisher(kafka_client.open_producer(settings_for(bootstrap, "confluent")))
+    try:
+        publisher.publish([Output(topic, key, b"{}") for key in keys])
+    finally:
+        publisher.close()
+    records = read_topic(bootstrap, topic)
+    assert {(r.key, r.partition) for r in records} == {(k, java_partition(k, 5)) for k in keys}

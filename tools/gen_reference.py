@@ -265,17 +265,10 @@ def _metavar(action: argparse.Action) -> str:
 
 
 def message_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every input message (pydantic or msgspec model), by name."""
-    import msgspec
+    """JSON Schema of every message with a model (worker/schemas.py), by name."""
+    from worker.schemas import message_schemas as messages
 
-    from worker.inputs.readings import Sample, Tag
-    from worker.messages import WindowMessage
-
-    return {
-        "window": WindowMessage.model_json_schema(),
-        "sample": msgspec.json.schema(Sample),
-        "tag": msgspec.json.schema(Tag),
-    }
+    return {name: m["schema"] for name, m in messages().items() if m["schema"] is not None}
 
 
 # --- writing and checking ---------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from model.episodes import parse_seconds
-from worker.messages import Decoded, Invalid
+from worker.inputs.windows import Decoded, Invalid
 
 DEFAULT_MAX_FUTURE = 120.0  # seconds (the setting's default): NTP-synced clocks are within a
 # second; a gateway's buffering and some drift pass, a wrong time zone (3600 s or more) does not

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from model.episodes import CLOSE_REASONS
+from worker.control.records import LABELS
 from worker.control.records import SKIP_REASONS as CONTROL_SKIP_REASONS
-from worker.messages import REASONS
+from worker.inputs.windows import REASONS
 from worker.state.changelog import SKIP_REASONS as STATE_SKIP_REASONS
 
 # Scores are squared errors in standardised units: log-spaced, 0.001 to 1000.
@@ -148,6 +149,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.labels = Counter(
+            "faultwatch_labels",
+            "Operators' labels that reached an open episode here (committed), by label.",
+            ["label"],
+            registry=registry,
+        )
         self.episode_duration = Histogram(
             "faultwatch_episode_duration_seconds",
             "Data-time length of closed episodes, first anomalous window to normal again.",
@@ -254,6 +261,8 @@ class Metrics:
             self.episodes_closed.labels(reason)
         for reason in CONTROL_SKIP_REASONS:
             self.control_skipped.labels(reason)
+        for label in LABELS:
+            self.labels.labels(label)
 
     def set_models(self, live: Routes | None, shadow: Routes | None = None) -> None:
         """The models in service now (None: unchanged): info, thresholds, drift series."""
@@ -324,6 +333,8 @@ class Metrics:
         for seconds in counts.durations:
             self.episode_duration.observe(seconds)
         self.late_windows.inc(counts.late)
+        for label, count in counts.labels.items():
+            self.labels.labels(label).inc(count)
         self.clock_resets.inc(counts.resets)
 
     def readings_committed(self, counts: ReadingCounts | None) -> None:

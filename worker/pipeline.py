@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -24,10 +24,10 @@ import numpy as np
 from model.episodes import Cause, Ratios, Tracker, leading_detectors, parse_seconds, shares_of
 from model.scoring import Scorer, Scores
 from worker.clocks import WallClock
-from worker.control import MuteTable
+from worker.control import Label, MuteTable
 from worker.inputs.family import AssemblyFamily
 from worker.inputs.stage import ReadingCounts, ReadingStage
-from worker.messages import Decoded, Decoder, Invalid, Origin
+from worker.inputs.windows import Decoded, Decoder, Invalid, Origin
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
 from worker.state import EpisodeState
@@ -61,6 +61,7 @@ class EpisodeCounts:
     late: int = 0  # windows older than their machine's newest
     resets: int = 0  # machines whose clock went back further than the episode rules look
     open_now: int = 0  # open episodes in this worker's partitions after the batch
+    labels: Counter[str] = field(default_factory=Counter)  # labels that reached open episodes
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,9 @@ class Pipeline:
             raise ValueError("samples and tags need the episode stage: their state is its store")
         # partition -> (first offset, checker, version) of its last batch: a redo reuses them
         self._mute_snapshots: dict[int, tuple[int, Callable[[str], bool], int]] = {}
+        # partition -> (first offset, labels) of its last batch: a redo reuses them too
+        self._label_snapshots: dict[int, tuple[int, Mapping[str, Label]]] = {}
+        self._labels: tuple[int, Mapping[str, Label]] = (-1, {})  # (table version, labels)
         self._idle: list[int] = []  # the partitions of the last idle step
         self.serve(models if isinstance(models, Routes) else Routes.single(models))
 
@@ -320,6 +324,9 @@ class Pipeline:
             trackers = state.trackers(firsts)
         mutes = self._mutes(firsts, state.redone, table)
         rescan = {p for p in spans if mutes[p][2] != mutes[p][1]}
+        labels = self._labels_of(firsts, state.redone, table)
+        unlabelled = {p for p in spans if labels[p]}  # labels still to look for, per partition
+        applied: list[tuple[str, str]] = []
         models = self.models.models
         about = {  # per model in the batch: what each of its windows needs
             slot: (
@@ -350,6 +357,15 @@ class Pipeline:
                 rescan.discard(record.partition)
                 cause = Cause(time, timestamp, threshold, source)
                 events += tracker.close_muted(muted, cause)
+            if record.partition in unlabelled:  # operators' labels on its open episodes
+                unlabelled.discard(record.partition)
+                found = labels[record.partition]
+                closes, done = tracker.apply_labels(
+                    lambda episode, found=found: _label(found, episode),
+                    Cause(time, timestamp, threshold, source),
+                )
+                events += closes
+                applied += done
             events += tracker.observe(
                 origin.machine_id,
                 time,
@@ -371,7 +387,7 @@ class Pipeline:
         for p in spans:
             if p not in rescan:  # undone with the batch, like the episodes it closed
                 state.partitions[p].store.put(MUTES, "version", mutes[p][1])
-        counts = EpisodeCounts()
+        counts = EpisodeCounts(labels=Counter(label for _, label in applied))
         self._publish_events(events, outputs, counts)
         for p, (_, last) in spans.items():
             for key, value in state.finish(p, last + 1):
@@ -402,6 +418,22 @@ class Pipeline:
                 saved = self._mute_snapshots[p] = (first, *fresh)
             seen = self.episodes.state.partitions[p].store.get(MUTES, "version", 0)
             found[p] = (saved[1], saved[2], seen)
+        return found
+
+    def _labels_of(
+        self, firsts: dict[int, int], redone: set[int], table: MuteTable
+    ) -> dict[int, Mapping[str, Label]]:
+        """Per partition: the labels by episode id its batch applies. A redone batch gets its
+        first attempt's: the retry is an exact replay whatever labels arrived since."""
+        version = table.labels_version
+        if version != self._labels[0]:
+            self._labels = (version, table.labels())  # a copy: never changes under a batch
+        found = {}
+        for p, first in firsts.items():
+            saved = self._label_snapshots.get(p)
+            if p not in redone or saved is None or saved[0] != first:
+                saved = self._label_snapshots[p] = (first, self._labels[1])
+            found[p] = saved[1]
         return found
 
     def _publish_events(
@@ -492,6 +524,11 @@ class Pipeline:
 
 
 DEFAULT_DETECTOR = "autoencoder"
+
+
+def _label(labels: Mapping[str, Label], episode: str) -> str | None:
+    found = labels.get(episode)
+    return None if found is None else found.label
 
 
 def _ratios_of(scores: Scores, j: int) -> Ratios:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import torch
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from prometheus_client import (
     CollectorRegistry,
@@ -29,24 +29,20 @@ from model.errors import FaultwatchError
 from model.scoring import Scorer
 from worker import settings as settings_io
 from worker.clocks import WallClock
-from worker.consumer import COMMIT_TIMEOUT_MS, POLL_TIMEOUT_MS, Loop, consumer_options
 from worker.control import ControlReader, MuteTable
 from worker.errors import BrokerError, SettingsError, WorkerError
 from worker.health import Health, HealthServer
 from worker.inputs.assembler import Rules
 from worker.inputs.family import AssemblyFamily
 from worker.inputs.stage import ReadingStage, interval_loader
+from worker.kafka import client as kafka_client
+from worker.kafka.client import COMMIT_TIMEOUT, POLL_TIMEOUT, Consumer, Producer
+from worker.kafka.loop import Loop
+from worker.kafka.publisher import CLOSE_TIMEOUT, FLUSH_TIMEOUT, Publisher
 from worker.logs import configure_logging
 from worker.metrics import Metrics
 from worker.models import Lifecycle, ModelStore
 from worker.pipeline import Episodes, Pipeline, Topics
-from worker.publisher import (
-    CLOSE_TIMEOUT,
-    FLUSH_TIMEOUT,
-    PRODUCER_OPTIONS,
-    Publisher,
-    producer_options,
-)
 from worker.retraining import RetrainCollector
 from worker.routing import Routes
 from worker.settings import ENV_PREFIX, FLAGS, Settings
@@ -55,18 +51,18 @@ from worker.state import ChangelogReader, EpisodeState
 
 log = logging.getLogger(__name__)
 
-CONSUMER_CLOSE_MS = 5_000  # leaving the group when the worker stops
+SEND_BLOCK = 30.0  # seconds a send may wait on a full buffer or missing metadata, at most
 # The longest a SIGTERM can take, for the orchestrator's grace period (terminationGracePeriod-
 # Seconds, stop_grace_period): the poll in hand, the batch in hand (sends blocked on a full
 # buffer or missing metadata, the flush, the commit), then closing both clients. A clean stop
 # takes about a second; a shorter grace is safe for the data (an unfinished batch is read
 # again after the restart), it only repeats that batch.
 SHUTDOWN_SECONDS = math.ceil(
-    POLL_TIMEOUT_MS / 1000
-    + PRODUCER_OPTIONS["max_block_ms"] / 1000
+    POLL_TIMEOUT
+    + SEND_BLOCK
     + FLUSH_TIMEOUT
-    + COMMIT_TIMEOUT_MS / 1000
-    + CONSUMER_CLOSE_MS / 1000
+    + COMMIT_TIMEOUT
+    + kafka_client.CLOSE_TIMEOUT
     + CLOSE_TIMEOUT
 )
 
@@ -208,7 +204,7 @@ def _consume(
     finally:
         for reader in readers:
             reader.close()
-        consumer.close(autocommit=False, timeout_ms=CONSUMER_CLOSE_MS)
+        consumer.close()
         publisher.close()
     log.info("shutdown %s", loop.totals)
     return reason
@@ -223,35 +219,24 @@ def process_registry() -> CollectorRegistry:
     return registry
 
 
-def connect(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
-    """Both clients, or BrokerError naming the bootstrap address after the start-up timeout."""
+def connect(settings: Settings) -> tuple[Consumer, Producer]:
+    """Both clients of FAULTWATCH_KAFKA_CLIENT, or BrokerError naming the bootstrap address
+    once the start-up timeout has passed."""
     deadline = time.monotonic() + settings.startup_timeout
-    options = settings.kafka_options()
 
-    def left_ms() -> int:
-        return max(1, int((deadline - time.monotonic()) * 1000))
+    def left() -> float:
+        return max(0.001, deadline - time.monotonic())
 
-    consumer = None
+    consumer = kafka_client.open_consumer(settings, left())
     try:
-        consumer = KafkaConsumer(
-            **options, **consumer_options(settings), bootstrap_timeout_ms=left_ms()
-        )
-        producer = KafkaProducer(
-            **options,
-            **producer_options(settings.max_request_bytes),
-            bootstrap_timeout_ms=left_ms(),
-        )
-    except (KafkaError, OSError) as exc:
-        if consumer is not None:
-            consumer.close(autocommit=False)
-        raise BrokerError(
-            f"cannot reach the Kafka broker at {settings.bootstrap_servers} within "
-            f"{settings.startup_timeout:g} s ({type(exc).__name__}: {exc})"
-        ) from exc
+        producer = kafka_client.open_producer(settings, left())
+    except BrokerError:
+        consumer.close()
+        raise
     return consumer, producer
 
 
-def check_topics(consumer: KafkaConsumer, settings: Settings) -> None:
+def check_topics(consumer: Consumer, settings: Settings) -> None:
     """The worker creates no topic: a missing one is a deployment mistake, said at once."""
     needed = [settings.input_topic, settings.events_topic, settings.dlq_topic]
     needed += [settings.scores_topic] if settings.scores_topic else []
@@ -266,12 +251,11 @@ def check_topics(consumer: KafkaConsumer, settings: Settings) -> None:
             f"{settings.bootstrap_servers}: create it before starting the worker"
         )
     if settings.events == "episodes":
-        inputs = consumer.partitions_for_topic(settings.input_topic) or set()
-        states = consumer.partitions_for_topic(settings.state_topic) or set()
-        if len(inputs) != len(states):
+        inputs, states = existing[settings.input_topic], existing[settings.state_topic]
+        if inputs != states:
             raise BrokerError(
-                f"state topic {settings.state_topic} has {len(states)} partitions, input topic "
-                f"{settings.input_topic} has {len(inputs)}: they must be equal (each input "
+                f"state topic {settings.state_topic} has {states} partitions, input topic "
+                f"{settings.input_topic} has {inputs}: they must be equal (each input "
                 "partition's episode state lives in the state partition of the same number)"
             )
 

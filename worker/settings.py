@@ -27,6 +27,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 EventsMode = Literal["episodes", "windows"]
 InputFormat = Literal["windows", "samples", "tags"]
+KafkaClient = Literal["kafka-python", "confluent"]
 
 # Settings that `faultwatch run` also takes as flags (flags win over the environment).
 FLAGS = {
@@ -98,6 +99,12 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds to reach the broker (exit 1 after that); joining the group then "
         "takes as long as the group needs, not ready meanwhile",
+    )
+    # The client library: kafka-python (default) or confluent (librdkafka; faultwatch[rdkafka])
+    kafka_client: KafkaClient = Field(
+        "kafka-python",
+        description="the Kafka client library: kafka-python, or confluent (librdkafka; "
+        "pip install 'faultwatch[rdkafka]')",
     )
 
     # Kafka security, passed through to the client
@@ -202,6 +209,13 @@ class Settings(BaseSettings):
         "machine's normal, then clears: quick recovery (short) or no steady fault learned "
         "(long; 0: never)",
     )
+    episode_clear_deep_seconds: float = Field(
+        EpisodeConfig.clear_deep_seconds,
+        ge=0,
+        description="an open episode whose scores have stayed at or below the threshold this "
+        "long (and clear windows), at a geometric mean under half the threshold, closes: "
+        "quick recovery once well inside normal (0: only the clear rule)",
+    )
     adapt_seconds: float = Field(
         EpisodeConfig.adapt_seconds,
         ge=0,
@@ -242,6 +256,18 @@ class Settings(BaseSettings):
     def _check_topic(cls, value: str) -> str:
         if not TOPIC_NAME.match(value):
             raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
+        return value
+
+    @field_validator("kafka_client")
+    @classmethod
+    def _check_client_installed(cls, value: str) -> str:
+        if value == "confluent":
+            try:
+                import confluent_kafka  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "confluent needs the confluent-kafka package: pip install 'faultwatch[rdkafka]'"
+                ) from None
         return value
 
     @field_validator("shadow_model_path", mode="before")
@@ -347,6 +373,30 @@ class Settings(BaseSettings):
                     options[name] = str(path)
         return options
 
+    def librdkafka_options(self) -> dict[str, Any]:
+        """The same connection for librdkafka (FAULTWATCH_KAFKA_CLIENT=confluent): its names."""
+        options: dict[str, Any] = {
+            "bootstrap.servers": ",".join(self.bootstrap_list),
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["sasl.mechanism"] = self.sasl_mechanism
+            options["sasl.username"] = self.sasl_plain_username
+            options["sasl.password"] = self.sasl_plain_password.get_secret_value()
+        if self.security_protocol.endswith("SSL"):
+            check = self.ssl_check_hostname
+            options["ssl.endpoint.identification.algorithm"] = "https" if check else "none"
+            names = {
+                "ssl_cafile": "ssl.ca.location",
+                "ssl_certfile": "ssl.certificate.location",
+                "ssl_keyfile": "ssl.key.location",
+            }
+            for name, option in names.items():
+                if (path := getattr(self, name)) is not None:
+                    options[option] = str(path)
+        return options
+
     def episode_config(self) -> EpisodeConfig:
         """The episode rules, for the worker and `faultwatch score --episodes` alike."""
         return EpisodeConfig(
@@ -359,6 +409,7 @@ class Settings(BaseSettings):
             clear_windows=self.episode_clear_windows,
             silent_windows=self.episode_silent_windows,
             settle_seconds=self.episode_settle_seconds,
+            clear_deep_seconds=self.episode_clear_deep_seconds,
             adapt_seconds=self.adapt_seconds,
             adapt_max=self.adapt_max_factor,
         )
@@ -373,7 +424,8 @@ class Settings(BaseSettings):
         scores = self.scores_topic or "off"
         instance = f" instance={self.group_instance_id}" if self.group_instance_id else ""
         line = (
-            f"bootstrap={self.bootstrap_servers} security={self.security_protocol} "
+            f"bootstrap={self.bootstrap_servers} client={self.kafka_client} "
+            f"security={self.security_protocol} "
             f"input={self.input_topic} events={self.events_topic} scores={scores} "
             f"dlq={self.dlq_topic} group={self.group_id}{instance} model={self.model_path} "
             f"event_mode={self.events} model_reload={self.model_reload_seconds:g}s "

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from worker.messages import Decoded
+from worker.inputs.windows import Decoded
 from worker.outputs import Output, json_bytes, source_of, window_ratios
 from worker.routing import Routes, Served
 

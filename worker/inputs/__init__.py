@@ -1,1 +1,4 @@
-"""Input decoding: readings (samples and tags) and the assembler that builds windows of them."""
+"""Input decoding, batch-shaped: a poll's records in, arrays and per-record reasons out.
+
+windows.py decodes windows; readings.py samples and tags, which the assembler builds windows of.
+"""

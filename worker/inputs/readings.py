@@ -7,7 +7,7 @@ tags:    {"machine_id", "channel", "timestamp", "value": number | null, "quality
          reading of another quality, or a null value, is a missing value.
 
 Channels are matched by name against the model of the record's machine; others are ignored
-and counted (`extra`). Reasons (worker/messages.py): too_large, invalid_json, schema (also a
+and counted (`extra`). Reasons (worker/inputs/windows.py): too_large, invalid_json, schema (also a
 timestamp that is no time), non_finite (a number beyond float range), key_mismatch (a key
 that is not the machine_id: the machine's readings must share its partition), no_model.
 `late` and `future` are the assembler's. Fields the contract does not name are ignored.
@@ -26,7 +26,7 @@ import numpy as np
 
 from model.errors import DataError
 from model.recording import parse_time
-from worker.messages import MAX_MESSAGE, Invalid, Router
+from worker.inputs.windows import MAX_MESSAGE, Invalid, Router
 
 Format = Literal["samples", "tags"]
 FORMATS: tuple[Format, ...] = ("samples", "tags")

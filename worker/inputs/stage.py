@@ -25,7 +25,7 @@ from model.scoring import Scorer
 from worker.inputs.assembler import MICROS, Built, Counts, Grid, Refusal, bucket_time
 from worker.inputs.family import AssemblyFamily
 from worker.inputs.readings import Format, ReadingDecoder
-from worker.messages import Decoded, Group, Invalid, Origin
+from worker.inputs.windows import Decoded, Group, Invalid, Origin
 
 if TYPE_CHECKING:
     from worker.routing import Routes

@@ -210,7 +210,7 @@ def _dict(episode: Episode | None) -> dict | None:
 
 def _check(episode: Episode, machine: str) -> None:
     """ValueError unless the fields the tracker computes with have their types."""
-    if episode.machine_id != machine or episode.phase not in ("pending", "open"):
+    if episode.machine_id != machine or episode.phase not in ("pending", "open", "labelled"):
         raise ValueError("not this machine's episode")
     for number in (episode.started, episode.last, episode.reported, episode.score, episode.heard):
         if type(number) not in (int, float):  # bool is an int, and no number here

@@ -20,63 +20,32 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import (
-    CommitFailedError,
-    KafkaError,
-    RebalanceInProgressError,
-    UnsupportedCodecError,
-)
-from kafka.structs import OffsetAndMetadata
-
-from worker.errors import BatchError, CommitError
+from worker.errors import BatchError
 from worker.health import Health
+from worker.kafka.client import (
+    POLL_TIMEOUT,
+    CommitRefused,
+    Consumer,
+    Partition,
+    Polled,
+    Undecodable,
+)
+from worker.kafka.publisher import Publisher
 from worker.metrics import Metrics
 from worker.models import Lifecycle
 from worker.pipeline import Pipeline
-from worker.publisher import Publisher
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 500  # how quickly a stop request or the idle timer is noticed
-COMMIT_TIMEOUT_MS = 30_000
 MAX_BACKOFF = 30.0  # seconds between retries of a failed batch, at most
 IDLE_RETRY = 5.0  # seconds before an idle step whose publish failed is tried again
-
-Polled = dict[TopicPartition, list[Any]]  # kafka-python's poll(): partition -> ConsumerRecords
-
-
-def consumer_options(settings: Settings) -> dict[str, Any]:
-    """kafka-python consumer options, apart from the connection's."""
-    static = {"group_instance_id": settings.group_instance_id} if settings.group_instance_id else {}
-    return {
-        "group_id": settings.group_id,
-        **static,
-        "enable_auto_commit": False,
-        "auto_offset_reset": settings.auto_offset_reset,
-        "session_timeout_ms": settings.session_timeout_ms,
-        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
-        "reconnect_backoff_max_ms": 10_000,
-        **fetch_options(settings),
-    }
-
-
-def fetch_options(settings: Settings) -> dict[str, Any]:
-    """How much the consumer fetches and hands over per poll (the benchmark reads with these)."""
-    return {
-        "max_poll_records": settings.max_poll_records,
-        "fetch_max_bytes": settings.fetch_max_bytes,
-        "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
-        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-    }
 
 
 @dataclass
@@ -110,7 +79,7 @@ class Loop:
 
     def __init__(
         self,
-        consumer: KafkaConsumer,
+        consumer: Consumer,
         publisher: Publisher,
         pipeline: Pipeline,
         metrics: Metrics,
@@ -131,7 +100,7 @@ class Loop:
         self.totals = Totals()
         self._stop = stop or threading.Event()  # set by a signal handler, or by request_stop
         self._stop_reason = ""
-        self._assigned: set[TopicPartition] | None = None  # None while (re)joining the group
+        self._assigned: set[Partition] | None = None  # None while (re)joining the group
         self._first_join = True  # until assigned, or until a slow first join is logged
         self._retry: str | None = None  # why the last batch failed, while retrying
         self._redo = False  # a batch was sought back, uncommitted: it comes again, as it was
@@ -139,7 +108,7 @@ class Loop:
         self._failures = 0
         self._last_activity = clock()
         self._next_refresh = clock()
-        self._paused: set[TopicPartition] = set()  # partitions whose batch cannot be decoded
+        self._paused: set[Partition] = set()  # partitions whose batch cannot be decoded
 
     def request_stop(self, reason: str) -> None:
         """Finish the batch in hand, commit and return from `run` (signal-handler safe)."""
@@ -148,7 +117,7 @@ class Loop:
 
     def run(self) -> str:
         """Consume until stopped; returns why it stopped. Raises WorkerError when broken."""
-        self.consumer.subscribe([self.settings.input_topic], listener=_Rebalance(self))
+        self.consumer.subscribe(self.settings.input_topic, self)
         started = self.clock()
         # Start-up's objects (torch, the model, the clients) leave the collector's view: its
         # full passes then walk only what the loop allocates, instead of pausing it 100+ ms.
@@ -173,14 +142,14 @@ class Loop:
     def _poll(self) -> Polled:
         """The next batch; a partition whose batch cannot be decompressed is paused instead."""
         try:
-            return self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-        except UnsupportedCodecError as exc:
+            return self.consumer.poll(POLL_TIMEOUT)
+        except Undecodable as exc:
             self._pause_undecodable(exc)
             return {}
 
-    def _pause_undecodable(self, exc: UnsupportedCodecError) -> None:
+    def _pause_undecodable(self, exc: Undecodable) -> None:
         """Stop reading the partition that raised (all assigned ones if it cannot be told)."""
-        failed = _failed_partition(self.consumer)
+        failed = exc.partition
         partitions = ({failed} if failed is not None else set()) - self._paused
         if not partitions:
             partitions = set(self._assigned or ()) - self._paused
@@ -188,7 +157,7 @@ class Loop:
             log.error("a batch cannot be decompressed error=%s", exc)
             self._stop.wait(MAX_BACKOFF)
             return
-        self.consumer.pause(*partitions)
+        self.consumer.pause(partitions)
         self._paused |= partitions
         self.metrics.partitions_paused.set(len(self._paused))
         for tp in sorted(partitions):
@@ -210,10 +179,7 @@ class Loop:
         result = self.pipeline.process(records)
         try:
             lost = self.publisher.publish(result.outputs)
-            offsets = {
-                tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1) for tp, batch in polled.items()
-            }
-            committed = self._commit(offsets)
+            committed = self._commit({tp: batch[-1].offset + 1 for tp, batch in polled.items()})
         except BatchError as exc:
             if not exc.retriable:
                 raise
@@ -263,24 +229,25 @@ class Loop:
         missing = self.pipeline.unrestored(tp.partition for tp in self._assigned or ())
         for tp in self._assigned or ():
             if tp.partition in missing and tp.partition not in starts:
-                starts[tp.partition] = self.consumer.position(tp)
+                position = self.consumer.position(tp)  # None: not known before a fetch
+                if position is not None:
+                    starts[tp.partition] = position
         return {p: offset for p, offset in starts.items() if p in missing}
 
-    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
+    def _commit(self, offsets: dict[Partition, int]) -> bool:
         """True once committed; False when the group refused it because it is rebalancing."""
         try:
-            self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-        except (CommitFailedError, RebalanceInProgressError) as exc:
+            self.consumer.commit(offsets)  # CommitError when it fails otherwise
+        except CommitRefused as exc:
             log.warning("commit refused, rebalancing offsets=%s error=%s", _describe(offsets), exc)
             return False
-        except KafkaError as exc:
-            raise CommitError(f"commit failed: {exc}", retriable=exc.retriable) from exc
         return True
 
     def _seek_back(self, polled: Polled) -> None:
         """Each partition of the batch back to its first record: the group's committed offset."""
         # kafka-python keeps the positions of partitions a rebalance gives back to this member
-        # (unless the group dropped it), so the batch would be skipped here and never counted.
+        # (unless the group dropped it), so the batch would be skipped here and never counted;
+        # librdkafka fetches ahead, and would hand over the records after the batch.
         assigned = self.consumer.assignment()
         for tp, batch in polled.items():
             if tp in assigned:
@@ -323,11 +290,8 @@ class Loop:
         """Lag from the last fetch's high watermark (end_offsets is wrong on some brokers)."""
         lag = {}
         for tp in self._assigned or ():
-            try:
-                high = self.consumer.highwater(tp)
-                position = self.consumer.position(tp, timeout_ms=1_000)
-            except KafkaError:
-                continue
+            high = self.consumer.high_watermark(tp)
+            position = self.consumer.position(tp)
             if high is not None and position is not None:
                 lag[(tp.topic, tp.partition)] = max(0, high - position)
         self.metrics.set_lag(lag)
@@ -349,33 +313,29 @@ class Loop:
 
     def _heartbeat_late(self) -> bool:
         """No heartbeat for longer than a session: the broker is gone, or we are cut off."""
-        try:
-            group = self.consumer.metrics()["consumer-coordinator-metrics"]
-            seconds = float(group["last-heartbeat-seconds-ago"])
-        except (KeyError, TypeError, ValueError):  # an unstable kafka-python interface
-            return False
-        return self.settings.session_timeout_ms / 1000 < seconds < math.inf  # inf: none sent yet
+        seconds = self.consumer.heartbeat_age()  # None: unknown, or none sent yet
+        return seconds is not None and seconds > self.settings.session_timeout_ms / 1000
 
-    # Rebalance hooks: they run on kafka-python's IO thread, inside our own poll().
+    # Rebalance hooks (the seam's Listener): they run inside our own poll().
 
-    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+    def on_assigned(self, partitions: set[Partition]) -> None:
         self._assigned, self._first_join = set(partitions), False
         self._last_activity = self.clock()
         self.metrics.assigned_partitions.set(len(partitions))
         log.info("partitions assigned partitions=%s", _describe(partitions) or "none")
         self._update_readiness()
 
-    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+    def on_revoked(self, partitions: set[Partition]) -> None:
         # Nothing to commit here: every batch was committed, or refused and sought back.
         self._forget(partitions)
         if partitions:
             log.info("partitions revoked partitions=%s", _describe(partitions))
 
-    def on_lost(self, partitions: set[TopicPartition]) -> None:
+    def on_lost(self, partitions: set[Partition]) -> None:
         self._forget(partitions)
         log.warning("partitions lost partitions=%s", _describe(partitions) or "none")
 
-    def _forget(self, partitions: set[TopicPartition]) -> None:
+    def _forget(self, partitions: set[Partition]) -> None:
         self._paused -= set(partitions)  # paused no more if they come back: tried again then
         self.metrics.partitions_paused.set(len(self._paused))
         self.pipeline.forget(tp.partition for tp in partitions)  # restored again if they return
@@ -385,35 +345,8 @@ class Loop:
         self._update_readiness()  # not ready while the group reassigns partitions
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    """Forwards kafka-python's rebalance callbacks to the loop."""
-
-    def __init__(self, loop: Loop) -> None:
-        self.loop = loop
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.loop.on_assigned(assigned)
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.loop.on_revoked(revoked)
-
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self.loop.on_lost(lost)
-
-
-def _failed_partition(consumer: KafkaConsumer) -> TopicPartition | None:
-    """The partition whose records kafka-python was unpacking when it raised (its fetcher keeps
-    them as the next in line); None when this kafka-python keeps them elsewhere."""
-    try:
-        return consumer._fetcher._next_partition_records.topic_partition
-    except AttributeError:
-        return None
-
-
 def _describe(partitions: Any) -> str:
     """topic-partition[@offset] list for a log line."""
     if isinstance(partitions, dict):
-        return ",".join(
-            f"{tp.topic}-{tp.partition}@{o.offset}" for tp, o in sorted(partitions.items())
-        )
+        return ",".join(f"{tp.topic}-{tp.partition}@{o}" for tp, o in sorted(partitions.items()))
     return ",".join(f"{tp.topic}-{tp.partition}" for tp in sorted(partitions))

@@ -1,0 +1,1 @@
+"""The Kafka client seam: the loop, the publisher, and one adapter per client library."""
