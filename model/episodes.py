@@ -353,7 +353,12 @@ class Tracker:
         raw, baseline, step = score, None, 0.0
         if typical is not None and config.adapt_seconds > 0:
             baseline = self._baseline(machine, time, typical)
-            recent = max(config.settle_seconds, config.clear_seconds) / 4
+            # the recent level's time constant, and clear_windows windows at least: on hourly
+            # data 30 minutes would be the last window alone (a re-base on one sample)
+            recent = max(
+                max(config.settle_seconds, config.clear_seconds) / 4,
+                config.clear_windows * (interval or 0.0),
+            )
             step = baseline.watch(time, raw, typical, max(recent, 1e-9))
             score = raw / baseline.factor  # what the rules compare with the threshold
         episode = self.episodes.get(machine)

@@ -246,3 +246,12 @@ def test_a_baseline_outlives_a_long_stop_and_goes_after_weeks_of_quiet():
     assert "stopped" not in m.tracker.baselines
     adapted, due = m.tracker.adapted()
     assert "stopped" in adapted and "stopped" in due  # deleted from the changelog too
+
+
+def test_on_hourly_data_a_rebase_takes_more_than_the_last_window():
+    config = replace(RULES, settle_seconds=0, adapt_seconds=30 * 86400.0)
+    m = Machine(config, 3600.0)
+    m.feed([0.5] * 5 + [3.0] * 30 + [1.0])  # a new level of 3.0, then one low window
+    assert m.kinds() == ["opened"]
+    assert m.tracker.rebase("m") is True  # new-normal: the level of the last hours, not 1.0
+    assert m.tracker.baselines["m"].factor > 3.0 / (0.8 * THRESHOLD)
