@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,13 +120,30 @@ def replay_recordings(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Produce the windows to `topic`, keyed by machine id; returns how many were acknowledged."""
-    started, sends = clock(), Sends(producer, topic)
-    for at, stream, k, loop in schedule(streams, rate, speed, loops):
+    timed = (
+        (at, stream.machine_id.encode(), _value(stream, k, loop))
+        for at, stream, k, loop in schedule(streams, rate, speed, loops)
+    )
+    return _paced(timed, Sends(producer, topic), limit, progress, clock, sleep)
+
+
+def _paced(
+    timed: Iterable[tuple[float | None, bytes, bytes]],
+    sends: Sends,
+    limit: int | None,
+    progress: Callable[[int], None] | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> int:
+    """Send each (send-at seconds from now or None, key, value), at most `limit`; returns how
+    many were acknowledged."""
+    started = clock()
+    for at, key, value in timed:
         if limit is not None and sends.count >= limit:
             break
         if at is not None and (wait := started + at - clock()) > 0:
             sleep(wait)
-        sends.send(stream.machine_id.encode(), _value(stream, k, loop))
+        sends.send(key, value)
         if progress:
             progress(1)
     return sends.finish()
@@ -426,6 +443,19 @@ class ReadingStreams:
     disorder: Disorder
     count: int  # records per loop
 
+    def schedule(
+        self, rate: float | None, speed: float | None, loops: int | None
+    ) -> Iterator[tuple[float | None, bytes, bytes]]:
+        """(send-at seconds from start or None, key, value) in replay order, loop after loop."""
+        first: float | None = None
+        sent, n = 0, 0
+        while loops is None or n < loops:
+            for at, key, value in self.loop(n):
+                first = at if first is None else first
+                yield (at - first) / speed if speed else (sent / rate if rate else None), key, value
+                sent += 1
+            n += 1
+
     def loop(self, n: int) -> list[tuple[float, bytes, bytes]]:
         """(send time, key, value) of loop n, in send order; times move on by each loop."""
         merged: list[tuple[float, bytes]] = []
@@ -453,22 +483,9 @@ def replay_readings(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Produce the sample or tag records to `topic`, keyed by machine id, paced like windows."""
-    started, sends = clock(), Sends(producer, topic)
-    first: float | None = None
-    n = 0
-    while loops is None or n < loops:
-        for at, key, value in readings.loop(n):
-            if limit is not None and sends.count >= limit:
-                return sends.finish()
-            first = at if first is None else first
-            due = (at - first) / speed if speed else (sends.count / rate if rate else None)
-            if due is not None and (wait := started + due - clock()) > 0:
-                sleep(wait)
-            sends.send(key, value)
-            if progress:
-                progress(1)
-        n += 1
-    return sends.finish()
+    return _paced(
+        readings.schedule(rate, speed, loops), Sends(producer, topic), limit, progress, clock, sleep
+    )
 
 
 def _disorder(args: argparse.Namespace) -> Disorder:

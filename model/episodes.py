@@ -56,6 +56,9 @@ CLOSE_REASONS: tuple[CloseReason, ...] = (
 RESET_FLOOR = 300.0  # seconds: a machine's clock set back by more than this (and than every
 # rule's span) is a reset, not a late window
 MAX_MACHINES = 100_000  # newest window times remembered per tracker; then the oldest go
+# A baseline is weeks of learning: kept through a night's or a maintenance week's stop, and
+# forgotten only after this long (or twice adapt_seconds) of quiet, or beyond MAX_MACHINES.
+BASELINE_QUIET = 14 * 86400.0
 # An operator's label (the control topic) -> the close it causes in an open episode; `fault`
 # confirms the episode, which stays open and carries the label.
 LABEL_CLOSES: dict[str, CloseReason] = {"false-alarm": "dismissed", "new-normal": "new_normal"}
@@ -350,7 +353,12 @@ class Tracker:
         raw, baseline, step = score, None, 0.0
         if typical is not None and config.adapt_seconds > 0:
             baseline = self._baseline(machine, time, typical)
-            recent = max(config.settle_seconds, config.clear_seconds) / 4
+            # the recent level's time constant, and clear_windows windows at least: on hourly
+            # data 30 minutes would be the last window alone (a re-base on one sample)
+            recent = max(
+                max(config.settle_seconds, config.clear_seconds) / 4,
+                config.clear_windows * (interval or 0.0),
+            )
             step = baseline.watch(time, raw, typical, max(recent, 1e-9))
             score = raw / baseline.factor  # what the rules compare with the threshold
         episode = self.episodes.get(machine)
@@ -637,6 +645,24 @@ class Tracker:
         for machine in quiet:
             del seen[machine]
         self._observed.update(quiet)
+        self._forget_baselines(keep)
+
+    def _forget_baselines(self, keep: int) -> None:
+        """Forget the baselines of machines quiet for BASELINE_QUIET (or twice adapt_seconds)
+        of the partition's time, then the oldest beyond `keep`; never a machine with an
+        episode. The store deletes them with the batch (`adapted`)."""
+        horizon = self.clock - max(BASELINE_QUIET, 2 * self.config.adapt_seconds)
+        baselines, episodes = self.baselines, self.episodes
+        old = [m for m, b in baselines.items() if b.at < horizon and m not in episodes]
+        if len(baselines) - len(old) > keep:
+            rest = sorted(
+                (b.at, m) for m, b in baselines.items() if b.at >= horizon and m not in episodes
+            )
+            old += [m for _, m in rest[: len(baselines) - len(old) - keep]]
+        for machine in old:
+            del baselines[machine]
+        self._adapted.update(old)
+        self._due.update(old)
 
     def _end(
         self, episode: Episode, reason: CloseReason, ended: float, ended_at: str, cause: Cause

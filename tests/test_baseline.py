@@ -224,3 +224,34 @@ def test_a_new_normal_label_closes_the_episode_and_re_bases_the_machine_at_once(
     assert "m" not in m.tracker.episodes  # the held episode cleared quietly
     (fault,) = m.feed([3.0 * 4 * 2] * config.open_windows)  # a real fault on top still opens
     assert fault["kind"] == "opened"
+
+
+def test_baselines_stay_bounded_whatever_the_machine_ids():
+    m = Machine(RULES, 1.0)
+    m.tracker.max_machines = 50
+    for n in range(3000):  # a gateway that puts a sequence number in machine_id
+        m.feed([0.5], machine=f"seq-{n}")
+    assert len(m.tracker.baselines) <= 2 * m.tracker.max_machines
+    assert "seq-2999" in m.tracker.baselines  # the newest kept
+
+
+def test_a_baseline_outlives_a_long_stop_and_goes_after_weeks_of_quiet():
+    config = replace(RULES, adapt_seconds=3600.0)
+    m = Machine(config, 3600.0)  # hourly
+    m.feed([0.5] * 3, machine="stopped")
+    m.feed([0.5] * 24 * 7, machine="running")  # a week of the other machine
+    assert "stopped" in m.tracker.baselines  # a week's stop: its normal is kept
+    m.tracker.begin()
+    m.feed([0.5] * 24 * 8, machine="running")  # more than BASELINE_QUIET in all
+    assert "stopped" not in m.tracker.baselines
+    adapted, due = m.tracker.adapted()
+    assert "stopped" in adapted and "stopped" in due  # deleted from the changelog too
+
+
+def test_on_hourly_data_a_rebase_takes_more_than_the_last_window():
+    config = replace(RULES, settle_seconds=0, adapt_seconds=30 * 86400.0)
+    m = Machine(config, 3600.0)
+    m.feed([0.5] * 5 + [3.0] * 30 + [1.0])  # a new level of 3.0, then one low window
+    assert m.kinds() == ["opened"]
+    assert m.tracker.rebase("m") is True  # new-normal: the level of the last hours, not 1.0
+    assert m.tracker.baselines["m"].factor > 3.0 / (0.8 * THRESHOLD)

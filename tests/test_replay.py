@@ -330,3 +330,23 @@ def test_disorder_flags_need_samples_or_tags(capsys, tmp_path):
     data = write_csv(tmp_path / "m.csv", normal_values(20))
     assert main(["replay", str(data), "--topic", "t", "--jitter", "2"]) != 0
     assert "--as samples or tags" in capsys.readouterr().err
+
+
+def test_readings_are_paced_by_data_time_or_rate_and_keep_moving_on_in_loops():
+    from pathlib import Path
+
+    from cli.replay import Disorder, ReadingStreams
+    from model.recording import Recording
+    from tests.synthetic import CHANNELS
+
+    stamps = [str(1_700_000_000 + i) for i in range(3)]
+    rec = Recording(Path("m.csv"), stamps, list(CHANNELS), normal_values(3))
+    streams = ReadingStreams([("m", rec)], "samples", Disorder(), 3)
+    by_time = list(streams.schedule(None, 2.0, loops=2))  # twice as fast as data time
+    assert [at for at, _, _ in by_time] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]  # a loop: 3 s later
+    assert {key for _, key, _ in by_time} == {b"m"}
+    later = [json.loads(value)["timestamp"] for _, _, value in by_time]
+    assert later[3] == format_time(datetime.fromtimestamp(1_700_000_003, UTC))
+    by_rate = [at for at, _, _ in streams.schedule(10.0, None, loops=1)]
+    assert by_rate == [0.0, 0.1, 0.2]
+    assert [at for at, _, _ in streams.schedule(None, None, loops=1)] == [None] * 3
