@@ -60,7 +60,7 @@ def test_labels_act_in_the_worker_that_holds_the_episode_and_survive_a_restart(
     for name, value in env.items():
         if name.startswith("FAULTWATCH_"):
             monkeypatch.setenv(name, value)  # the CLI, as an operator beside the workers
-    always = {"pump-1": range(10, 10_000), "pump-2": range(10, 60)}  # pump-2 clears at 60
+    always = {"pump-1": range(10, 10_000), "pump-2": range(10, 150)}  # pump-2 clears at 150
     sent = 0
 
     def send(first: int, last: int) -> None:
@@ -100,19 +100,24 @@ def test_labels_act_in_the_worker_that_holds_the_episode_and_survive_a_restart(
         assert set(opened) == set(MACHINES)
         assert main(["label", opened["pump-1"], "--as", "false-alarm", "--by", "ana"]) == 0
         assert main(["label", opened["pump-2"], "--as", "fault", "--code", "B-7"]) == 0
-        send(30, 40)  # both still anomalous
-        wait_for(
-            lambda: done() and any(e["close_reason"] == "dismissed" for e in events()),
-            90,
-            "the dismissal",
-            interval=0.5,
-        )
 
-        def counted() -> dict[str, float]:  # metrics follow the commit: wait for them
+        def counted() -> dict[str, float]:  # metrics follow the commit
             found = [labels(port) for port in ports.values()]
             return {k: sum(c.get(k, 0) for c in found) for k in ("false-alarm", "fault")}
 
-        wait_for(lambda: counted() == {"false-alarm": 1, "fault": 1}, 30, "the label counts")
+        def acted() -> bool:
+            """A label acts at the next batch after its worker read it: keep the data coming,
+            one second of both pumps (still anomalous) at a time, until both labels acted."""
+            if done() and counted() == {"false-alarm": 1, "fault": 1}:
+                return True
+            if done():
+                send(now[0], now[0] + 1)
+                now[0] += 1
+            return False
+
+        now = [30]
+        wait_for(acted, 60, "both labels to act", interval=0.5)
+        assert any(e["close_reason"] == "dismissed" for e in events())
         codes = {"a": workers["a"].terminate()}
         # b takes a's partition over before it stops too: a group left mid-rebalance can keep
         # the next member waiting on this broker.
@@ -131,8 +136,8 @@ def test_labels_act_in_the_worker_that_holds_the_episode_and_survive_a_restart(
     assert closed["episode_id"] == opened["pump-1"]
 
     # A restart: pump-1 is still anomalous but dismissed (no new episode); pump-2 clears at
-    # 60 and its episode closes `cleared`, still confirmed by its label.
-    send(40, 80)
+    # 150 and its episode closes `cleared`, still confirmed by its label.
+    send(now[0], 170)
     worker = start("c", free_port())
     try:
         wait_for(lambda: done() or worker.process.poll() is not None, 90, "c", interval=0.5)
