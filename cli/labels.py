@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from cli.episodes import _check_topics, _send, _settings
 from cli.replay import TopicRange
-from cli.topic_windows import read_topic
+from cli.topic_windows import published_episodes, read_topic
 from model.errors import FaultwatchError
-from model.recording import format_time, to_rfc3339
+from model.recording import format_time
 from model.retraining import HistoryEpisode
 from worker.control import Label, parse
 from worker.settings import Settings
@@ -67,27 +66,15 @@ def find_episode(settings: Settings, episode: str) -> str:
 
 def history(events: Iterable[Any], control: Iterable[Any]) -> list[HistoryEpisode]:
     """The episodes of the events topic, each with the last label the control topic gives it."""
-    spans: dict[str, list[Any]] = {}  # id -> [machine, start, end]
-    for record in events:
-        event = _json(record.value)
-        try:
-            if not event or event.get("kind") not in ("opened", "updated", "closed"):
-                continue
-            span = spans.setdefault(
-                event["episode_id"],
-                [event["machine_id"], _seconds(event["started_at"]), math.inf],
-            )
-            if event["kind"] == "closed" and event.get("ended_at"):
-                span[2] = _seconds(event["ended_at"])
-        except (KeyError, TypeError, ValueError):
-            continue  # not an episode event of faultwatch's
     labels: dict[str, Label] = {}
     for record in control:
         parsed = parse(record.key, record.value)  # the workers' one parser
         if isinstance(parsed, Label):
             labels[parsed.episode_id] = parsed  # the last one stands
     found = []
-    for episode, (machine, start, end) in spans.items():
+    for episode, (machine, (start, end)) in published_episodes(events).items():
+        if episode.startswith("@"):
+            continue  # a per-window event: no episode to label
         label = labels.get(episode)
         found.append(
             HistoryEpisode(
@@ -108,11 +95,6 @@ def _json(value: bytes | None) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return document if isinstance(document, dict) else None
-
-
-def _seconds(timestamp: str | float) -> float:
-    text = timestamp if isinstance(timestamp, str) else repr(timestamp)
-    return datetime.fromisoformat(to_rfc3339(text)).timestamp()
 
 
 def _user() -> str:

@@ -25,7 +25,7 @@ import math
 import time
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -379,25 +379,36 @@ def _median_step(messages: list[tuple[Any, Any]]) -> float:
     return float(np.median(steps)) if len(steps) else 1.0
 
 
-def episode_spans(records: Iterator[Any]) -> dict[str, list[Span]]:
-    """machine -> its episodes from the events topic (an open one runs on forever)."""
-    episodes: dict[str, dict[str, list[float]]] = {}
+def published_episodes(records: Iterable[Any]) -> dict[str, tuple[str, Span]]:
+    """episode id -> (machine, span) of the episodes the events topic holds (an open one runs
+    on forever); a per-window event (FAULTWATCH_EVENTS=windows) is a span of its own, under
+    an id starting with `@`. Records that are not faultwatch's events are passed over."""
+    found: dict[str, tuple[str, Span]] = {}
     for record in records:
         try:
             event = json.loads(record.value or b"")
             machine = event["machine_id"]
-            if "kind" not in event:  # a per-window event (FAULTWATCH_EVENTS=windows)
+            if "kind" not in event:  # a per-window event
                 at = _seconds(event["timestamp"])
-                episodes.setdefault(machine, {})[f"@{at}"] = [at, at]
+                found[f"@{machine}@{at}"] = (machine, (at, at))
                 continue
-            span = episodes.setdefault(machine, {}).setdefault(
-                event["episode_id"], [_seconds(event["started_at"]), math.inf]
-            )
+            episode = event["episode_id"]
+            if episode not in found:
+                found[episode] = (machine, (_seconds(event["started_at"]), math.inf))
             if event["kind"] == "closed" and event.get("ended_at"):
-                span[1] = _seconds(event["ended_at"])
-        except (ValueError, KeyError, TypeError, DataError):
+                start = found[episode][1][0]
+                found[episode] = (machine, (start, _seconds(event["ended_at"])))
+        except (ValueError, KeyError, TypeError, AttributeError, DataError):
             continue  # not an event of faultwatch's
-    return {m: sorted((a, b) for a, b in spans.values()) for m, spans in episodes.items()}
+    return found
+
+
+def episode_spans(records: Iterator[Any]) -> dict[str, list[Span]]:
+    """machine -> its episodes from the events topic (an open one runs on forever)."""
+    spans: dict[str, list[Span]] = {}
+    for machine, span in published_episodes(records).values():
+        spans.setdefault(machine, []).append(span)
+    return {m: sorted(found) for m, found in spans.items()}
 
 
 def mute_spans(records: Iterator[Any]) -> list[tuple[Mute, Span]]:

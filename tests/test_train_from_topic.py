@@ -206,3 +206,33 @@ def test_a_record_stamped_after_until_does_not_cut_the_rest_of_its_partition(boo
     read = list(topic_windows.read_topic(settings, topic, span))
     assert [r.offset for r in read] == [*range(20), *range(21, 51)]
     assert {r.key for r in read} == {b"pump-1"}
+
+
+def test_the_events_topic_is_read_once_for_spans_and_for_labelled_history():
+    from cli.labels import history
+    from tests.helpers import Record
+
+    def event(**fields):
+        return Record(0, json.dumps(fields).encode())
+
+    events = [
+        event(kind="opened", episode_id="a", machine_id="m", started_at="2026-01-01T00:00:00Z"),
+        event(
+            kind="closed", episode_id="a", machine_id="m",
+            started_at="2026-01-01T00:00:00Z", ended_at="2026-01-01T00:10:00Z",
+        ),
+        event(kind="opened", episode_id="b", machine_id="n", started_at=1767225600.0),
+        event(machine_id="m", timestamp="2026-01-01T01:00:00Z", score=3.0),  # windows mode
+        Record(0, b"not json"),
+        event(kind="opened", machine_id="m"),  # no episode id, no start: not faultwatch's
+    ]  # fmt: skip
+    t0 = 1767225600.0  # 2026-01-01T00:00:00Z
+    assert topic_windows.episode_spans(iter(events)) == {
+        "m": [(t0, t0 + 600), (t0 + 3600, t0 + 3600)],
+        "n": [(t0, float("inf"))],
+    }
+    found = history(events, [])
+    assert [(e.episode_id, e.machine_id, e.start, e.end) for e in found] == [
+        ("a", "m", t0, t0 + 600),
+        ("b", "n", t0, float("inf")),
+    ]

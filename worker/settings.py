@@ -160,9 +160,9 @@ class Settings(BaseSettings):
     input_max_future_seconds: float = Field(
         120.0,
         gt=0,
-        description="a window stamped further ahead of the wall clock, or (samples, tags) a "
-        "reading further ahead of its machine's latest reading (a jumping clock), is a dead "
-        "letter (`future`)",
+        description="a window or reading stamped further ahead of the wall clock, or (samples, "
+        "tags) a reading further ahead of its machine's latest reading (a jumping clock), is a "
+        "dead letter (`future`)",
     )
 
     # Events: one per episode (default) or one per anomalous window; episode rules in data time
