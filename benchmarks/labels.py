@@ -8,10 +8,10 @@ a real worker on the embedded broker; an operator (`operator`, below) labels its
 a person would: a fault as `fault` with its code, a cleaning as `false-alarm`, and skips one
 episode in ten. Then `faultwatch retrain --promote` runs once. Week 2 (new days, new faults)
 is replayed through a worker serving the model before and one serving the model after.
-Finally the guard: the same history with one cleaning per pump confirmed as a fault, which a
-candidate that learnt cleanings as normal would miss: it must be refused.
+Finally the guard: the same history with pump-1's cleanings confirmed as faults, which a
+candidate that learnt cleanings from the other pumps as normal misses: it must be refused.
 
-    .venv/bin/python benchmarks/labels.py             # 3 pumps, about 3 minutes
+    .venv/bin/python benchmarks/labels.py             # 3 pumps, about 5 minutes
     .venv/bin/python benchmarks/labels.py --machines 5
 """
 
@@ -210,15 +210,15 @@ def operator(
     truth: dict[str, tuple[str, str]], seed: int, confirm_cleaning: bool = False
 ) -> list[list[str]]:
     """The labels a person gives: faults with their code, the rest dismissed, one in ten
-    skipped; `confirm_cleaning`: the first cleaning of each pump called a fault as well."""
+    skipped; `confirm_cleaning`: pump-1's cleanings called faults as well (an operator who
+    takes them for a fault: a candidate that learns cleanings from the other pumps misses them)."""
     rng = np.random.default_rng(seed)
-    labels, confirmed = [], set()
+    labels = []
     for episode, (machine, kind) in sorted(truth.items()):
         if kind not in ("cleaning", "other"):
             labels.append([episode, "--as", "fault", "--code", kind])
-        elif confirm_cleaning and kind == "cleaning" and machine not in confirmed:
+        elif confirm_cleaning and kind == "cleaning" and machine == "pump-1":
             labels.append([episode, "--as", "fault", "--code", "cleaning?"])
-            confirmed.add(machine)
         elif rng.random() >= 0.1:
             labels.append([episode, "--as", "false-alarm", "--note", "tank cleaning"])
     return labels
@@ -386,7 +386,7 @@ def main() -> int:
             b, base | {"FAULTWATCH_CONTROL_TOPIC": topics["control"]}, before, work / "live.log"
         )
 
-        # The guard: one cleaning of each pump confirmed as a fault, on a copy of the models.
+        # The guard: pump-1's cleanings confirmed as faults, on a copy of the models.
         guard = work / "guard"
         guard.mkdir()
         shutil.copy2(before, guard / "pump.fwm")
@@ -413,7 +413,7 @@ def main() -> int:
     judged = refused["evaluation"]
     live, new = judged["live"], judged["candidate"]
     print(
-        f"guard: one cleaning per pump confirmed as a fault ({judged['confirmed_faults']} "
+        f"guard: pump-1's cleanings confirmed as faults ({judged['confirmed_faults']} "
         f"confirmed in all): the live model catches {live['confirmed_caught']}, the candidate "
         f"{new['confirmed_caught']}; false episodes {live['false_episodes']} and "
         f"{new['false_episodes']}; {refused['decision']} ({'; '.join(refused['reasons'])}); "
