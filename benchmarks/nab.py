@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from evaluation import data_dir  # noqa: E402
 
-from model.episodes import EpisodeConfig, recording_episodes  # noqa: E402
+from model.episodes import EpisodeConfig, scored_episodes  # noqa: E402
 from model.recording import Recording, parse_time, read_recording, to_rfc3339  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
@@ -123,21 +123,8 @@ def run_file(
     end_rows, windows, _ = recording.windows(
         scorer.window, max_gap=artifact.preprocess.max_gap, from_row=probation
     )
-    scores = scorer.score(windows)
-    ok = np.isfinite(scores.score)
-    stamps = [to_rfc3339(recording.timestamps[r]) for r in end_rows[ok]]
-    found = recording_episodes(
-        path.stem,
-        end_rows[ok],
-        stamps,
-        scores.score[ok],
-        scorer.threshold,
-        scores.channel_share[ok],
-        scorer.channels,
-        config,
-        interval=scorer.interval,
-        typical=scorer.typical,
-    )
+    stamps = [to_rfc3339(recording.timestamps[r]) for r in end_rows]
+    found = scored_episodes(scorer, path.stem, end_rows, stamps, scorer.score(windows), config)
     labelled = window_rows(recording, limits)
     detections = [e.opened_row for e in found if e.opened_row >= probation]
     inside = sum(1 for d in detections if any(a <= d <= b for a, b in labelled))

@@ -25,12 +25,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from model.episodes import EpisodeConfig, EpisodeRow, recording_episodes  # noqa: E402
+from model.episodes import EpisodeConfig, EpisodeRow, scored_episodes  # noqa: E402
 from model.recording import to_rfc3339  # noqa: E402
 from model.scoring import Scorer  # noqa: E402
 from model.simulator import DAY, PlantRun, Scenario, simulate_plant  # noqa: E402
@@ -75,20 +74,8 @@ def episodes_of(plant: PlantRun, scorer: Scorer, config: EpisodeConfig, name: st
     end_rows, windows, _ = recording.windows(
         scorer.window, max_gap=scorer.artifact.preprocess.max_gap, from_row=first
     )
-    scores = scorer.score(windows)
-    ok = np.isfinite(scores.score)
-    found = recording_episodes(
-        name,
-        end_rows[ok],
-        [to_rfc3339(recording.timestamps[r]) for r in end_rows[ok]],
-        scores.score[ok],
-        scorer.threshold,
-        scores.channel_share[ok],
-        scorer.channels,
-        config,
-        interval=scorer.interval,
-        typical=scorer.typical,
-    )
+    stamps = [to_rfc3339(recording.timestamps[r]) for r in end_rows]
+    found = scored_episodes(scorer, name, end_rows, stamps, scorer.score(windows), config)
     return found, first
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from model.episodes import Episode, EpisodeRow, leading_detectors, recording_episodes
+from model.episodes import Episode, EpisodeRow, scored_episodes
 from model.errors import FaultwatchError
 from model.recording import Recording, format_time, parse_time, to_rfc3339
 from model.scoring import Scores
@@ -53,19 +53,8 @@ def score_episodes(
     config = settings_io.load().episode_config()  # FAULTWATCH_EPISODE_*, as the worker reads
     machine = args.machine_id or Path(args.data).stem
     timestamps = [to_rfc3339(recording.timestamps[row]) for row in end_rows]
-    episodes = recording_episodes(
-        machine,
-        end_rows,
-        timestamps,
-        scores.score,
-        scorer.threshold,
-        scores.channel_share,
-        scorer.channels,
-        config,
-        leading_detectors(scores),
-        interval=scorer.interval,
-        typical=scorer.typical,
-    )
+    # Only the windows the worker would score (finite scores) reach its episodes.
+    episodes = scored_episodes(scorer, machine, end_rows, timestamps, scores, config, leaders=True)
     write_episodes(args.episodes, episodes)
     still = sum(1 for e in episodes if e.closed_row is None)
     return f"{len(episodes)} episodes ({still} open at the end) written to {args.episodes}"

@@ -142,8 +142,7 @@ def score_command(args: argparse.Namespace) -> int:
     if getattr(args, "episodes", None):
         from cli.episodes import score_episodes
 
-        # Only the windows the worker would score reach its episodes too.
-        print(score_episodes(args, recording, end_rows[finite], scores.subset(finite), scorer))
+        print(score_episodes(args, recording, end_rows, scores, scorer))
     return 0
 
 

@@ -42,11 +42,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from model.baseline import MARGIN, Baseline
+
+if TYPE_CHECKING:  # the scorer pulls in torch; the worker's episode rules do not need it
+    from model.scoring import Scorer, Scores
 
 Kind = Literal["opened", "updated", "closed"]
 CloseReason = Literal["cleared", "silent", "muted", "reset", "dismissed", "new_normal"]
@@ -809,6 +812,37 @@ def recording_episodes(
             left.duration_seconds = _round(episode.last - episode.started)
             left.detector, left.top_channels = episode.detector, episode.top_channels(top_channels)
     return list(rows.values())
+
+
+def scored_episodes(
+    scorer: Scorer,
+    machine_id: str,
+    end_rows: Sequence[int],
+    timestamps: Sequence[str],
+    scores: Scores,
+    config: EpisodeConfig,
+    leaders: bool = False,
+) -> list[EpisodeRow]:
+    """The episodes of one machine's windows as `scorer` scored them (`end_rows`, `timestamps`
+    and `scores` one per window), with the scorer's threshold, channels, interval and typical
+    score. Windows whose score is not a number are left out, as the worker dead-letters them;
+    `leaders` names each episode's leading detector (as `score --episodes` does) rather than
+    the default one."""
+    finite = np.flatnonzero(np.isfinite(scores.score))
+    kept = scores.subset(finite)
+    return recording_episodes(
+        machine_id,
+        [end_rows[j] for j in finite],
+        [timestamps[j] for j in finite],
+        kept.score,
+        scorer.threshold,
+        kept.channel_share,
+        scorer.channels,
+        config,
+        leading_detectors(kept) if leaders else None,
+        interval=scorer.interval,
+        typical=scorer.typical,
+    )
 
 
 def _row(opened: dict[str, Any], row: int) -> EpisodeRow:

@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from model.episodes import EpisodeConfig, parse_seconds, recording_episodes
+from model.episodes import EpisodeConfig, parse_seconds, scored_episodes
 from model.scoring import Scorer
 
 Label = Literal["false-alarm", "fault", "new-normal"]
@@ -133,25 +133,13 @@ def replay_spans(
     if not len(windows):
         return []
     scores = scorer.score(windows)
-    finite = np.flatnonzero(np.isfinite(scores.score))  # the worker dead-letters the rest
-    times = np.asarray(times, dtype=np.float64)[finite]
     stamps = [_stamp(t) for t in times]
-    rows = recording_episodes(
-        machine,
-        list(range(len(finite))),
-        stamps,
-        scores.score[finite],
-        scorer.threshold,
-        scores.channel_share[finite],
-        scorer.channels,
-        config,
-        interval=scorer.interval,
-        typical=scorer.typical,
-    )
+    rows = scored_episodes(scorer, machine, range(len(windows)), stamps, scores, config)
+    scored = np.asarray(times, dtype=np.float64)[np.isfinite(scores.score)]
     spans = []
     for row in rows:
         start = parse_seconds(row.started_at)
-        end = parse_seconds(row.ended_at) if row.ended_at else float(times[-1])
+        end = parse_seconds(row.ended_at) if row.ended_at else float(scored[-1])
         spans.append((start, max(start, end)))
     return spans
 
