@@ -216,3 +216,44 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 def metric_total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
     """The sum of a metric's samples over all its label values (e.g. every model's)."""
     return sum(value for (sample, _), value in samples.items() if sample == name)
+
+
+def windows_scored(port: int) -> float:
+    """faultwatch_windows_scored_total of a running worker; 0 while its metrics do not answer."""
+    status, body = http_get(port, "/metrics")
+    if status != 200:
+        return 0.0
+    return metric_total(metric_samples(body), "faultwatch_windows_scored_total")
+
+
+def kill_mid_stream(
+    env: dict[str, str],
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    total: int,
+    logs: Path,
+    rounds: int,
+) -> list[str]:
+    """SIGKILL a worker `rounds` times, each once it has scored 300 windows, asserting each kill
+    lands mid-stream (the group's commits moved on but short of `total`); the killed logs.
+
+    `env` keeps the last round's metrics port, for a final run to carry on with."""
+    from demo.broker import free_port
+
+    group = env["FAULTWATCH_GROUP_ID"]
+    progress, killed = 0, []
+    for round_ in range(rounds):
+        port = free_port()
+        env["FAULTWATCH_METRICS_PORT"] = str(port)
+        worker = start_worker(env, logs / f"killed-{round_}.log")
+        try:
+            wait_for(lambda p=port: windows_scored(p) >= 300, 60, f"worker {round_} to score")
+        finally:
+            worker.process.send_signal(signal.SIGKILL)
+            worker.process.wait(timeout=10)
+        now = sum(o or 0 for o in committed(bootstrap, group, topic, partitions).values())
+        assert progress < now < total, f"kill {round_} was not mid-stream: {now}"
+        progress = now
+        killed.append(worker.stderr)
+    return killed

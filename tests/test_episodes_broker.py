@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import signal
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -27,8 +26,8 @@ from model.scoring import Scorer
 from tests.helpers import (
     committed,
     http_get,
+    kill_mid_stream,
     metric_samples,
-    metric_total,
     produce,
     read_topic,
     run_worker,
@@ -146,13 +145,6 @@ def _stable(event: dict) -> dict:
     return {k: v for k, v in event.items() if k not in unstable}
 
 
-def scored(port: int) -> float:
-    status, body = http_get(port, "/metrics")
-    if status != 200:
-        return 0.0
-    return metric_total(metric_samples(body), "faultwatch_windows_scored_total")
-
-
 def test_sigkill_mid_episode_repeatedly_loses_no_episode_and_opens_none_twice(
     bootstrap, make_topic, tiny_model_path, tmp_path, kafka_client_name
 ):
@@ -175,21 +167,7 @@ def test_sigkill_mid_episode_repeatedly_loses_no_episode_and_opens_none_twice(
         **topics,
         **EPISODE_ENV,
     )
-    progress, logs = 0, []
-    for round_ in range(3):
-        port = free_port()
-        env["FAULTWATCH_METRICS_PORT"] = str(port)
-        worker = start_worker(env, tmp_path / f"killed-{round_}.log")
-        try:
-            wait_for(lambda p=port: scored(p) >= 300, 60, f"worker {round_} to score")
-        finally:
-            worker.process.send_signal(signal.SIGKILL)
-            worker.process.wait(timeout=10)
-        now = sum(o or 0 for o in committed(bootstrap, group, topics["input_topic"], 2).values())
-        assert progress < now < len(records), f"kill {round_} was not mid-stream: {now}"
-        progress = now
-        logs.append(worker.stderr)
-
+    logs = kill_mid_stream(env, bootstrap, topics["input_topic"], 2, len(records), tmp_path, 3)
     final = run_worker(env, tmp_path / "final.log", "--idle-exit", "3", timeout=120)
     assert final.process.returncode == 0, final.stderr
     restored = re.findall(r"state restored .*episodes=(\d+)", "".join(logs[1:]) + final.stderr)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from tests.helpers import (
     committed,
     headers,
     http_get,
+    kill_mid_stream,
     metric_samples,
-    metric_total,
     produce,
     read_topic,
     run_worker,
@@ -190,13 +189,6 @@ def test_disorder_late_and_future_readings_and_a_gap(
     ) == len(sent)
 
 
-def scored(port: int) -> float:
-    status, body = http_get(port, "/metrics")
-    if status != 200:
-        return 0.0
-    return metric_total(metric_samples(body), "faultwatch_windows_scored_total")
-
-
 def sample_fleet(folder: Path, machines: int, steps: int) -> list[tuple[bytes, bytes, None]]:
     """Every pump's k-th sample, then every pump's k+1-th, keyed by machine id."""
     streams = []
@@ -230,20 +222,8 @@ def test_sigkill_loses_no_window_and_scores_none_twice_differently(
     names = topics(make_topic, partitions=2)
     placed = produce(bootstrap, names["input_topic"], records)
     env = env_for(bootstrap, tiny_model_path, names, "samples", max_poll_records=50)
-    group = env["FAULTWATCH_GROUP_ID"]
-    progress = 0
-    for round_ in range(1):  # one kill mid-stream; the final run carries on
-        port = free_port()
-        env["FAULTWATCH_METRICS_PORT"] = str(port)
-        worker = start_worker(env, tmp_path / f"killed-{round_}.log")
-        try:
-            wait_for(lambda p=port: scored(p) >= 300, 60, f"worker {round_} to score")
-        finally:
-            worker.process.send_signal(signal.SIGKILL)
-            worker.process.wait(timeout=10)
-        now = sum(o or 0 for o in committed(bootstrap, group, names["input_topic"], 2).values())
-        assert progress < now < len(records), f"kill {round_} was not mid-stream: {now}"
-        progress = now
+    # One kill mid-stream; the final run carries on.
+    kill_mid_stream(env, bootstrap, names["input_topic"], 2, len(records), tmp_path, rounds=1)
     final = run_worker(env, tmp_path / "final.log", "--idle-exit", "3", timeout=120)
     assert final.process.returncode == 0, final.stderr
     assert "assembly restored partition=" in final.stderr
