@@ -116,7 +116,8 @@ class Episode:
         "peak_score", "peak_at", "detector", "weights", "last", "last_at", "score",
         "reported_peak", "reported", "clear_since", "clear_at", "versions", "peak_ratios",
         "step", "clear_count", "band_since", "band_low", "band_high", "band_count",
-        "deep_since", "deep_at", "deep_count", "deep_sum", "heard", "label",
+        "deep_since", "deep_at", "deep_count", "deep_sum", "heard", "label", "held_since",
+        "held_count",
     )  # fmt: skip
 
     def __init__(self, machine_id: str, time: float, timestamp: str) -> None:
@@ -145,6 +146,8 @@ class Episode:
         self.deep_sum = 0.0  # sum of log(score / threshold) over the deep stretch
         self.heard = time  # the partition's clock when its machine's last window came
         self.label: str | None = None  # an operator's: false-alarm, fault or new-normal
+        self.held_since: float | None = None  # a labelled close's hold: its start (data time)
+        self.held_count = 0  # windows of the machine since the hold began
 
     def copy(self) -> Episode:
         twin = Episode.__new__(Episode)
@@ -215,6 +218,8 @@ LATER_DEFAULTS: dict[str, Any] = {
     "deep_count": 0,
     "deep_sum": 0.0,
     "label": None,
+    "held_since": None,  # saved without it, a hold starts again at the machine's next window
+    "held_count": 0,
 }
 # `heard` too: saved without it, an episode was last heard at its last window
 LATER_FIELDS = ("versions", "peak_ratios", "heard", *LATER_DEFAULTS)
@@ -251,6 +256,9 @@ class Tracker:
             config.update_seconds,
             config.silent_seconds,
         )
+        # A labelled close holds its machine this long at most (and clear_windows windows):
+        # the settle rule's time, in which a steady machine would have been re-based anyway.
+        self.hold_seconds = max(config.settle_seconds, config.clear_seconds)
         self.max_machines = MAX_MACHINES
         self._next_scan = math.inf
         self._touched: set[str] = set()  # machines whose episode the batch may have changed
@@ -365,6 +373,10 @@ class Tracker:
             step = baseline.watch(time, raw, typical, max(recent, 1e-9))
             score = raw / baseline.factor  # what the rules compare with the threshold
         episode = self.episodes.get(machine)
+        if episode is not None and episode.phase == "labelled" and self._released(episode, time):
+            self._touch(machine)  # the hold is over: the usual rules again, from this window
+            del self.episodes[machine]
+            episode = None
         if episode is None:
             if score <= threshold or muted:
                 # the common case: a normal window of a normal machine, its baseline learns
@@ -462,7 +474,8 @@ class Tracker:
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Operators' labels on the open episodes: `false-alarm` closes one `dismissed`,
         `new-normal` closes it `new_normal` and re-bases the machine's normal (`rebase`); either
-        way the machine opens no new episode before it has cleared. `fault` confirms it (it
+        way the machine opens no new episode before it has cleared, or for `hold_seconds` and
+        clear_windows windows at most (`_released`). `fault` confirms it (it
         stays open, its events carry the label). Returns the events and the
         (machine, label) applied. Each episode ends at its own machine's last window."""
         events: list[dict[str, Any]] = []
@@ -479,8 +492,10 @@ class Tracker:
             if reason is not None:
                 events += self._end(episode, reason, episode.last, episode.last_at, cause)
                 # Held, unpublished, until the machine clears by the usual rule: a condition
-                # the operator just dismissed must not open the next episode a window later.
+                # the operator just dismissed must not open the next episode a window later;
+                # but not for ever (`_released`): a fault developing later must still open.
                 episode.phase = "labelled"
+                episode.held_since, episode.held_count = episode.last, 0
                 self.episodes[machine] = episode
             if label == "new-normal":
                 self.rebase(machine)  # the drift adaptation's re-base, at once
@@ -524,6 +539,19 @@ class Tracker:
         if baseline is None:
             baseline = self.baselines[machine] = Baseline(typical, time)
         return baseline
+
+    def _released(self, episode: Episode, time: float) -> bool:
+        """A held (labelled) machine's window: True once the hold has lasted `hold_seconds`
+        and clear_windows windows, whatever the scores (the hold's bound: held, its baseline
+        does not adapt and the settle rule does not apply, so a machine that stays above the
+        threshold would otherwise never open an episode again)."""
+        if episode.held_since is None:  # state saved before the bound: the hold starts now
+            episode.held_since, episode.held_count = time, 0
+        episode.held_count += 1
+        return (
+            time - episode.held_since >= self.hold_seconds
+            and episode.held_count >= self.config.clear_windows
+        )
 
     def _settle(
         self, episode: Episode, baseline: Baseline, time: float, raw: float, threshold: float

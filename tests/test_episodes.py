@@ -261,6 +261,59 @@ def test_labels_dismiss_re_base_or_confirm_the_open_episodes():
     assert closed["close_reason"] == "dismissed" and closed["label"] == "false-alarm"
 
 
+HELD = replace(CONFIG, clear_windows=10, silent_windows=5)  # hold: settle_seconds, 10 windows
+
+
+def dismissed(feed: Feed, step: float) -> tuple[str, float]:
+    """m1 opens at 0 and stays anomalous; an operator labels it false-alarm after its window at
+    `step`. Returns its episode id and the hold's start."""
+    from model.episodes import Cause
+
+    feed(0, 5.0)
+    feed(step, 5.0)
+    (ident,) = [e.id for e in feed.tracker.episodes.values()]
+    cause = Cause(T0 + step, stamp(T0 + step), THRESHOLD, {"topic": "c", "partition": 0})
+    (closed,), _ = feed.tracker.apply_labels({ident: "false-alarm"}.get, cause)
+    assert closed["close_reason"] == "dismissed"
+    return ident, step
+
+
+@pytest.mark.parametrize("step", [1.0, 3600.0])
+def test_a_dismissed_machine_still_above_the_threshold_opens_again_after_the_hold(step):
+    """Held, its baseline does not adapt and the settle rule does not apply: without a bound
+    a fault developing later would never open. The bound is settle_seconds and clear_windows
+    windows: 7,200 windows of 1-second data, 10 (not 2) of hourly data."""
+    feed = Feed(HELD)
+    ident, start = dismissed(feed, step)
+    bound = feed.tracker.hold_seconds
+    windows = max(round(bound / step), HELD.clear_windows)
+    assert bound == HELD.settle_seconds and windows == (7200 if step == 1.0 else 10)
+    for n in range(1, windows):
+        assert feed(start + n * step, 5.0) == []  # held: not before the bound
+    (opened,) = feed(start + windows * step, 5.0)  # seen again: the usual rules
+    assert opened["kind"] == "opened" and opened["episode_id"] != ident
+    assert opened["label"] is None
+
+
+def test_the_hold_rides_in_the_saved_state_and_state_saved_without_it_starts_it_anew():
+    feed = Feed(HELD)
+    _, start = dismissed(feed, 1.0)
+    for n in range(1, 100):
+        feed(start + n, 5.0)
+    held = feed.tracker.episodes["m1"]
+    saved = json.loads(json.dumps(held.to_dict()))
+    again = Episode.from_dict(saved)
+    assert (again.phase, again.held_since, again.held_count) == ("labelled", T0 + start, 99)
+    older = {k: v for k, v in saved.items() if k not in ("held_since", "held_count")}
+    restored = Tracker(HELD, top_channels=2)
+    restored.restore([Episode.from_dict(older)], T0 + 100)
+    feed.tracker = restored
+    for n in range(100, 100 + 7200):  # the hold starts at its next window: 7,200 more
+        assert feed(start + n, 5.0) == []
+    (opened,) = feed(start + 7300, 5.0)
+    assert opened["kind"] == "opened"
+
+
 def test_the_newest_window_times_are_bounded_and_pruned_by_data_time():
     """A gateway that puts a sequence number in machine_id: one new machine per window."""
     feed = Feed()

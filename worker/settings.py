@@ -207,7 +207,8 @@ class Settings(BaseSettings):
         ge=0,
         description="an open episode steady (within x1.5) this long takes that level as the "
         "machine's normal, then clears: quick recovery (short) or no steady fault learned "
-        "(long; 0: never)",
+        "(long; 0: never); also the longest a machine is held after a label closes its episode "
+        "(and EPISODE_CLEAR_WINDOWS windows; at least EPISODE_CLEAR_SECONDS)",
     )
     episode_clear_deep_seconds: float = Field(
         EpisodeConfig.clear_deep_seconds,
