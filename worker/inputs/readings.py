@@ -26,7 +26,7 @@ import numpy as np
 
 from model.errors import DataError
 from model.recording import parse_time
-from worker.inputs.windows import MAX_MESSAGE, Invalid, Router
+from worker.inputs.windows import MAX_MESSAGE, Invalid, Router, size_problem
 
 Format = Literal["samples", "tags"]
 FORMATS: tuple[Format, ...] = ("samples", "tags")
@@ -186,10 +186,8 @@ class ReadingDecoder:
         return DecodedReadings(readings, invalid, extra)
 
     def _parse(self, raw: bytes | None) -> Sample | Tag | Invalid:
-        if not raw:
-            return Invalid("invalid_json", "empty value, expected a JSON object")
-        if len(raw) > self.max_bytes:
-            return Invalid("too_large", f"{len(raw)} bytes, the limit is {self.max_bytes}")
+        if (unsized := size_problem(raw, self.max_bytes)) is not None:
+            return unsized
         try:
             return self._decoder.decode(raw)
         except msgspec.ValidationError as exc:

@@ -205,10 +205,8 @@ class Decoder:
 
     def _fast(self, value: bytes | None) -> Fast | Invalid | None:
         """The record's fields and raw values, its reason, or None: the checked way decides."""
-        if not value:
-            return Invalid("invalid_json", "empty value, expected a JSON object")
-        if len(value) > self.max_bytes:
-            return Invalid("too_large", f"{len(value)} bytes, the limit is {self.max_bytes}")
+        if (unsized := size_problem(value, self.max_bytes)) is not None:
+            return unsized
         try:
             fields = _FIELDS.decode(value)
         except (msgspec.DecodeError, ValueError, RecursionError):  # also bad UTF-8
@@ -311,10 +309,8 @@ class Decoder:
 
     def _check(self, value: bytes | None) -> Slow | Invalid:
         """The checked way: the pydantic model decides, and says why a record cannot be scored."""
-        if not value:
-            return Invalid("invalid_json", "empty value, expected a JSON object")
-        if len(value) > self.max_bytes:
-            return Invalid("too_large", f"{len(value)} bytes, the limit is {self.max_bytes}")
+        if (unsized := size_problem(value, self.max_bytes)) is not None:
+            return unsized
         try:
             message = WindowMessage.model_validate_json(value)
         except ValidationError as exc:
@@ -387,6 +383,15 @@ def _invalid(exc: ValidationError) -> Invalid:
     if loc[0] == "timestamp":
         return Invalid("schema", "timestamp: expected RFC 3339 text or epoch seconds")
     return Invalid("schema", _clip(".".join(map(str, loc)) + ": " + error["msg"]))
+
+
+def size_problem(value: bytes | None, max_bytes: int) -> Invalid | None:
+    """The checks every input format makes before parsing: an empty or an oversized value."""
+    if not value:
+        return Invalid("invalid_json", "empty value, expected a JSON object")
+    if len(value) > max_bytes:
+        return Invalid("too_large", f"{len(value)} bytes, the limit is {max_bytes}")
+    return None
 
 
 def _clip(text: str) -> str:
