@@ -12,9 +12,9 @@ from pathlib import Path
 from kafka.errors import KafkaError
 
 from model.detectors import DETECTORS
+from model.episodes import LABELS
 from model.errors import FaultwatchError
 from model.networks import ARCHITECTURES
-from model.retraining import LABELS
 from model.simulator import FAULTS, SCENARIOS
 from model.training import TrainConfig
 

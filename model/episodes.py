@@ -56,6 +56,8 @@ CloseReason = Literal["cleared", "silent", "muted", "reset", "dismissed", "new_n
 CLOSE_REASONS: tuple[CloseReason, ...] = (
     "cleared", "silent", "muted", "reset", "dismissed", "new_normal",
 )  # fmt: skip
+LabelKind = Literal["false-alarm", "fault", "new-normal"]  # an operator's word on an episode
+LABELS: tuple[LabelKind, ...] = ("false-alarm", "fault", "new-normal")
 RESET_FLOOR = 300.0  # seconds: a machine's clock set back by more than this (and than every
 # rule's span) is a reset, not a late window
 MAX_MACHINES = 100_000  # newest window times remembered per tracker; then the oldest go

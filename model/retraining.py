@@ -17,15 +17,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
 
 import numpy as np
 
-from model.episodes import EpisodeConfig, parse_seconds, scored_episodes
+from model.episodes import EpisodeConfig, LabelKind, parse_seconds, scored_episodes
 from model.scoring import Scorer
 
-Label = Literal["false-alarm", "fault", "new-normal"]
-LABELS: tuple[Label, ...] = ("false-alarm", "fault", "new-normal")
 NORMAL_LABELS = ("false-alarm", "new-normal")  # their windows are normal training data
 UNLABELLED = "unlabelled"
 Span = tuple[float, float]  # (start, end) in epoch seconds of data time, both included
@@ -39,7 +36,7 @@ class HistoryEpisode:
     machine_id: str
     start: float  # started_at, epoch seconds
     end: float  # ended_at; math.inf while it is open
-    label: Label | None = None
+    label: LabelKind | None = None
     code: str | None = None
 
     @property

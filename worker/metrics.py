@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from model.episodes import CLOSE_REASONS
-from worker.control.records import LABELS
+from model.episodes import CLOSE_REASONS, LABELS
 from worker.control.records import SKIP_REASONS as CONTROL_SKIP_REASONS
 from worker.inputs.windows import REASONS
 from worker.state.changelog import SKIP_REASONS as STATE_SKIP_REASONS

@@ -21,10 +21,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from model.episodes import parse_seconds
+from model.episodes import LABELS, parse_seconds
 
 PATTERN_CHARACTERS = set("*?[")
-LABELS = ("false-alarm", "fault", "new-normal")
 SkipReason = Literal[
     "invalid_json", "not_an_object", "unknown_kind", "invalid_mute", "invalid_label"
 ]
