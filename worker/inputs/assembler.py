@@ -115,7 +115,6 @@ class Machine:
     last_value: list[float] = field(default_factory=list)  # per channel, NaN: never
     last_bucket: list[int | None] = field(default_factory=list)  # where it was read
     rows: np.ndarray | None = None  # (<= W-1, C) its last closed rows, filled
-    last_window: int | None = None  # the bucket its last window ended at
 
     def __post_init__(self) -> None:
         c = len(self.grid.channels)
@@ -142,7 +141,6 @@ class Machine:
             "last_value": _nulls(self.last_value),
             "last_bucket": list(self.last_bucket),
             "rows": _pack(self.rows, "<f8"),
-            "last_window": self.last_window,
         }
 
     @classmethod
@@ -165,7 +163,6 @@ class Machine:
             _nans(doc["last_value"]),
             list(doc["last_bucket"]),
             rows,
-            doc["last_window"],
         )
 
 
@@ -481,7 +478,6 @@ class Assembler:
                 continue
             counts.assembled += int(keep.sum())
             ends = buckets[new][keep]
-            state.last_window = int(ends[-1])
             built.append(
                 Built(
                     name,
