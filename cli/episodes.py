@@ -94,7 +94,7 @@ def write_episodes(path: Path, episodes: list[EpisodeRow]) -> None:
 
 
 def mute_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args)
     now = datetime.now(UTC)
     until = None
     if args.duration is not None:
@@ -109,7 +109,7 @@ def mute_command(args: argparse.Namespace) -> int:
         "reason": args.reason,
         "at": format_time(now.replace(microsecond=0)),
     }
-    _send(settings, args.machine.encode(), json.dumps(document).encode())
+    send_control(settings, args.machine.encode(), json.dumps(document).encode())
     what = "machines matching" if not PATTERN_CHARACTERS.isdisjoint(args.machine) else "machine"
     end = f"until {document['mute_until']}" if until else "until unmuted"
     print(f"muted {what} {args.machine} {end}: {args.reason}")
@@ -117,21 +117,21 @@ def mute_command(args: argparse.Namespace) -> int:
 
 
 def unmute_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args)
     table = read_mutes(settings)
     mutes = {m.target: m for m in table.active()}
     if args.machine not in mutes:
         by = [m.target for m in mutes.values() if m.names(args.machine)]
         hint = f": it is muted by {', '.join(by)}; unmute that" if by else ""
         raise FaultwatchError(f"{args.machine} is not muted under that name{hint}")
-    _send(settings, args.machine.encode(), None)
+    send_control(settings, args.machine.encode(), None)
     print(f"unmuted {args.machine}")
     return 0
 
 
-def _send(settings: Settings, key: bytes, value: bytes | None) -> None:
+def send_control(settings: Settings, key: bytes, value: bytes | None) -> None:
     """One control record, acknowledged; the topic must exist (nothing creates it by accident)."""
-    _check_topics(settings, [settings.control_topic])
+    check_topics(settings, [settings.control_topic])
     try:
         producer = KafkaProducer(
             **settings.kafka_options(), **producer_options(settings.max_request_bytes)
@@ -150,7 +150,7 @@ def _send(settings: Settings, key: bytes, value: bytes | None) -> None:
 
 
 def episodes_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args)
     mutes = read_mutes(settings).active()
     episodes = read_open_episodes(settings)
     if args.json:
@@ -172,7 +172,7 @@ def episodes_command(args: argparse.Namespace) -> int:
 
 def read_mutes(settings: Settings) -> MuteTable:
     """The control topic, read to its end."""
-    _check_topics(settings, [settings.control_topic])
+    check_topics(settings, [settings.control_topic])
     table = MuteTable()
     reader = ControlReader(_consumer(settings), settings.control_topic, table)
     try:
@@ -184,7 +184,7 @@ def read_mutes(settings: Settings) -> MuteTable:
 
 def read_open_episodes(settings: Settings) -> list[Episode]:
     """Open episodes of every partition, as a worker restoring it now would find them."""
-    _check_topics(settings, [settings.state_topic, settings.input_topic])
+    check_topics(settings, [settings.state_topic, settings.input_topic])
     consumer = _consumer(settings)
     reader = ChangelogReader(consumer, settings.state_topic, settings.startup_timeout)
     try:
@@ -303,7 +303,8 @@ def _printable(text: str) -> str:
 # --- shared
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def command_settings(args: argparse.Namespace) -> Settings:
+    """The worker's settings for a command that talks to its topics (`--bootstrap-servers` wins)."""
     return settings_io.load({"bootstrap_servers": getattr(args, "bootstrap_servers", None)})
 
 
@@ -314,7 +315,8 @@ def _consumer(settings: Settings) -> KafkaConsumer:
         raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
 
 
-def _check_topics(settings: Settings, topics: list[str]) -> None:
+def check_topics(settings: Settings, topics: list[str]) -> None:
+    """A missing topic is one clear error: commands never create topics by accident."""
     consumer = _consumer(settings)
     try:
         existing = consumer.topics()

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from cli.episodes import _check_topics, _send, _settings
+from cli.episodes import check_topics, command_settings, send_control
 from cli.replay import TopicRange
 from cli.topic_windows import published_episodes, read_topic
 from model.errors import FaultwatchError
@@ -27,10 +27,10 @@ from worker.settings import Settings
 
 
 def label_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args)
     if args.code is not None and args.label != "fault":
         raise FaultwatchError("--code names a fault: use it with --as fault")
-    _check_topics(settings, [settings.events_topic, settings.control_topic])
+    check_topics(settings, [settings.events_topic, settings.control_topic])
     machine = find_episode(settings, args.episode_id)
     document = {
         "kind": "label",
@@ -42,7 +42,7 @@ def label_command(args: argparse.Namespace) -> int:
         "by": args.by or _user(),
         "at": format_time(datetime.now(UTC).replace(microsecond=0)),
     }
-    _send(settings, machine.encode(), json.dumps(document).encode())
+    send_control(settings, machine.encode(), json.dumps(document).encode())
     code = f" (code {args.code})" if args.code else ""
     print(f"episode {args.episode_id} of {machine} labelled {args.label}{code}")
     return 0

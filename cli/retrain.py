@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cli.episodes import _check_topics, _settings
+from cli.episodes import check_topics, command_settings
 from cli.labels import history
 from cli.progress import Progress
 from cli.replay import TopicRange, moment
@@ -62,12 +62,12 @@ COUNTERS = ("runs", "promotions", "refusals", "rollbacks")
 
 def retrain_command(args: argparse.Namespace) -> int:
     started = time.time()
-    settings = _settings(args)
+    settings = command_settings(args)
     directory: Path = args.models
     if not directory.is_dir():
         raise FaultwatchError(f"--models {directory}: not a directory of model files")
     routes = ModelStore(directory).open()
-    _check_topics(settings, [args.from_topic, settings.events_topic, settings.control_topic])
+    check_topics(settings, [args.from_topic, settings.events_topic, settings.control_topic])
     since = moment(args.since, "--since")
     with Progress(None, f"reading {args.from_topic}", "record", enabled=not args.quiet) as bar:
         span = TopicRange(since=since, until=datetime.now(UTC))
