@@ -226,6 +226,14 @@ def windows_scored(port: int) -> float:
     return metric_total(metric_samples(body), "faultwatch_windows_scored_total")
 
 
+def partitions_held(port: int) -> int:
+    """Input partitions a ready worker holds; -1 while it does not answer or is not ready."""
+    status, body = http_get(port, "/metrics")
+    if status != 200 or http_get(port, "/readyz")[0] != 200:
+        return -1
+    return int(metric_samples(body).get(("faultwatch_assigned_partitions", ()), 0))
+
+
 def kill_mid_stream(
     env: dict[str, str],
     bootstrap: str,
@@ -234,9 +242,10 @@ def kill_mid_stream(
     total: int,
     logs: Path,
     rounds: int,
+    scored: int = 300,
 ) -> list[str]:
-    """SIGKILL a worker `rounds` times, each once it has scored 300 windows, asserting each kill
-    lands mid-stream (the group's commits moved on but short of `total`); the killed logs.
+    """SIGKILL a worker `rounds` times, each once it has scored `scored` windows, asserting each
+    kill lands mid-stream (the group's commits moved on but short of `total`); the killed logs.
 
     `env` keeps the last round's metrics port, for a final run to carry on with."""
     from demo.broker import free_port
@@ -248,10 +257,11 @@ def kill_mid_stream(
         env["FAULTWATCH_METRICS_PORT"] = str(port)
         worker = start_worker(env, logs / f"killed-{round_}.log")
         try:
-            wait_for(lambda p=port: windows_scored(p) >= 300, 60, f"worker {round_} to score")
+            wait_for(lambda p=port: windows_scored(p) >= scored, 60, f"worker {round_} to score")
         finally:
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(timeout=10)
+        assert worker.process.returncode == -signal.SIGKILL
         now = sum(o or 0 for o in committed(bootstrap, group, topic, partitions).values())
         assert progress < now < total, f"kill {round_} was not mid-stream: {now}"
         progress = now

@@ -25,9 +25,8 @@ from model.episodes import EpisodeConfig, Tracker, parse_seconds, shares_of
 from model.scoring import Scorer
 from tests.helpers import (
     committed,
-    http_get,
     kill_mid_stream,
-    metric_samples,
+    partitions_held,
     produce,
     read_topic,
     run_worker,
@@ -197,10 +196,7 @@ def test_a_rebalance_mid_episode_hands_the_episodes_over(
         )
 
     def held(name: str) -> int:
-        status, body = http_get(ports[name], "/metrics")
-        if status != 200 or http_get(ports[name], "/readyz")[0] != 200:
-            return -1
-        return int(metric_samples(body).get(("faultwatch_assigned_partitions", ()), 0))
+        return partitions_held(ports[name])
 
     def all_committed(count: int) -> bool:
         done = committed(bootstrap, group, topics["input_topic"], partitions)

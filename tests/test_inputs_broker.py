@@ -18,9 +18,8 @@ from model.recording import read_recording
 from tests.helpers import (
     committed,
     headers,
-    http_get,
     kill_mid_stream,
-    metric_samples,
+    partitions_held,
     produce,
     read_topic,
     run_worker,
@@ -245,10 +244,7 @@ def test_a_rebalance_hands_the_assembly_over(bootstrap, make_topic, tiny_model_p
         )
 
     def held(name: str) -> int:
-        status, body = http_get(ports[name], "/metrics")
-        if status != 200 or http_get(ports[name], "/readyz")[0] != 200:
-            return -1
-        return int(metric_samples(body).get(("faultwatch_assigned_partitions", ()), 0))
+        return partitions_held(ports[name])
 
     def all_committed(count: int) -> bool:
         return (

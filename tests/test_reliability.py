@@ -27,8 +27,9 @@ from tests.helpers import (
     committed,
     headers,
     http_get,
+    kill_mid_stream,
     metric_samples,
-    metric_total,
+    partitions_held,
     produce,
     read_topic,
     run_until,
@@ -37,6 +38,7 @@ from tests.helpers import (
     synthetic_values,
     unique,
     wait_for,
+    windows_scored,
     worker_env,
 )
 from worker.health import Health
@@ -123,23 +125,6 @@ def sample(port: int, name: str) -> float | None:
     return metric_samples(body).get((name, ())) if status == 200 else None
 
 
-def scored(port: int) -> float:
-    """Windows a worker scored, all models together; 0 while nothing answers."""
-    status, body = http_get(port, "/metrics")
-    return (
-        metric_total(metric_samples(body), "faultwatch_windows_scored_total")
-        if status == 200
-        else 0.0
-    )
-
-
-def assigned(port: int) -> int:
-    """Partitions a ready worker holds; -1 while it is not ready (joining, retrying...)."""
-    if http_get(port, "/readyz")[0] != 200:
-        return -1
-    return int(sample(port, "faultwatch_assigned_partitions") or 0)
-
-
 def kill(worker) -> None:
     worker.process.send_signal(signal.SIGKILL)
     worker.process.wait(timeout=10)
@@ -171,18 +156,8 @@ def test_sigkill_loop_loses_no_offset_and_repeats_at_most_a_batch_per_kill(
     )
     produced = offsets_of(records)
 
-    kills, progress = 3, 0
-    for round_ in range(kills):
-        port = free_port()
-        env["FAULTWATCH_METRICS_PORT"] = str(port)
-        worker = start_worker(env, tmp_path / f"killed-{round_}.log")
-        try:
-            wait_for(lambda p=port: scored(p) >= 150, 60, f"worker {round_} to score")
-        finally:
-            kill(worker)
-        now = sum(o or 0 for o in committed(bootstrap, group, topics["input_topic"], 2).values())
-        assert progress < now < len(records), f"kill {round_} was not mid-stream: {now}"
-        progress = now
+    kills = 3
+    kill_mid_stream(env, bootstrap, topics["input_topic"], 2, len(records), tmp_path, kills, 150)
 
     final = run_until(
         env,
@@ -224,7 +199,7 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
 
     def shared_by(*names: str) -> bool:
         """Every partition held, each named worker ready with a share of them."""
-        held = [assigned(ports[name]) for name in names]
+        held = [partitions_held(ports[name]) for name in names]
         return min(held) >= 1 and sum(held) == partitions
 
     def all_committed(records: list) -> bool:
@@ -237,7 +212,7 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
     try:
         wait_for(lambda: shared_by("a", "b"), 90, "two workers sharing the partitions")
         produce(bootstrap, topics["input_topic"], first)
-        wait_for(lambda: scored(ports["a"]) >= 100, 60, "worker a to score")
+        wait_for(lambda: windows_scored(ports["a"]) >= 100, 60, "worker a to score")
         kill(workers.pop("a"))
         done = committed(bootstrap, group, topics["input_topic"], partitions)
         assert sum(o or 0 for o in done.values()) < len(first), "a was not killed mid-stream"
@@ -251,7 +226,7 @@ def test_a_killed_member_s_partitions_are_taken_over_and_a_restarted_one_rejoins
         wait_for(lambda: shared_by("a2", "b"), 90, "the restarted worker to rejoin")
         produce(bootstrap, topics["input_topic"], second)
         wait_for(lambda: all_committed(records), 60, "everything committed", interval=0.5)
-        assert scored(ports["a2"]) > 0
+        assert windows_scored(ports["a2"]) > 0
     finally:
         codes = {name: worker.terminate() for name, worker in workers.items()}
     assert codes == {"a2": 0, "b": 0}, {name: w.stderr for name, w in workers.items()}
@@ -287,16 +262,16 @@ def test_a_frozen_broker_is_survived_without_a_restart(
         )
         worker = start_worker(env, tmp_path / "worker.log")
         try:
-            wait_for(lambda: scored(port) >= 100, 60, "the worker to score")
+            wait_for(lambda: windows_scored(port) >= 100, 60, "the worker to score")
             pid = broker._process.pid  # this test's own broker: nobody else uses it
             os.kill(pid, signal.SIGSTOP)
             try:
-                frozen_at, thaw_at = scored(port), time.monotonic() + 12
+                frozen_at, thaw_at = windows_scored(port), time.monotonic() + 12
                 # Blocked in a flush or a commit past its 6 s session: not ready, yet alive.
                 wait_for(lambda: http_get(port, "/readyz")[0] == 503, 11, "503 while frozen")
                 assert http_get(port, "/healthz")[0] == 200
                 time.sleep(max(0.0, thaw_at - time.monotonic()))
-                assert scored(port) == frozen_at  # nothing committed while frozen
+                assert windows_scored(port) == frozen_at  # nothing committed while frozen
             finally:
                 os.kill(pid, signal.SIGCONT)
             assert frozen_at < len(before) - len(before) // 97, "not frozen mid-stream"
@@ -462,7 +437,7 @@ def test_a_restarted_static_member_takes_its_partitions_back_before_its_session_
         env | {"FAULTWATCH_METRICS_PORT": str(ports["a2"])}, tmp_path / "a2.log"
     )
     try:
-        wait_for(lambda: assigned(ports["a2"]) == 2, 60, "the restarted worker's partitions")
+        wait_for(lambda: partitions_held(ports["a2"]) == 2, 60, "the restarted worker's partitions")
         took = time.monotonic() - killed_at
         print(f"restarted static member ready {took:.1f} s after the kill")
         # Tansu takes session/2 (15 s) to settle any join; a dynamic member: 30 s and more.
